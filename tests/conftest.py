@@ -1,0 +1,79 @@
+"""Shared fixtures: a repository + key + config owned by the postgres user, and a walkeeper runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.pgharness import PG_BIN, WALKEEPER_BIN, as_pg, give_to_pg, pg_workdir, running_as_root
+
+
+@dataclass
+class Setup:
+    """A test's world: work directory, repository, key file and config file, all postgres-owned."""
+
+    work: Path
+    repo: Path
+    key_file: Path
+    config: Path
+
+    def write_config(self, text: str | None = None) -> Path:
+        body = text if text is not None else (
+            f'repo = "{self.repo}"\n[compression]\nmethod = "zstd"\nlevel = 3\n'
+            f'[encryption]\nmethod = "aes-256-gcm"\nkey_file = "{self.key_file}"\n'
+        )
+        self.config.write_text(body)
+        give_to_pg(self.config)
+        return self.config
+
+    def wk(self, *args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
+           env: dict[str, str] | None = None, as_postgres: bool = True, config: bool = True,
+           timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run the installed walkeeper exactly as PostgreSQL would (a separate process, as postgres)."""
+        cmd = [str(WALKEEPER_BIN)]
+        if config:
+            cmd += ["--config", str(self.config)]
+        cmd += [str(a) for a in args]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
+        full_env.update(env or {})
+        if as_postgres:
+            cmd = as_pg(cmd)
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+def make_key(path: Path) -> Path:
+    proc = subprocess.run([str(WALKEEPER_BIN), "key", "generate"], capture_output=True, text=True, check=True)
+    path.write_text(proc.stdout)
+    path.chmod(0o600)
+    give_to_pg(path)
+    return path
+
+
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    work = pg_workdir()
+    s = Setup(work=work, repo=work / "repo", key_file=make_key(work / "key"), config=work / "walkeeper.toml")
+    s.write_config()
+    yield s
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems = []
+    if not (PG_BIN / "postgres").exists():
+        problems.append(f"PostgreSQL server binaries not found in {PG_BIN}")
+    if not WALKEEPER_BIN.exists():
+        problems.append(f"walkeeper is not installed at {WALKEEPER_BIN}")
+    elif running_as_root():
+        probe = subprocess.run(as_pg([str(WALKEEPER_BIN), "--version"]), capture_output=True, text=True)
+        if probe.returncode != 0:
+            problems.append(f"the postgres user cannot run {WALKEEPER_BIN}: {probe.stderr.strip()}")
+    if problems and any("postgres" in item.keywords for item in items):
+        # Fail loudly: a skipped integration test would hide exactly what we must prove.
+        raise pytest.UsageError("cannot run the PostgreSQL tests: " + "; ".join(problems))

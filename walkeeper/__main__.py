@@ -1,0 +1,5 @@
+import sys
+
+from walkeeper.entry import main
+
+sys.exit(main())

@@ -1,0 +1,322 @@
+"""Object envelope: magic, version, JSON header (bound as AEAD associated data), frames, trailer.
+
+Layout (docs/format.md has the full description)::
+
+    MAGIC (8) | version u8 | header length u32be | header JSON
+    frame*: flags u8 | length u32be | payload        (flags bit 0 set only on the last frame)
+
+Data frames carry the compressed stream; the last frame carries SHA-256 and length of the
+plaintext. With AES-256-GCM each payload is sealed with a per-object key (HKDF of the master key
+and the header's salt), the nonce is frame index (u64be) | flags | 3 zero bytes, and the
+associated data is the header, so tampering, reordering, truncation and swapping objects between
+names are all detected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from walkeeper.codec.compress import Compression, decompressor
+from walkeeper.codec.keys import Keyring
+from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
+
+MAGIC = b"\x89WKEEP\r\n"
+VERSION = 1
+CIPHERS = ("aes-256-gcm", "none")
+FRAME_SIZE = 1024 * 1024
+MAX_HEADER = 64 * 1024
+MAX_FRAME = 16 * 1024 * 1024 + 64
+FLAG_LAST = 0x01
+TAG_SIZE = 16
+_PREAMBLE = struct.Struct(">8sBI")
+_FRAME = struct.Struct(">BI")
+_TRAILER = struct.Struct(">32sQ")
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    compression: Compression = field(default_factory=Compression)
+    cipher: str = "aes-256-gcm"
+    keyring: Keyring | None = None
+
+    def __post_init__(self) -> None:
+        if self.cipher not in CIPHERS:
+            raise ConfigError(f"unknown encryption method {self.cipher!r} (expected one of {CIPHERS})")
+        if self.cipher != "none" and self.keyring is None:
+            raise ConfigError(
+                f"encryption method {self.cipher} needs a key",
+                hint="set [encryption] key_file, or method = \"none\" to store objects unencrypted",
+            )
+
+
+@dataclass(frozen=True)
+class ObjectHeader:
+    """What an object says about itself. ``raw`` is the exact bytes used as associated data."""
+
+    name: str
+    compression: str
+    cipher: str
+    key_id: str | None
+    salt: bytes | None
+    sha256: str | None
+    size: int | None
+    extra: dict[str, Any]
+    raw: bytes
+
+    @property
+    def length(self) -> int:
+        return len(self.raw)
+
+
+def _nonce(index: int, flags: int) -> bytes:
+    return index.to_bytes(8, "big") + bytes([flags]) + b"\0\0\0"
+
+
+def _build_header(settings: CodecSettings, name: str, sha256: str | None, size: int | None,
+                  extra: dict[str, Any] | None) -> tuple[bytes, bytes | None]:
+    salt = os.urandom(16) if settings.cipher != "none" else None
+    fields: dict[str, Any] = {
+        "name": name,
+        "compression": settings.compression.method,
+        "cipher": settings.cipher,
+        "key_id": settings.keyring.active_id if settings.cipher != "none" and settings.keyring else None,
+        "salt": salt.hex() if salt else None,
+        "frame_size": FRAME_SIZE,
+    }
+    if sha256 is not None:
+        fields["sha256"] = sha256
+    if size is not None:
+        fields["size"] = size
+    if extra:
+        fields["extra"] = extra
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return _PREAMBLE.pack(MAGIC, VERSION, len(body)) + body, salt
+
+
+class Encoder:
+    """Turns plaintext into an object, chunk by chunk, with bounded memory."""
+
+    def __init__(self, settings: CodecSettings, name: str, *, sha256: str | None = None,
+                 size: int | None = None, extra: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.header, salt = _build_header(settings, name, sha256, size, extra)
+        self._aead = None
+        if settings.cipher == "aes-256-gcm":
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            assert settings.keyring is not None and salt is not None
+            self._aead = AESGCM(settings.keyring.object_key(settings.keyring.active_id, salt))
+        self._index = 0
+        self.plain_size = 0
+        self.stored_size = 0
+        self._hash = hashlib.sha256()
+
+    def _frame(self, payload: bytes, flags: int) -> bytes:
+        if self._aead is not None:
+            payload = self._aead.encrypt(_nonce(self._index, flags), payload, self.header)
+        self._index += 1
+        out = _FRAME.pack(flags, len(payload)) + payload
+        self.stored_size += len(out)
+        return out
+
+    def _frames(self, compressed: bytes) -> Iterator[bytes]:
+        for start in range(0, len(compressed), FRAME_SIZE):
+            yield self._frame(compressed[start:start + FRAME_SIZE], 0)
+
+    def _trailer(self) -> bytes:
+        return self._frame(_TRAILER.pack(self._hash.digest(), self.plain_size), FLAG_LAST)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def encode_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Yield the object's bytes: header, data frames, trailer."""
+        self.stored_size = len(self.header)
+        yield self.header
+        compressor = self.settings.compression.compressor()
+        pending = bytearray()
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self.plain_size += len(chunk)
+            pending += compressor.compress(chunk)
+            while len(pending) >= FRAME_SIZE:
+                yield self._frame(bytes(pending[:FRAME_SIZE]), 0)
+                del pending[:FRAME_SIZE]
+        pending += compressor.flush()
+        yield from self._frames(bytes(pending))
+        yield self._trailer()
+
+    def encode_all(self, data: bytes) -> bytes:
+        """Encode an in-memory object in one go (the WAL fast path)."""
+        self._hash.update(data)
+        self.plain_size = len(data)
+        self.stored_size = len(self.header)
+        parts = [self.header, *self._frames(self.settings.compression.compress_all(data)), self._trailer()]
+        return b"".join(parts)
+
+
+def parse_header(data: bytes) -> ObjectHeader:
+    """Parse the header at the start of ``data`` (which may hold more than the header)."""
+    if len(data) < _PREAMBLE.size:
+        raise IntegrityError("object is truncated: shorter than its header")
+    magic, version, length = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise IntegrityError("not a walkeeper object (bad magic): corrupted or written by another tool")
+    if version != VERSION:
+        raise IntegrityError(f"object format version {version} is not supported by this walkeeper")
+    if length > MAX_HEADER:
+        raise IntegrityError("object header is implausibly large: corrupted")
+    end = _PREAMBLE.size + length
+    if len(data) < end:
+        raise IntegrityError("object is truncated inside its header")
+    try:
+        fields = json.loads(data[_PREAMBLE.size:end])
+        salt = bytes.fromhex(fields["salt"]) if fields.get("salt") else None
+        return ObjectHeader(
+            name=fields["name"], compression=fields["compression"], cipher=fields["cipher"],
+            key_id=fields.get("key_id"), salt=salt, sha256=fields.get("sha256"), size=fields.get("size"),
+            extra=fields.get("extra") or {}, raw=bytes(data[:end]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"object header is corrupted ({exc.__class__.__name__})") from None
+
+
+def read_header(read: Callable[[int], bytes]) -> ObjectHeader:
+    """Read just the header from a stream (cheap duplicate checks read no further)."""
+    head = _read_exact(read, _PREAMBLE.size, "header")
+    _magic, _version, length = _PREAMBLE.unpack(head)
+    if length > MAX_HEADER:
+        raise IntegrityError("object header is implausibly large: corrupted")
+    return parse_header(head + _read_exact(read, length, "header"))
+
+
+def _read_exact(read: Callable[[int], bytes], size: int, what: str) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = read(remaining)
+        if not chunk:
+            raise IntegrityError(f"object is truncated (ends inside its {what})")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+class Decoder:
+    """Reads an object back, verifying everything; plaintext is yielded chunk by chunk.
+
+    Plaintext from a stream is only trustworthy once the iteration ends without an error: the
+    trailer (checksum, length, "this was the last frame") comes last.
+    """
+
+    def __init__(self, keyring: Keyring | None, *, expected_name: str | None = None) -> None:
+        self.keyring = keyring
+        self.expected_name = expected_name
+        self.header: ObjectHeader | None = None
+        self.sha256: str | None = None
+        self.size = 0
+
+    def _open_aead(self, header: ObjectHeader) -> Any:
+        if header.cipher == "none":
+            return None
+        if header.cipher != "aes-256-gcm":
+            raise IntegrityError(f"object uses unknown cipher {header.cipher!r}")
+        if self.keyring is None:
+            raise KeyMaterialError(
+                f"object {header.name} is encrypted (key id {header.key_id}) but no key is configured",
+                hint="set [encryption] key_file",
+            )
+        if header.salt is None or header.key_id is None:
+            raise IntegrityError("encrypted object lacks its salt or key id: corrupted")
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM(self.keyring.object_key(header.key_id, header.salt))
+
+    def decode(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        header = read_header(read)
+        self.header = header
+        if self.expected_name is not None and header.name != self.expected_name:
+            raise IntegrityError(
+                f"object stored as {self.expected_name} says it is {header.name}: renamed or swapped"
+            )
+        aead = self._open_aead(header)
+        if aead is not None:
+            from cryptography.exceptions import InvalidTag
+        inflate = decompressor(header.compression)
+        digest = hashlib.sha256()
+        index = 0
+        while True:
+            frame_head = read(_FRAME.size)
+            if len(frame_head) < _FRAME.size:
+                frame_head += _read_exact(read, _FRAME.size - len(frame_head), "frames") if frame_head else b""
+            if not frame_head:
+                raise IntegrityError("object is truncated: its final frame is missing")
+            flags, length = _FRAME.unpack(frame_head)
+            if flags & ~FLAG_LAST or length > MAX_FRAME:
+                raise IntegrityError(f"object is corrupted: bad frame {index} header")
+            payload = _read_exact(read, length, "frames")
+            if aead is not None:
+                try:
+                    payload = aead.decrypt(_nonce(index, flags), payload, header.raw)
+                except InvalidTag:
+                    raise IntegrityError(
+                        f"object {header.name} failed authentication at frame {index}: tampered, "
+                        "corrupted, or encrypted with a different key of the same id"
+                    ) from None
+            index += 1
+            if flags & FLAG_LAST:
+                break
+            plain = inflate.decompress(payload)
+            if plain:
+                digest.update(plain)
+                self.size += len(plain)
+                yield plain
+        inflate.finish()
+        if len(payload) != _TRAILER.size:
+            raise IntegrityError("object is corrupted: bad trailer")
+        want_digest, want_size = _TRAILER.unpack(payload)
+        if read(1):
+            raise IntegrityError("object has data after its final frame: corrupted")
+        if want_size != self.size or want_digest != digest.digest():
+            raise IntegrityError(
+                f"object {header.name} does not match its checksum (sha256 {digest.hexdigest()}, "
+                f"recorded {want_digest.hex()})"
+            )
+        if header.sha256 is not None and header.sha256 != digest.hexdigest():
+            raise IntegrityError(f"object {header.name} does not match the checksum in its header")
+        self.sha256 = digest.hexdigest()
+
+
+def encode_bytes(settings: CodecSettings, name: str, data: bytes, *,
+                 extra: dict[str, Any] | None = None) -> tuple[bytes, str]:
+    """Encode a whole in-memory object; returns (object bytes, plaintext sha256)."""
+    sha = hashlib.sha256(data).hexdigest()
+    encoder = Encoder(settings, name, sha256=sha, size=len(data), extra=extra)
+    return encoder.encode_all(data), sha
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, size: int) -> bytes:
+        chunk = self._view[self._pos:self._pos + size]
+        self._pos += len(chunk)
+        return bytes(chunk)
+
+
+def decode_bytes(keyring: Keyring | None, data: bytes, *,
+                 expected_name: str | None = None) -> tuple[ObjectHeader, bytes]:
+    """Decode and verify a whole in-memory object."""
+    decoder = Decoder(keyring, expected_name=expected_name)
+    plain = b"".join(decoder.decode(_BytesReader(data).read))
+    assert decoder.header is not None
+    return decoder.header, plain

@@ -1,0 +1,182 @@
+"""Configuration: frozen dataclasses filled from a TOML file, then WALKEEPER_* variables, then flags.
+
+Every setting ``[section] key`` can be overridden by the environment variable
+``WALKEEPER_<SECTION>_<KEY>`` (upper case), and the top-level ``repo`` by ``WALKEEPER_REPO``.
+Unknown keys and wrong types are errors that name the file (or variable), the key and what was
+expected: a typo in a backup tool's configuration must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from walkeeper.errors import ConfigError
+
+ENV_PREFIX = "WALKEEPER_"
+CONFIG_ENV = "WALKEEPER_CONFIG"
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    method: str = "zstd"
+    level: int = 3
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    method: str = "aes-256-gcm"
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    repo: str = ""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    source: str | None = field(default=None, metadata={"internal": True})
+
+
+# Settings holding file paths: relative values in a config file are relative to that file.
+PATH_FIELDS = {("encryption", "key_file")}
+_CHOICES = {
+    ("compression", "method"): ("zstd", "none"),
+    ("encryption", "method"): ("aes-256-gcm", "none"),
+}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _sections() -> dict[str, type]:
+    return {
+        f.name: hint for f, hint in ((f, _hints(Config)[f.name]) for f in dataclasses.fields(Config))
+        if dataclasses.is_dataclass(hint)
+    }
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint) if arg is not type(None))
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any, where: str, from_env: bool) -> Any:
+    """Check (file) or convert (environment) one value against a field's type."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in allowed:
+        if kind is type(None):
+            if from_env and value == "":
+                return None
+            continue
+        if from_env:
+            try:
+                if kind is bool:
+                    lowered = value.strip().lower()
+                    if lowered in ("1", "true", "yes", "on"):
+                        return True
+                    if lowered in ("0", "false", "no", "off"):
+                        return False
+                    continue
+                return kind(value)
+            except ValueError:
+                continue
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, bool):
+            continue
+        if isinstance(value, kind):
+            return value
+    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _check_choice(section: str, key: str, value: Any, where: str) -> None:
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _section_values(section: str, cls: type, table: Mapping[str, Any], source: str,
+                    base_dir: Path | None) -> dict[str, Any]:
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"{source}: [{section}] {key}"
+        if key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (known keys: {known})")
+        value = _coerce(value, hints[key], where, from_env=False)
+        _check_choice(section, key, value, where)
+        if (section, key) in PATH_FIELDS and value and base_dir is not None:
+            value = str((base_dir / value).resolve()) if not os.path.isabs(value) else value
+        values[key] = value
+    return values
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable by uid {os.getuid()}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None,
+                repo: str | None = None) -> Config:
+    """Build the configuration: defaults < file < environment < flags."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    sections = _sections()
+    raw: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    top: dict[str, Any] = {}
+
+    if path:
+        data = _read_file(path)
+        base_dir = Path(path).resolve().parent
+        for key, value in data.items():
+            if key in sections:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: [{key}] must be a table")
+                raw[key].update(_section_values(key, sections[key], value, path, base_dir))
+            elif key == "repo":
+                top["repo"] = _coerce(value, str, f"{path}: repo", from_env=False)
+            else:
+                known = ", ".join(["repo", *(f"[{s}]" for s in sections)])
+                raise ConfigError(f"{path}: unknown key {key!r} (known: {known})")
+
+    for section, cls in sections.items():
+        for key, hint in _hints(cls).items():
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env:
+                value = _coerce(env[name], hint, f"environment variable {name}", from_env=True)
+                _check_choice(section, key, value, f"environment variable {name}")
+                raw[section][key] = value
+    if env.get("WALKEEPER_REPO"):
+        top["repo"] = env["WALKEEPER_REPO"]
+    if repo:
+        top["repo"] = repo
+
+    built = {name: cls(**raw[name]) for name, cls in sections.items()}
+    return Config(**top, **built, source=path)

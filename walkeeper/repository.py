@@ -1,0 +1,334 @@
+"""The repository layout on top of one Storage and the codec.
+
+Layout (keys)::
+
+    walkeeper.json                      repository identity: format, system identifier, segment size
+    wal/<TLI>/<WAL file name>           every archived WAL file (segments, .partial, .backup, .history)
+
+``walkeeper.json`` is plain JSON: it holds nothing secret and lets a person (or a second cluster
+about to push into the wrong repository) see at once whose archive this is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from walkeeper.codec import CodecSettings, Keyring, decode_bytes, encode_bytes, read_header
+from walkeeper.codec.compress import Compression
+from walkeeper.config import Config
+from walkeeper.errors import (
+    AlreadyExists,
+    ConfigError,
+    ConflictError,
+    ForeignClusterError,
+    GapError,
+    IntegrityError,
+    InvalidName,
+    InvalidWal,
+    KeyMaterialError,
+    NotFound,
+    StorageError,
+)
+from walkeeper.storage import Storage, open_storage
+from walkeeper.wal import (
+    DEFAULT_SEGMENT_SIZE,
+    WalKind,
+    WalName,
+    check_segment,
+    parse_wal_name,
+    segment_name,
+    segno_of,
+)
+
+log = logging.getLogger(__name__)
+
+META_KEY = "walkeeper.json"
+WAL_PREFIX = "wal/"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RepoMeta:
+    format: int = FORMAT
+    system_identifier: str | None = None  # a string: JSON numbers lose precision past 2**53
+    wal_segment_size: int | None = None
+    pg_version: int | None = None
+    key_id: str | None = None
+    created: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> RepoMeta:
+        try:
+            fields = json.loads(data)
+            meta = cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError) as exc:
+            raise IntegrityError(f"{where} is not a valid walkeeper repository file ({exc})") from None
+        if meta.format != FORMAT:
+            raise IntegrityError(f"{where}: repository format {meta.format} is not supported by this walkeeper")
+        return meta
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    stored: bool  # False: an identical object was already there
+    sha256: str
+    plain_size: int
+    stored_size: int
+
+
+@dataclass
+class TimelineSummary:
+    timeline: int
+    first: str | None = None
+    last: str | None = None
+    count: int = 0
+    gaps: list[tuple[str, str]] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
+    backup_labels: list[str] = field(default_factory=list)
+    history: bool = False
+    stored_bytes: int = 0
+    newest_mtime: float | None = None
+
+
+def wal_key(name: WalName) -> str:
+    return f"{WAL_PREFIX}{name.timeline:08X}/{name.name}"
+
+
+def build_codec(config: Config) -> CodecSettings:
+    """Codec settings from configuration; reads the key file (cheap: HKDF, no slow KDF)."""
+    enc = config.encryption
+    keyring = None
+    if enc.key_file:
+        keyring = Keyring.from_file(enc.key_file)
+    elif enc.method != "none":
+        raise ConfigError(
+            f"encryption method {enc.method} needs a key file",
+            hint="set [encryption] key_file (walkeeper key generate --output FILE), or method = \"none\"",
+        )
+    comp = Compression(config.compression.method, config.compression.level, config.compression.threads)
+    return CodecSettings(compression=comp, cipher=enc.method, keyring=keyring)
+
+
+class Repository:
+    """WAL objects, repository identity and (later) backups, over one Storage."""
+
+    def __init__(self, storage: Storage, codec: CodecSettings | None = None) -> None:
+        self.storage = storage
+        self._codec = codec
+        self._meta: RepoMeta | None = None
+
+    @property
+    def codec(self) -> CodecSettings:
+        if self._codec is None:
+            raise ConfigError("this operation needs the codec settings (compression, encryption)")
+        return self._codec
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self._codec.keyring if self._codec else None
+
+    # -- identity -------------------------------------------------------------------------
+
+    def meta(self) -> RepoMeta | None:
+        """The repository's identity, or None if nothing was ever pushed."""
+        if self._meta is None:
+            try:
+                data = self.storage.get(META_KEY)
+            except NotFound:
+                return None
+            self._meta = RepoMeta.from_json(data, f"{self.storage.url}/{META_KEY}")
+        return self._meta
+
+    def require_meta(self) -> RepoMeta:
+        """Identity of an existing repository; its absence is an error, never "not found"."""
+        meta = self.meta()
+        if meta is None:
+            raise StorageError(
+                f"no walkeeper repository at {self.storage.url} ({META_KEY} is missing)",
+                hint="check repo in the configuration; the repository is created by the first wal-push",
+            )
+        return meta
+
+    @property
+    def segment_size(self) -> int:
+        meta = self.meta()
+        return (meta.wal_segment_size if meta else None) or DEFAULT_SEGMENT_SIZE
+
+    def ensure_identity(self, system_identifier: int | None, segment_size: int | None,
+                        pg_version: int | None) -> RepoMeta:
+        """Record the cluster on first use; refuse WAL of any other cluster afterwards."""
+        key_id = self._codec.keyring.active_id if self._codec and self._codec.cipher != "none" and \
+            self._codec.keyring else None
+        meta = self.meta()
+        if meta is None or (meta.system_identifier is None and system_identifier is not None):
+            fresh = RepoMeta(
+                system_identifier=str(system_identifier) if system_identifier is not None else None,
+                wal_segment_size=segment_size, pg_version=pg_version,
+                key_id=(meta.key_id if meta else None) or key_id,
+                created=(meta.created if meta else "") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+            try:
+                self.storage.put(META_KEY, fresh.to_json(), overwrite=meta is not None)
+                self._meta = fresh
+            except AlreadyExists:
+                self._meta = None  # another process initialised it first: check against theirs
+            meta = self.require_meta()
+        if system_identifier is not None and meta.system_identifier not in (None, str(system_identifier)):
+            raise ForeignClusterError(
+                f"this WAL comes from database system {system_identifier}, but repository "
+                f"{self.storage.url} belongs to system {meta.system_identifier}; refusing to mix two clusters' WAL",
+                hint="give each cluster its own repository (a new primary after pg_upgrade or initdb needs a new one)",
+            )
+        if segment_size is not None and meta.wal_segment_size not in (None, segment_size):
+            raise ForeignClusterError(
+                f"WAL segment size {segment_size} differs from the repository's {meta.wal_segment_size}"
+            )
+        if key_id and meta.key_id and key_id != meta.key_id:
+            raise KeyMaterialError(
+                f"the configured key has id {key_id}, but repository {self.storage.url} is written with key "
+                f"id {meta.key_id}",
+                hint="configure the repository's key_file",
+            )
+        return meta
+
+    # -- WAL --------------------------------------------------------------------------------
+
+    def stored_sha256(self, key: str) -> str | None:
+        """The plaintext checksum of a stored object without downloading it; None if absent."""
+        try:
+            info = self.storage.stat(key)
+        except NotFound:
+            return None
+        if info.metadata.get("sha256"):
+            return info.metadata["sha256"]
+        with self.storage.open(key) as handle:
+            header = read_header(handle.read)
+        if header.sha256 is None:
+            raise IntegrityError(f"stored object {key} records no checksum")
+        return header.sha256
+
+    def push_wal(self, name: WalName, data: bytes) -> PushResult:
+        """Store one WAL file durably; identical re-push is a no-op, different content is refused."""
+        key = wal_key(name)
+        new_sha = hashlib.sha256(data).hexdigest()
+        existing = self.stored_sha256(key)
+        if existing is not None:
+            return self._duplicate(name, existing, new_sha, len(data))
+        blob, sha = encode_bytes(self.codec, name.name, data)
+        # Check what we wrote before claiming success: decrypt and verify in memory.
+        _header, plain = decode_bytes(self.keyring, blob, expected_name=name.name)
+        if hashlib.sha256(plain).hexdigest() != new_sha:
+            raise IntegrityError(f"self-check failed for {name.name}: the encoded object does not decode back")
+        try:
+            self.storage.put(key, blob, overwrite=False, metadata={"sha256": sha, "size": str(len(data))})
+        except AlreadyExists:
+            # A concurrent push (or a retried one) got there first: same rules as above.
+            existing = self.stored_sha256(key)
+            if existing is None:
+                raise
+            return self._duplicate(name, existing, new_sha, len(data))
+        log.debug("archived %s: %d bytes stored as %d", name.name, len(data), len(blob))
+        return PushResult(name.name, True, sha, len(data), len(blob))
+
+    def _duplicate(self, name: WalName, existing: str, new_sha: str, size: int) -> PushResult:
+        if existing != new_sha:
+            raise ConflictError(
+                f"{name.name} is already archived with different content (stored sha256 {existing}, "
+                f"this file sha256 {new_sha}); the stored object was not touched",
+                hint="two servers archiving into one repository, or a reused data directory? "
+                     "check archive_command on every server",
+            )
+        log.info("%s is already archived with identical content", name.name)
+        return PushResult(name.name, False, existing, size, 0)
+
+    def fetch_wal(self, name: WalName) -> bytes:
+        """The verified plaintext of a WAL file; NotFound only when it is really not there."""
+        meta = self.require_meta()
+        key = wal_key(name)
+        try:
+            blob = self.storage.get(key)
+        except NotFound:
+            later = self.later_segment(name) if name.kind is WalKind.SEGMENT else None
+            if later:
+                raise GapError(
+                    f"{name.name} is missing from the archive, but later WAL of timeline {name.timeline} "
+                    f"exists ({later}); stopping recovery instead of ending it early",
+                    hint="put the missing segment back into the repository, or choose a recovery target before it",
+                ) from None
+            raise
+        _header, data = decode_bytes(self.keyring, blob, expected_name=name.name)
+        if name.kind is WalKind.SEGMENT:
+            size = meta.wal_segment_size or DEFAULT_SEGMENT_SIZE
+            if len(data) != size:
+                raise IntegrityError(f"{name.name} decodes to {len(data)} bytes, expected a {size}-byte segment")
+            try:
+                check_segment(name, data)
+            except InvalidWal as exc:
+                raise IntegrityError(f"stored {name.name} is not the segment its name says: {exc}") from None
+        return data
+
+    def later_segment(self, name: WalName) -> str | None:
+        """The first archived segment of the same timeline after ``name``, if any."""
+        prefix = f"{WAL_PREFIX}{name.timeline:08X}/"
+        size = self.segment_size
+        wanted = segno_of(name, size)
+        for info in self.storage.list(prefix, start_after=wal_key(name)):
+            try:
+                other = parse_wal_name(info.key.rsplit("/", 1)[1])
+            except InvalidName:
+                continue
+            if other.is_segment_like and other.segno(size) > wanted:
+                return other.name
+        return None
+
+    def iter_wal(self) -> Iterator[tuple[WalName, int, float]]:
+        """Every archived WAL file with its stored size and mtime, in name order."""
+        for info in self.storage.list(WAL_PREFIX):
+            try:
+                name = parse_wal_name(info.key.rsplit("/", 1)[1])
+            except InvalidName:
+                log.warning("ignoring unexpected object %s", info.key)
+                continue
+            yield name, info.size, info.mtime
+
+    def timelines(self) -> list[TimelineSummary]:
+        """Per-timeline summary: first/last segment, count, gaps."""
+        size = self.segment_size
+        summaries: dict[int, TimelineSummary] = {}
+        segnos: dict[int, list[tuple[int, str]]] = {}
+        for name, stored, mtime in self.iter_wal():
+            summary = summaries.setdefault(name.timeline, TimelineSummary(name.timeline))
+            summary.stored_bytes += stored
+            summary.newest_mtime = max(summary.newest_mtime or mtime, mtime)
+            if name.kind is WalKind.SEGMENT:
+                segnos.setdefault(name.timeline, []).append((name.segno(size), name.name))
+            elif name.kind is WalKind.PARTIAL:
+                summary.partial.append(name.name)
+            elif name.kind is WalKind.BACKUP:
+                summary.backup_labels.append(name.name)
+            else:
+                summary.history = True
+        for tli, items in segnos.items():
+            items.sort()
+            summary = summaries[tli]
+            summary.first, summary.last, summary.count = items[0][1], items[-1][1], len(items)
+            for (prev, _), (cur, _) in itertools.pairwise(items):
+                if cur > prev + 1:
+                    summary.gaps.append((segment_name(tli, prev + 1, size), segment_name(tli, cur - 1, size)))
+        return [summaries[t] for t in sorted(summaries)]
+
+
+def open_repository(config: Config, *, codec: bool = True) -> Repository:
+    """The repository named by ``config``; ``codec=False`` for commands that only list names."""
+    storage = open_storage(config.repo, config)
+    return Repository(storage, build_codec(config) if codec else None)

@@ -1,0 +1,50 @@
+"""Storage backends behind one interface; ``open_storage`` picks one from a repository URL.
+
+Backends are registered here as ``"module:Class"`` strings and imported only when used, because
+archive_command runs once per WAL segment and must not pay for SDKs it does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from walkeeper.errors import ConfigError
+from walkeeper.storage.base import ObjectInfo, Storage, validate_key
+
+BACKENDS: dict[str, str] = {
+    "file": "walkeeper.storage.local:LocalStorage",
+    "s3": "walkeeper.storage.s3:S3Storage",
+    "ssh": "walkeeper.storage.rsync:RsyncStorage",
+    "rsync": "walkeeper.storage.rsync:RsyncStorage",
+}
+
+__all__ = ["BACKENDS", "ObjectInfo", "Storage", "open_storage", "validate_key"]
+
+
+def scheme_of(url: str) -> str:
+    if url.startswith("/") or "://" not in url:
+        return "file"
+    return urlsplit(url).scheme.lower()
+
+
+def open_storage(url: str, options: Any = None, *, retry: bool = True) -> Storage:
+    """Open the backend for ``url`` (a path, file://, s3://, ssh:// or rsync://)."""
+    if not url:
+        raise ConfigError("no repository configured", hint="set repo in the config file, WALKEEPER_REPO or --repo")
+    scheme = scheme_of(url)
+    target = BACKENDS.get(scheme)
+    if target is None:
+        raise ConfigError(f"unsupported repository URL {url!r}: scheme {scheme!r} is not one of {sorted(BACKENDS)}")
+    module_name, class_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"the {scheme}:// backend is not available in this installation ({exc})") from None
+    storage: Storage = getattr(module, class_name).from_url(url, options)
+    if retry and scheme != "file":
+        from walkeeper.storage.retry import RetryingStorage, RetryPolicy
+
+        storage = RetryingStorage(storage, RetryPolicy.from_options(options))
+    return storage

@@ -1,0 +1,208 @@
+"""A repository in a local (or mounted) directory.
+
+Durability follows the classic recipe: temp file, fsync, rename (or link when overwriting is not
+allowed), fsync the directory. Directories are created 0700 and files 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError
+from walkeeper.storage.base import (
+    TEMP_PREFIX,
+    ObjectInfo,
+    Source,
+    iter_source,
+    validate_key,
+    validate_prefix,
+)
+
+
+def _os_error(exc: OSError, action: str, path: Path) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"no space left on device while {action} {path}", hint="free space or move the repository")
+    if exc.errno == errno.EDQUOT:
+        return StorageError(f"disk quota exceeded while {action} {path}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(
+            f"permission denied while {action} {path} (running as uid {os.getuid()})",
+            hint="the repository must be writable by the user running PostgreSQL",
+        )
+    if exc.errno == errno.EROFS:
+        return StorageError(f"read-only file system while {action} {path}")
+    return StorageError(f"error while {action} {path}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """Objects as files under ``root``; keys map to relative paths."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.url = f"file://{self.root}"
+
+    @classmethod
+    def from_url(cls, url: str, options: Any = None) -> LocalStorage:
+        if url.startswith("file://"):
+            parts = urlsplit(url)
+            if parts.netloc not in ("", "localhost"):
+                raise ConfigError(f"file:// URL with a host is not supported: {url}")
+            return cls(unquote(parts.path))
+        return cls(url)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def _makedirs(self, directory: Path) -> None:
+        """Create missing directories 0700, syncing each parent so the new entry survives a crash."""
+        if directory.is_dir():
+            return
+        missing = []
+        probe = directory
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _os_error(exc, "creating directory", path) from None
+            _fsync_dir(path.parent)
+
+    def put(self, key: str, source: Source, *, overwrite: bool = True,
+            metadata: dict[str, str] | None = None) -> None:
+        """Durable, atomic write; metadata is not kept (readers use the object header instead)."""
+        path = self._path(key)
+        self._makedirs(path.parent)
+        tmp = path.with_name(f"{TEMP_PREFIX}.{path.name}.{secrets.token_hex(4)}")
+        try:
+            # 1. Write to a temp name nobody else reads; O_EXCL so two writers never share it.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                for chunk in iter_source(source):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                # 2. Flush the data to disk before the name points at it.
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # 3. Publish: rename replaces; link refuses an existing name atomically.
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                self._link_no_clobber(tmp, path, key)
+            # 4. Make the new directory entry itself durable.
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise _os_error(exc, "writing", path) from None
+        finally:
+            # 5. Never leave a temp file behind, whatever happened above.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _link_no_clobber(self, tmp: Path, path: Path, key: str) -> None:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise AlreadyExists(f"object {key} already exists") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            # File systems without hard links: check then rename (not atomic against a racing writer).
+            if path.exists():
+                raise AlreadyExists(f"object {key} already exists") from None
+            os.replace(tmp, path)
+
+    def open(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found in {self.url}") from None
+        except OSError as exc:
+            raise _os_error(exc, "reading", path) from None
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as handle:
+            try:
+                return handle.read()
+            except OSError as exc:
+                raise _os_error(exc, "reading", self._path(key)) from None
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found in {self.url}") from None
+        except OSError as exc:
+            raise _os_error(exc, "reading", path) from None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        directory, _, name_prefix = prefix.rpartition("/")
+        base = self.root.joinpath(*directory.split("/")) if directory else self.root
+        key_base = f"{directory}/" if directory else ""
+        yield from self._walk(base, key_base, name_prefix, start_after)
+
+    def _walk(self, path: Path, key_base: str, name_prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(path) as scan:
+                entries = [e for e in scan if not e.name.startswith(".") and e.name.startswith(name_prefix)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise _os_error(exc, "listing", path) from None
+        # Sort as full keys sort: a directory "a" holds keys "a/...", which sort after "a.b".
+        entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+        for entry in entries:
+            key = key_base + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                sub = key + "/"
+                if start_after is not None and start_after > sub and not start_after.startswith(sub):
+                    continue
+                yield from self._walk(Path(entry.path), sub, "", start_after)
+            elif entry.is_file(follow_symlinks=False):
+                if start_after is not None and key <= start_after:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        touched: set[Path] = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _os_error(exc, "deleting", path) from None
+            touched.add(path.parent)
+        for directory in touched:
+            _fsync_dir(directory)
+
+    def close(self) -> None:
+        return None

@@ -22,11 +22,14 @@ class Setup:
     repo: Path
     key_file: Path
     config: Path
+    backend: str = "local"
+    repo_url: str = ""  # the URL written as repo = ...; the local path unless a remote backend is used
+    extra_config: str = ""  # extra TOML tables for the backend ([s3], [ssh])
 
     def write_config(self, text: str | None = None) -> Path:
         body = text if text is not None else (
-            f'repo = "{self.repo}"\n[compression]\nmethod = "zstd"\nlevel = 3\n'
-            f'[encryption]\nmethod = "aes-256-gcm"\nkey_file = "{self.key_file}"\n'
+            f'repo = "{self.repo_url or self.repo}"\n[compression]\nmethod = "zstd"\nlevel = 3\n'
+            f'[encryption]\nmethod = "aes-256-gcm"\nkey_file = "{self.key_file}"\n{self.extra_config}'
         )
         self.config.write_text(body)
         give_to_pg(self.config)
@@ -62,6 +65,17 @@ def setup() -> Iterator[Setup]:
     s.write_config()
     yield s
     shutil.rmtree(work, ignore_errors=True)
+
+
+BACKENDS = ["local"]  # the remote-targets work adds "s3" and "ssh" here (tests/servers.py)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_setup(request: pytest.FixtureRequest, setup: Setup) -> Setup:
+    """The same world with the repository on each storage backend in turn (for end-to-end stories)."""
+    if request.param != "local":
+        raise NotImplementedError(request.param)
+    return setup
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

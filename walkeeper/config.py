@@ -44,19 +44,80 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """[s3]: used when repo = "s3://bucket/prefix". Credentials come from boto3's standard chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    addressing_style: str = "auto"
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    """[ssh]: used when repo = "ssh://user@host[:port]/path" (rsync over ssh)."""
+
+    identity_file: str | None = None
+    known_hosts_file: str | None = None
+    strict_host_key_checking: bool = True
+    connect_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """[archive]: wal-push behaviour."""
+
+    push_ahead: int = 0
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """[restore]: wal-fetch behaviour."""
+
+    prefetch: int = 0
+    spool_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """[backup]: base backups."""
+
+    pg_bin_dir: str | None = None
+    wal_wait_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     repo: str = ""
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    ssh: SshConfig = field(default_factory=SshConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
     source: str | None = field(default=None, metadata={"internal": True})
 
 
 # Settings holding file paths: relative values in a config file are relative to that file.
-PATH_FIELDS = {("encryption", "key_file")}
+PATH_FIELDS = {
+    ("encryption", "key_file"),
+    ("ssh", "identity_file"),
+    ("ssh", "known_hosts_file"),
+    ("restore", "spool_dir"),
+    ("backup", "pg_bin_dir"),
+}
 _CHOICES = {
     ("compression", "method"): ("zstd", "none"),
     ("encryption", "method"): ("aes-256-gcm", "none"),
+    ("s3", "sse"): (None, "AES256", "aws:kms"),
+    ("s3", "addressing_style"): ("auto", "path", "virtual"),
 }
 
 
@@ -109,7 +170,7 @@ def _coerce(value: Any, hint: Any, where: str, from_env: bool) -> Any:
 def _check_choice(section: str, key: str, value: Any, where: str) -> None:
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(str(c) for c in choices if c)}")
 
 
 def _section_values(section: str, cls: type, table: Mapping[str, Any], source: str,

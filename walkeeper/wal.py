@@ -71,13 +71,13 @@ def parse_wal_name(name: str) -> WalName:
         raise InvalidName(f"not a WAL file name: {name!r}", hint="expected e.g. 000000010000000000000001")
     for regex, kind in ((_SEGMENT_RE, WalKind.SEGMENT), (_PARTIAL_RE, WalKind.PARTIAL),
                         (_BACKUP_RE, WalKind.BACKUP)):
-        match = regex.match(name)
+        match = regex.fullmatch(name)
         if match:
             tli, log, seg = (int(g, 16) for g in match.groups()[:3])
             if tli == 0:
                 raise InvalidName(f"not a WAL file name: {name!r} (timeline 0 does not exist)")
             return WalName(tli, log, seg, kind, name)
-    match = _HISTORY_RE.match(name)
+    match = _HISTORY_RE.fullmatch(name)
     if match:
         tli = int(match.group(1), 16)
         if tli == 0:

@@ -23,7 +23,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from walkeeper.errors import InvalidName
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 TEMP_PREFIX = ".tmp"
 
 Source = bytes | Iterable[bytes]
@@ -42,7 +42,7 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 1024:
         raise InvalidName(f"invalid object key {key!r}")
     for part in key.split("/"):
-        if part in (".", "..") or not _SEGMENT.match(part):
+        if part in (".", "..") or not _SEGMENT.fullmatch(part):
             raise InvalidName(f"invalid object key {key!r}: bad component {part!r}")
     return key
 

@@ -56,6 +56,9 @@ class S3Config:
     addressing_style: str = "auto"
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    multipart_chunk_size: int = 16 * 1024 * 1024  # streams larger than one chunk go up as multipart
+    max_concurrency: int = 4  # parts in flight at once (memory ~ (max_concurrency + 1) * chunk size)
+    conditional_writes: bool = True  # If-None-Match: *; false for stores without it (then HEAD, best effort)
 
 
 @dataclass(frozen=True)
@@ -66,21 +69,28 @@ class SshConfig:
     known_hosts_file: str | None = None
     strict_host_key_checking: bool = True
     connect_timeout: int = 10
+    io_timeout: int = 60  # seconds without progress before a transfer counts as failed (transient)
+    control_persist: int = 10  # seconds the shared ssh connection outlives its last use
 
 
 @dataclass(frozen=True)
 class ArchiveConfig:
-    """[archive]: wal-push behaviour."""
+    """[archive]: wal-push behaviour (push-ahead: README "Speed")."""
 
-    push_ahead: int = 0
+    push_ahead: int = 16  # other .ready segments one call also pushes (0 = off)
+    workers: int = 2  # segments compressed/encrypted/stored in parallel by one call
+    status_dir: str | None = None  # records of pushed-ahead segments; default under /var/tmp/walkeeper-<uid>
 
 
 @dataclass(frozen=True)
 class RestoreConfig:
-    """[restore]: wal-fetch behaviour."""
+    """[restore]: wal-fetch behaviour (prefetch: README "Speed")."""
 
-    prefetch: int = 0
-    spool_dir: str | None = None
+    prefetch: int = 16  # segments the background prefetcher keeps ready ahead of recovery (0 = off)
+    spool_dir: str | None = None  # default under /var/tmp/walkeeper-<uid>, outside the data directory
+    workers: int = 2  # parallel downloads/decodes of the prefetcher
+    spool_max_mb: int = 1024  # upper bound of the spool's size, whatever prefetch says
+    idle_timeout: float = 60.0  # the prefetcher exits after this many seconds without a request
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ PATH_FIELDS = {
     ("ssh", "identity_file"),
     ("ssh", "known_hosts_file"),
     ("restore", "spool_dir"),
+    ("archive", "status_dir"),
     ("backup", "pg_bin_dir"),
 }
 _CHOICES = {

@@ -1,0 +1,376 @@
+"""A repository in an S3 bucket (AWS, MinIO, Ceph RGW, any S3-compatible store).
+
+The only module that imports boto3, and only when an ``s3://`` repository is opened: archive_command
+runs once per WAL segment and must not pay ~300 ms for an SDK it does not use.
+
+Atomicity comes from S3 itself: an object becomes visible only when a single PUT or a
+CompleteMultipartUpload succeeds, so a reader never sees a partial object. A failed stream aborts
+its multipart upload; a killed process leaves an incomplete upload that no reader can see (add a
+lifecycle rule "abort incomplete multipart uploads after N days" to reclaim its space).
+
+``overwrite=False`` sends ``If-None-Match: *``, which AWS S3 (since 2024), MinIO and moto evaluate
+atomically. Stores without conditional writes: set ``[s3] conditional_writes = false`` and the
+backend checks with HEAD first, which is best effort (a writer racing between HEAD and PUT wins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
+
+from walkeeper.config import S3Config
+from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
+from walkeeper.storage.base import (
+    TEMP_PREFIX,
+    ObjectInfo,
+    Source,
+    iter_source,
+    validate_key,
+    validate_prefix,
+)
+from walkeeper.storage.retry import RetryPolicy
+
+T = TypeVar("T")
+MIN_PART = 5 * 1024 * 1024  # S3's smallest allowed part (except the last)
+MAX_SINGLE_PUT = 5 * 1024**3
+_TRANSIENT_CODES = {
+    "RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "ServiceUnavailable", "InternalError", "OperationAborted",
+    "ConditionalRequestConflict", "TooManyRequests",
+}
+_DENIED_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidClientTokenId",
+}
+
+
+def _import_boto3() -> Any:
+    try:
+        import boto3
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "an s3:// repository needs boto3, which is not installed",
+            hint="pip install 'walkeeper[s3]'",
+        ) from None
+    return boto3
+
+
+class S3Storage:
+    """Objects under ``prefix`` in ``bucket``; keys map to ``prefix + key``."""
+
+    def __init__(self, bucket: str, prefix: str = "", settings: S3Config | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.settings = settings or S3Config()
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._retry = retry or RetryPolicy()
+        self._conditional = self.settings.conditional_writes
+        self._client_lock = threading.Lock()
+        self._client_obj: Any = None
+        if self.settings.multipart_chunk_size < MIN_PART:
+            raise ConfigError(f"[s3] multipart_chunk_size must be at least {MIN_PART} bytes (an S3 limit)")
+        if self.settings.max_concurrency < 1:
+            raise ConfigError("[s3] max_concurrency must be at least 1")
+
+    @classmethod
+    def from_url(cls, url: str, options: Any = None) -> S3Storage:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ConfigError(f"invalid S3 repository URL {url!r}", hint='use repo = "s3://bucket/prefix"')
+        if parts.query or parts.fragment:
+            raise ConfigError(f"S3 repository URL {url!r} must not have a query or fragment")
+        prefix = parts.path.strip("/")
+        if prefix:
+            validate_key(prefix)
+        settings = getattr(options, "s3", None) or S3Config()
+        return cls(parts.netloc, prefix, settings, RetryPolicy.from_options(options))
+
+    # -- client and error mapping ---------------------------------------------------------
+
+    @property
+    def _client(self) -> Any:
+        """The boto3 client, built on first use (importing boto3 then, not before)."""
+        with self._client_lock:
+            if self._client_obj is None:
+                self._client_obj = self._make_client()
+            return self._client_obj
+
+    def _make_client(self) -> Any:
+        boto3 = _import_boto3()
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import BotoCoreError
+
+        s = self.settings
+        config = BotoConfig(
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            # One retry inside botocore for a dropped keep-alive connection; RetryingStorage does the backoff.
+            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": s.addressing_style},
+            max_pool_connections=max(10, s.max_concurrency + 2),
+            # Checksums only when an operation requires them: S3-compatible stores reject the newer defaults.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        try:
+            session = boto3.session.Session(profile_name=s.profile, region_name=s.region)
+            return session.client("s3", endpoint_url=s.endpoint_url, config=config)
+        except BotoCoreError as exc:
+            raise ConfigError(f"cannot set up the S3 client for {self.url}: {exc}") from None
+
+    def _error(self, exc: Exception, action: str, key: str | None = None) -> StorageError:
+        """Translate a botocore failure into our hierarchy; NotFound only for a missing object."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = f"{self.url}/{key}" if key else self.url
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            message = err.get("Message") or code
+            if code in ("NoSuchKey", "NotFound") or (status == 404 and code in ("404", "")):
+                return NotFound(f"{key} not found in {self.url}")
+            if code == "NoSuchBucket":
+                return StorageError(f"bucket {self.bucket} does not exist ({action} {where})",
+                                    hint="create the bucket or fix repo; check [s3] endpoint_url and region")
+            if code in ("PreconditionFailed",) or status == 412:
+                return AlreadyExists(f"object {key} already exists")
+            if code in _DENIED_CODES or status == 403:
+                return StorageError(
+                    f"access denied while {action} {where}: {code}: {message}",
+                    hint="check the credentials boto3 finds (AWS_PROFILE, env, instance role) and that the "
+                         "IAM policy allows s3:GetObject, s3:PutObject, s3:ListBucket, s3:DeleteObject",
+                )
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return TransientError(f"S3 error while {action} {where}: {code}: {message}")
+            return StorageError(f"S3 error while {action} {where}: {code}: {message}")
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StorageError(
+                f"no usable AWS credentials for {self.url}: {exc}",
+                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, [s3] profile, or an instance role for the "
+                     "user running PostgreSQL",
+            )
+        if isinstance(exc, ConnectionError | HTTPClientError | OSError):
+            endpoint = self.settings.endpoint_url or "the S3 endpoint"
+            return TransientError(f"network error while {action} {where} ({endpoint}): {exc}")
+        return StorageError(f"S3 failure while {action} {where}: {exc}")
+
+    def _call(self, action: str, key: str | None, func: Callable[[], T]) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return func()
+        except (ClientError, BotoCoreError, OSError) as exc:
+            raise self._error(exc, action, key) from None
+
+    def _extra_args(self, metadata: dict[str, str] | None) -> dict[str, Any]:
+        s = self.settings
+        args: dict[str, Any] = {}
+        if metadata:
+            args["Metadata"] = dict(metadata)
+        if s.storage_class:
+            args["StorageClass"] = s.storage_class
+        if s.sse:
+            args["ServerSideEncryption"] = s.sse
+            if s.sse == "aws:kms" and s.sse_kms_key_id:
+                args["SSEKMSKeyId"] = s.sse_kms_key_id
+        return args
+
+    # -- the Storage interface ------------------------------------------------------------
+
+    def put(self, key: str, source: Source, *, overwrite: bool = True,
+            metadata: dict[str, str] | None = None) -> None:
+        """A single PUT up to one chunk (every WAL segment), a multipart upload for longer streams."""
+        full = self.prefix + validate_key(key)
+        extra = self._extra_args(metadata)
+        if isinstance(source, bytes | bytearray | memoryview) and len(source) <= MAX_SINGLE_PUT:
+            self._put_single(key, full, bytes(source), overwrite, extra)
+            return
+        parts = _parts(iter_source(source), self.settings.multipart_chunk_size)
+        first = next(parts, b"")
+        if len(first) < self.settings.multipart_chunk_size:  # the whole stream fits one request
+            self._put_single(key, full, first, overwrite, extra)
+            return
+        self._put_multipart(key, full, first, parts, overwrite, extra)
+
+    def _refuse_existing(self, key: str, full: str) -> None:
+        """Best-effort no-clobber for stores without conditional writes (a racing writer can win)."""
+        try:
+            self._call("checking", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full))
+        except NotFound:
+            return
+        raise AlreadyExists(f"object {key} already exists")
+
+    def _put_single(self, key: str, full: str, body: bytes, overwrite: bool, extra: dict[str, Any]) -> None:
+        args = dict(Bucket=self.bucket, Key=full, Body=body, **extra)
+        if not overwrite:
+            if self._conditional:
+                try:
+                    self._call("storing", key, lambda: self._client.put_object(**args, IfNoneMatch="*"))
+                    return
+                except StorageError as exc:
+                    if "NotImplemented" not in str(exc):
+                        raise
+                    self._conditional = False  # this store ignores nothing, it refuses: fall back
+            self._refuse_existing(key, full)
+        self._call("storing", key, lambda: self._client.put_object(**args))
+
+    def _put_multipart(self, key: str, full: str, first: bytes, rest: Iterator[bytes], overwrite: bool,
+                       extra: dict[str, Any]) -> None:
+        """Stream parts with at most ``max_concurrency`` in flight; abort the upload on any failure."""
+        if not overwrite and not self._conditional:
+            self._refuse_existing(key, full)
+        created = self._call("starting upload of", key, lambda: self._client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, **extra))
+        upload_id = created["UploadId"]
+        parts: dict[int, str] = {}
+        try:
+            with ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="wk-s3-part") as pool:
+                pending: set[Future[None]] = set()
+                number, body = 1, first
+                while body:
+                    if len(pending) >= self.settings.max_concurrency:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            fut.result()
+                    pending.add(pool.submit(self._upload_part, key, full, upload_id, number, body, parts))
+                    number += 1
+                    body = next(rest, b"")  # read the next part while others upload
+                for fut in pending:
+                    fut.result()
+            completion: dict[str, Any] = {"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]}
+            args = dict(Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload=completion)
+            if not overwrite and self._conditional:
+                args["IfNoneMatch"] = "*"
+            self._call("completing upload of", key, lambda: self._client.complete_multipart_upload(**args))
+        except BaseException:
+            # Never leave parts behind (they cost money and are invisible to readers anyway).
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+
+    def _upload_part(self, key: str, full: str, upload_id: str, number: int, body: bytes,
+                     parts: dict[int, str]) -> None:
+        """One part, retried here: the stream it came from cannot be replayed by the retry wrapper."""
+        delays = self._retry.delays()
+        while True:
+            try:
+                response = self._call(f"uploading part {number} of", key, lambda: self._client.upload_part(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body))
+                parts[number] = response["ETag"]
+                return
+            except TransientError:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                threading.Event().wait(delay)
+
+    def open(self, key: str) -> BinaryIO:
+        """An optimistic GET (no HEAD first); the body streams and a short read is an error."""
+        full = self.prefix + validate_key(key)
+        response = self._call("reading", key, lambda: self._client.get_object(Bucket=self.bucket, Key=full))
+        return io.BufferedReader(_Body(response["Body"], self, key), 1024 * 1024)  # type: ignore[arg-type]
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as handle:
+            return handle.read()
+
+    def stat(self, key: str) -> ObjectInfo:
+        full = self.prefix + validate_key(key)
+        head = self._call("reading", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full))
+        return ObjectInfo(key, int(head["ContentLength"]), head["LastModified"].timestamp(),
+                          dict(head.get("Metadata") or {}))
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """ListObjectsV2 pages; S3 returns keys in UTF-8 byte order, which is our key order."""
+        validate_prefix(prefix)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        if start_after is not None:
+            args["StartAfter"] = self.prefix + start_after
+        token: str | None = None
+        while True:
+            page_args = dict(args, ContinuationToken=token) if token else args
+            page = self._call("listing", prefix or "/", lambda a=page_args: self._client.list_objects_v2(**a))
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix):]
+                if any(part.startswith(TEMP_PREFIX) for part in key.split("/")):
+                    continue
+                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """DeleteObjects in batches of 1000; S3 reports deleting a missing key as success."""
+        batch = [self.prefix + validate_key(k) for k in keys]
+        for start in range(0, len(batch), 1000):
+            objects = [{"Key": k} for k in batch[start:start + 1000]]
+            response = self._call("deleting objects in", None, lambda o=objects: self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": o, "Quiet": True}))
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                code = first.get("Code", "")
+                cls = TransientError if code in _TRANSIENT_CODES else StorageError
+                raise cls(f"could not delete {len(errors)} objects in {self.url}, e.g. {first.get('Key')}: "
+                          f"{code}: {first.get('Message', '')}")
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client_obj is not None:
+                with contextlib.suppress(Exception):
+                    self._client_obj.close()
+                self._client_obj = None
+
+
+def _parts(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Re-cut a stream into parts of exactly ``size`` bytes (the last one shorter), holding one part."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+class _Body(io.RawIOBase):
+    """A GET response body as a raw stream whose network errors are our errors."""
+
+    def __init__(self, body: Any, storage: S3Storage, key: str) -> None:
+        self._body = body
+        self._storage = storage
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            data = self._body.read(len(buffer))
+        except (BotoCoreError, OSError) as exc:
+            # IncompleteReadError (a short body) lands here too: never a silent truncation.
+            raise self._storage._error(exc, "reading", self._key) from None
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._body.close()
+        super().close()

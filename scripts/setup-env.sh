@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: installs Debian packages that are missing (as root) and builds the
+# venv from Debian's /usr/bin/python3 in a world-readable place, because PostgreSQL runs
+# archive_command as the postgres user, which cannot read /root. walkeeper is installed
+# non-editable for the same reason (a checkout under /root would be invisible to that user).
+#   WALKEEPER_VENV      the venv (default /opt/walkeeper-venv)
+#   WALKEEPER_PG_BIN    PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+#   WALKEEPER_EXTRAS    pip extras to install (default: none; test.sh uses "test")
+set -euo pipefail
+VENV=${WALKEEPER_VENV:-/opt/walkeeper-venv}
+PG_BIN=${WALKEEPER_PG_BIN:-/usr/lib/postgresql/15/bin}
+export WALKEEPER_PG_BIN=$PG_BIN
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+need=()
+[ -x "$PG_BIN/postgres" ] || need+=(postgresql-15 postgresql-contrib-15)
+command -v rsync >/dev/null || need+=(rsync)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v runuser >/dev/null || need+=(util-linux)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then echo "missing Debian packages: ${need[*]} (run as root to install them)" >&2; exit 1; fi
+    echo "setup: installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+[ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+extras=${WALKEEPER_EXTRAS:-}
+spec="$ROOT"
+[ -n "$extras" ] && spec="$ROOT[$extras]"
+"$VENV/bin/pip" install -q --disable-pip-version-check "$spec"
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$ROOT"
+chmod -R a+rX "$VENV"
+export WALKEEPER_BIN="$VENV/bin/walkeeper"

@@ -102,6 +102,24 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """[retention]: what `walkeeper expire` keeps (both set: a backup kept by either rule stays)."""
+
+    keep: int | None = None  # the newest N complete backups
+    keep_days: float | None = None  # a recovery window: any moment of the last D days stays recoverable
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """[notify]: a command run after a failure of wal-push, wal-fetch (not "not found"), backup, expire."""
+
+    on_failure: str | None = None  # run with /bin/sh -c; WALKEEPER_EVENT, _OBJECT, _ERROR in its environment
+    timeout: float = 10.0  # seconds before the command is killed: it never holds up the archive for long
+    min_interval: float = 3600.0  # seconds between two notifications of the same event
+    state_file: str | None = None  # last send time per event (default ~/.cache/walkeeper/notify-state.json)
+
+
+@dataclass(frozen=True)
 class Config:
     repo: str = ""
     compression: CompressionConfig = field(default_factory=CompressionConfig)
@@ -112,6 +130,8 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -123,6 +143,7 @@ PATH_FIELDS = {
     ("restore", "spool_dir"),
     ("archive", "status_dir"),
     ("backup", "pg_bin_dir"),
+    ("notify", "state_file"),
 }
 _CHOICES = {
     ("compression", "method"): ("zstd", "none"),

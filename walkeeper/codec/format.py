@@ -254,10 +254,10 @@ class Decoder:
         index = 0
         while True:
             frame_head = read(_FRAME.size)
-            if len(frame_head) < _FRAME.size:
-                frame_head += _read_exact(read, _FRAME.size - len(frame_head), "frames") if frame_head else b""
             if not frame_head:
                 raise IntegrityError("object is truncated: its final frame is missing")
+            if len(frame_head) < _FRAME.size:
+                frame_head += _read_exact(read, _FRAME.size - len(frame_head), "frames")
             flags, length = _FRAME.unpack(frame_head)
             if flags & ~FLAG_LAST or length > MAX_FRAME:
                 raise IntegrityError(f"object is corrupted: bad frame {index} header")

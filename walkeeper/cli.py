@@ -72,27 +72,49 @@ def handle_errors(*, restore_command: bool = False, quiet_not_found: bool = Fals
             except (click.exceptions.Exit, click.ClickException, click.Abort):
                 raise
             except NotFound as exc:
+                code = exit_code(exc, restore_command=restore_command)
                 if quiet_not_found:
                     log.debug("%s", exc)
                 else:
                     _report(ctx.info_name, exc, verbose)
-                raise CommandFailed(exit_code(exc, restore_command=restore_command)) from None
+                    _notify(ctx, app, exc, code)
+                raise CommandFailed(code) from None
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
+                code = exit_code(exc, restore_command=restore_command)
                 _report(ctx.info_name, exc, verbose)
-                raise CommandFailed(exit_code(exc, restore_command=restore_command)) from None
+                _notify(ctx, app, exc, code)
+                raise CommandFailed(code) from None
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
 
 
-def _report(command: str | None, exc: BaseException, verbose: int) -> None:
+def _message(exc: BaseException) -> str:
     if isinstance(exc, WalkeeperError):
-        message = str(exc)
-    else:
-        message = f"internal error: {exc.__class__.__name__}: {exc} (please report this; rerun with -v for details)"
+        return str(exc)
+    return f"internal error: {exc.__class__.__name__}: {exc} (please report this; rerun with -v for details)"
+
+
+def _notify(ctx: click.Context, app: AppContext | None, exc: BaseException, code: int) -> None:
+    """[notify] on_failure for the commands that must be watched (see walkeeper.notify); never raises."""
+    if app is None:
+        return
+    try:
+        from walkeeper.notify import EVENTS, notify_failure
+
+        if ctx.info_name not in EVENTS or not app.config.notify.on_failure:
+            return
+        obj = next((str(ctx.params[k]) for k in ("path", "name", "backup_id") if ctx.params.get(k)), "")
+        notify_failure(app.config, ctx.info_name, obj, _message(exc), code)
+    except Exception as err:  # e.g. the configuration itself is broken
+        log.debug("notify: skipped (%s)", err)
+
+
+def _report(command: str | None, exc: BaseException, verbose: int) -> None:
+    message = _message(exc)
     if verbose:
         log.error("%s: traceback follows", command, exc_info=exc)
     click.echo(f"walkeeper {command}: error: {message}", err=True)

@@ -30,7 +30,10 @@ fi
 extras=${WALKEEPER_EXTRAS:-}
 spec="$ROOT"
 [ -n "$extras" ] && spec="$ROOT[$extras]"
-"$VENV/bin/pip" install -q --disable-pip-version-check "$spec"
-"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$ROOT"
+pip_q() {  # pip, without the noise of this machine's unused local index settings
+    "$VENV/bin/pip" --disable-pip-version-check "$@" 2>&1 | { grep -v "WARNING: Location 'file:" || true; }
+}
+pip_q install -q "$spec"
+pip_q install -q --no-deps --force-reinstall "$ROOT"
 chmod -R a+rX "$VENV"
 export WALKEEPER_BIN="$VENV/bin/walkeeper"

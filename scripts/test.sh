@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WALKEEPER_EXTRAS=test source scripts/setup-env.sh
-"$VENV/bin/ruff" check walkeeper tests benchmarks scripts
+"$VENV/bin/ruff" check .
 exec "$VENV/bin/python" -m pytest -n "${WALKEEPER_TEST_WORKERS:-2}" "$@"

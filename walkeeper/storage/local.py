@@ -115,7 +115,7 @@ class LocalStorage:
             raise _os_error(exc, "writing", path) from None
         finally:
             # 5. Never leave a temp file behind, whatever happened above.
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.unlink(tmp)
 
     def _link_no_clobber(self, tmp: Path, path: Path, key: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.pgharness import PG_BIN, WALKEEPER_BIN, as_pg, give_to_pg, pg_workdir, running_as_root
+from tests.servers import s3_server, ssh_server  # noqa: F401 - session fixtures for remote backends
 
 
 @dataclass
@@ -67,14 +68,25 @@ def setup() -> Iterator[Setup]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-BACKENDS = ["local"]  # the remote-targets work adds "s3" and "ssh" here (tests/servers.py)
+BACKENDS = ["local", "s3", "ssh"]  # servers for s3 and ssh: tests/servers.py
 
 
 @pytest.fixture(params=BACKENDS)
 def backend_setup(request: pytest.FixtureRequest, setup: Setup) -> Setup:
-    """The same world with the repository on each storage backend in turn (for end-to-end stories)."""
-    if request.param != "local":
-        raise NotImplementedError(request.param)
+    """The same world with the repository on each storage backend in turn (for end-to-end stories).
+
+    s3: a fresh prefix in a moto server's bucket; the dummy AWS credentials are in os.environ, so
+    walkeeper subprocesses and PostgreSQL (started by pg_ctl) see them. ssh: a fresh directory on a
+    loopback sshd, logged into as postgres with a postgres-owned key and known_hosts.
+    """
+    setup.backend = request.param
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        setup.repo_url, setup.extra_config = s3.url(), s3.config_toml()
+    elif request.param == "ssh":
+        ssh = request.getfixturevalue("ssh_server")
+        setup.repo_url, setup.extra_config = ssh.url(), ssh.config_toml()
+    setup.write_config()
     return setup
 
 

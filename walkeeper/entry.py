@@ -1,5 +1,10 @@
 """Console entry point. Kept to the standard library so that fast paths can answer before the
-CLI (click), the codec (zstandard, cryptography) or an SDK is imported."""
+CLI (click), the codec (zstandard, cryptography) or an SDK is imported.
+
+The fast paths (walkeeper.fastpath) answer a wal-push whose segment an earlier call already pushed
+ahead, and a wal-fetch whose segment the prefetcher already has in its spool, at the cost of about
+one bare interpreter start. Anything else, including every failure, goes to the full CLI.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,16 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if "wal-push" in args or "wal-fetch" in args:
+        from walkeeper.fastpath import try_fast_path
+
+        code = try_fast_path(args)
+        if code is not None:
+            return code
     from walkeeper.cli import main as cli_main
 
-    return cli_main(argv)
+    return cli_main(args)
 
 
 if __name__ == "__main__":

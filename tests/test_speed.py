@@ -1,0 +1,440 @@
+"""Push-ahead, prefetch and the stdlib-only fast paths, on real WAL, under faults.
+
+The WAL comes from a real cluster whose archiving was left paused (archive_mode = on with an empty
+archive_command), so its pg_wal holds real segments and PostgreSQL's own archive_status/*.ready
+files. wal-push and wal-fetch run as PostgreSQL runs them: as postgres, with the data directory as
+working directory and %p relative to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Setup
+from tests.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, pg_workdir, run_pg, walkeeper_cmd
+
+pytestmark = pytest.mark.postgres
+HEAVY = ("click", "zstandard", "cryptography", "boto3", "botocore")
+
+
+@pytest.fixture(scope="module")
+def wal_source() -> Iterator[Path]:
+    """A stopped cluster's data directory with 6+ real segments waiting as .ready."""
+    work = pg_workdir("wk-speed-src-")
+    cluster = Cluster(work / "data").initdb()
+    cluster.configure({**cluster.base_settings(), "archive_mode": "on", "archive_command": "",
+                       "wal_level": "replica", "wal_keep_size": "1GB"})
+    cluster.start()
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *cluster.conninfo(), "postgres"])
+        for i in range(6):
+            cluster.psql(f"create table t{i} as select g, md5(g::text) from generate_series(1, 20000) g")
+            cluster.switch_wal()
+    finally:
+        cluster.stop()
+    yield cluster.datadir
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def ready(datadir: Path) -> list[str]:
+    return sorted(p.name[:-6] for p in (datadir / "pg_wal" / "archive_status").glob("*.ready")
+                  if re.fullmatch(r"[0-9A-F]{24}", p.name[:-6]))
+
+
+def copy_datadir(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return give_to_pg(dest)
+
+
+def configure(setup: Setup, archive: str = "", restore: str = "") -> None:
+    setup.extra_config = (f'[archive]\nstatus_dir = "{setup.work}/status"\n{archive}\n'
+                          f'[restore]\nspool_dir = "{setup.work}/spool"\n{restore}\n')
+    setup.write_config()
+
+
+def status_records(setup: Setup) -> list[str]:
+    base = setup.work / "status"
+    return sorted(p.name for p in base.glob("*/*") if not p.name.startswith("."))
+
+
+def stored(setup: Setup, name: str) -> bool:
+    return (setup.repo / "wal" / name[:8] / name).exists()
+
+
+def fetch_bytes(setup: Setup, name: str) -> bytes:
+    out = setup.work / f"check-{name}"
+    proc = setup.wk("wal-fetch", name, out, env={"WALKEEPER_RESTORE_PREFETCH": "0"})
+    assert proc.returncode == 0, proc.stderr
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+# -- the entry point's fast path stays light ----------------------------------------------------------------
+
+
+def imported_modules(proc: subprocess.CompletedProcess[str]) -> set[str]:
+    return {m.group(1).strip() for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", proc.stderr, re.M)}
+
+
+def test_fast_paths_import_no_heavy_module(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 4", "prefetch = 4")
+    data = copy_datadir(wal_source, setup.work / "data")
+    first, second = ready(data)[:2]
+    assert setup.wk("wal-push", f"pg_wal/{first}", cwd=data).returncode == 0
+    python = str(Path(WALKEEPER_BIN).parent / "python")
+    runner = "import sys; from walkeeper.entry import main; sys.exit(main())"
+
+    def entry(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        cmd = as_pg([python, "-X", "importtime", "-c", runner, "--config", str(setup.config), "-v", *args])
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+
+    proc = entry("wal-push", f"pg_wal/{second}", cwd=data)
+    assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr[-2000:]
+    modules = imported_modules(proc)
+    assert "walkeeper.fastpath" in modules and not [m for m in modules if m.split(".")[0] in HEAVY]
+
+    # The full path does import them: the check above can fail.
+    proc = entry("wal-push", f"pg_wal/{first}", cwd=data)
+    assert proc.returncode == 0 and "zstandard" in imported_modules(proc)
+
+    # wal-fetch from the prefetch spool.
+    restore = copy_datadir(wal_source, setup.work / "restore")
+    (restore / "recovery.signal").touch()
+    give_to_pg(restore)
+    assert setup.wk("wal-fetch", first, "pg_wal/RECOVERYXLOG", cwd=restore).returncode == 0
+    wait_for(lambda: spool_has(setup, second))
+    proc = entry("wal-fetch", second, "pg_wal/RECOVERYXLOG", cwd=restore)
+    assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr[-2000:]
+    modules = imported_modules(proc)
+    assert not [m for m in modules if m.split(".")[0] in HEAVY], modules
+    assert (restore / "pg_wal" / "RECOVERYXLOG").read_bytes() == (wal_source / "pg_wal" / second).read_bytes()
+    (restore / "recovery.signal").unlink()
+
+
+# -- push-ahead ---------------------------------------------------------------------------------------------
+
+
+def test_push_ahead_then_fast_path_for_each_later_call(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16\nworkers = 2")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    assert len(names) >= 6
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[0]}", cwd=data)
+    assert proc.returncode == 0, proc.stderr
+    assert all(stored(setup, n) for n in names), "every .ready segment is stored ahead"
+    assert status_records(setup) == names[1:], "a record for each pushed-ahead segment, none for the own one"
+    for name in names[1:]:
+        proc = setup.wk("-v", "wal-push", f"pg_wal/{name}", cwd=data)
+        assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+        (data / "pg_wal" / "archive_status" / f"{name}.ready").rename(
+            data / "pg_wal" / "archive_status" / f"{name}.done")  # as PostgreSQL does
+    assert status_records(setup) == []
+    for name in names:
+        assert fetch_bytes(setup, name) == (data / "pg_wal" / name).read_bytes()
+
+
+def test_changed_file_is_not_taken_for_pushed(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data).returncode == 0
+    victim = data / "pg_wal" / names[1]
+    with open(victim, "r+b") as handle:  # same size, same inode: only mtime/ctime tell
+        handle.seek(100_000)
+        handle.write(b"\xff" * 16)
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data)
+    assert proc.returncode != 0 and "fast path" not in proc.stderr
+    assert "different content" in proc.stderr
+
+
+def test_segment_pushed_twice(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    for _ in range(2):
+        assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data).returncode == 0
+    # A fast-path answer, then PostgreSQL asks again (crash before .done): the full path says yes.
+    assert "fast path" in setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data).stderr
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data)
+    assert proc.returncode == 0 and "fast path" not in proc.stderr
+    assert fetch_bytes(setup, names[1]) == (data / "pg_wal" / names[1]).read_bytes()
+
+
+def test_worker_killed_mid_push_leaves_no_record(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16\nworkers = 2")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    cmd = as_pg([str(WALKEEPER_BIN), "--config", str(setup.config), "wal-push", f"pg_wal/{names[0]}"])
+    env = {**os.environ, "WALKEEPER_TEST_PUSH_AHEAD_DELAY": "60"}
+    proc = subprocess.Popen(cmd, cwd=data, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Two workers: the own segment, then pushed-ahead ones that store and then stall before recording.
+        wait_for(lambda: sum(stored(setup, n) for n in names) >= 3, timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert status_records(setup) == [], "a killed push leaves no record"
+    leftovers = [p for p in setup.repo.rglob("*") if p.is_file() and p.name.startswith(".")]
+    for name in names:  # PostgreSQL's own calls: full path, all succeed, nothing lost
+        proc2 = setup.wk("-v", "wal-push", f"pg_wal/{name}", cwd=data, env={"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0"})
+        assert proc2.returncode == 0 and "fast path" not in proc2.stderr, proc2.stderr
+    for name in names:
+        assert fetch_bytes(setup, name) == (data / "pg_wal" / name).read_bytes()
+    assert all(p.name.startswith(".") for p in leftovers)  # at most hidden temp files, never a partial object
+
+
+def test_repository_failing_reports_nothing_archived(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    # The repository exists but its WAL directory refuses writes for a while.
+    assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data, env={"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0"}
+                    ).returncode == 0
+    tli_dir = setup.repo / "wal" / names[0][:8]
+    tli_dir.chmod(0o500)
+    try:
+        for name in names[1:3]:
+            proc = setup.wk("wal-push", f"pg_wal/{name}", cwd=data)
+            assert proc.returncode != 0 and proc.returncode <= 125, proc.stderr
+        # Only names[0] (stored before the outage) may carry a record.
+        assert set(status_records(setup)) <= {names[0]} and stored(setup, names[0])
+        assert not any(stored(setup, n) for n in names[1:])
+    finally:
+        tli_dir.chmod(0o700)
+    for name in names[1:]:
+        assert setup.wk("wal-push", f"pg_wal/{name}", cwd=data).returncode == 0
+    for name in names:
+        assert fetch_bytes(setup, name) == (data / "pg_wal" / name).read_bytes()
+
+
+# -- prefetch -----------------------------------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def spool_files(setup: Setup) -> list[str]:
+    return sorted(p.name for p in (setup.work / "spool").glob("*/*") if re.fullmatch(r"[0-9A-F]{24}", p.name))
+
+
+def spool_has(setup: Setup, name: str) -> bool:
+    return any((p / f"{name}.meta").exists() for p in (setup.work / "spool").glob("*"))
+
+
+def prefetcher_pids(setup: Setup) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"walkeeper.prefetch {setup.work}/spool"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture
+def archived(setup: Setup, wal_source: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A repository holding the source's segments, and a restore-like data directory in recovery."""
+    configure(setup, "push_ahead = 16", "prefetch = 3\nidle_timeout = 20")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data).returncode == 0
+    for name in names[1:]:
+        assert setup.wk("wal-push", f"pg_wal/{name}", cwd=data).returncode == 0
+    restore = setup.work / "restore"
+    restore.mkdir()
+    (restore / "global").mkdir()
+    shutil.copy(data / "global" / "pg_control", restore / "global" / "pg_control")
+    (restore / "pg_wal").mkdir()
+    (restore / "recovery.signal").touch()
+    give_to_pg(restore)
+    yield data, names
+    (restore / "recovery.signal").unlink(missing_ok=True)
+    wait_for(lambda: not prefetcher_pids(setup), timeout=10)
+
+
+def fetch(setup: Setup, name: str, dest: str = "pg_wal/RECOVERYXLOG") -> subprocess.CompletedProcess[str]:
+    return setup.wk("-v", "wal-fetch", name, dest, cwd=setup.work / "restore")
+
+
+def test_prefetch_serves_next_segments_through_fast_path(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    data, names = archived
+    dest = setup.work / "restore" / "pg_wal" / "RECOVERYXLOG"
+    proc = fetch(setup, names[0])
+    assert proc.returncode == 0 and "fast path" not in proc.stderr
+    for name in names[1:]:
+        wait_for(lambda n=name: spool_has(setup, n))
+        assert len(spool_files(setup)) <= 3, "bounded by prefetch"
+        proc = fetch(setup, name)
+        assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+        assert dest.read_bytes() == (data / "pg_wal" / name).read_bytes()
+    assert len(prefetcher_pids(setup)) == 1
+    # Past the end of the archive: a quiet "not found", as PostgreSQL expects.
+    after = f"{names[-1][:16]}{int(names[-1][16:], 16) + 1:08X}"
+    assert fetch(setup, after).returncode == 1
+    # Recovery ends: the prefetcher stops by itself and empties the spool.
+    (setup.work / "restore" / "recovery.signal").unlink()
+    wait_for(lambda: not prefetcher_pids(setup), timeout=10)
+    assert spool_files(setup) == []
+
+
+def test_corrupted_prefetched_file_is_not_served(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    data, names = archived
+    assert fetch(setup, names[0]).returncode == 0
+    wait_for(lambda: spool_has(setup, names[1]))
+    (spooled,) = [p for p in (setup.work / "spool").glob(f"*/{names[1]}")]
+    with open(spooled, "r+b") as handle:
+        handle.seek(1_000_000)
+        handle.write(b"\x00corrupt\x00")
+    proc = fetch(setup, names[1])
+    assert proc.returncode == 0 and "failed verification" in proc.stderr, proc.stderr
+    assert (setup.work / "restore" / "pg_wal" / "RECOVERYXLOG").read_bytes() == \
+        (data / "pg_wal" / names[1]).read_bytes()
+
+
+def test_spool_file_of_another_system_is_not_served(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    """A stale spool (another cluster's data directory with the same path) never reaches PostgreSQL."""
+    _data, names = archived
+    assert fetch(setup, names[0]).returncode == 0
+    wait_for(lambda: spool_has(setup, names[1]))
+    control = setup.work / "restore" / "global" / "pg_control"
+    raw = bytearray(control.read_bytes())
+    raw[0] ^= 0xFF  # another system identifier
+    control.write_bytes(bytes(raw))
+    proc = fetch(setup, names[1])
+    assert "fast path" not in proc.stderr and "failed verification" in proc.stderr
+
+
+def test_two_fetches_at_once(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    data, names = archived
+    assert fetch(setup, names[0]).returncode == 0
+    wait_for(lambda: spool_has(setup, names[1]))
+    procs = [subprocess.Popen(as_pg([str(WALKEEPER_BIN), "--config", str(setup.config), "-v", "wal-fetch",
+                                     names[1], f"pg_wal/OUT{i}"]), cwd=setup.work / "restore",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(*p.communicate(timeout=60), p.returncode) for p in procs]
+    assert [r[2] for r in results] == [0, 0], results
+    want = (data / "pg_wal" / names[1]).read_bytes()
+    for i in range(2):
+        assert (setup.work / "restore" / "pg_wal" / f"OUT{i}").read_bytes() == want
+    assert len(prefetcher_pids(setup)) == 1
+
+
+def test_timeline_switch_while_prefetching(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    """Timeline 2 forks at names[2]; its segments differ from timeline 1's (a marker in the body)."""
+    data, names = archived
+    tl2 = {}
+    for name in names[2:]:
+        body = bytearray((data / "pg_wal" / name).read_bytes())
+        body[50_000:50_008] = b"TIMELN#2"
+        tl2_name = "00000002" + name[8:]
+        path = data / "pg_wal" / tl2_name
+        path.write_bytes(bytes(body))
+        give_to_pg(path)
+        assert setup.wk("wal-push", f"pg_wal/{tl2_name}", cwd=data,
+                        env={"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0"}).returncode == 0
+        tl2[tl2_name] = bytes(body)
+    dest = setup.work / "restore" / "pg_wal" / "RECOVERYXLOG"
+    assert fetch(setup, names[0]).returncode == 0
+    assert fetch(setup, names[1]).returncode == 0
+    wait_for(lambda: spool_has(setup, names[2]) and spool_has(setup, names[3]))  # timeline 1 prefetched
+    for tl2_name, body in tl2.items():
+        proc = fetch(setup, tl2_name)
+        assert proc.returncode == 0, proc.stderr
+        assert dest.read_bytes() == body, f"{tl2_name}: a timeline-1 file was served"
+        assert not [f for f in spool_files(setup) if f.startswith("00000001")] or \
+            wait_for(lambda: not [f for f in spool_files(setup) if f.startswith("00000001")]) is None
+    assert fetch(setup, list(tl2)[-1]).returncode == 0
+
+
+def test_prefetcher_stops_when_idle(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    configure(setup, "", "prefetch = 2\nidle_timeout = 1")
+    assert fetch(setup, archived[1][0]).returncode == 0
+    wait_for(lambda: len(prefetcher_pids(setup)) == 1, timeout=10)
+    wait_for(lambda: not prefetcher_pids(setup), timeout=15)
+    assert spool_files(setup) == []
+
+
+# -- with PostgreSQL itself -----------------------------------------------------------------------------------
+
+
+def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> None:
+    configure(setup, "push_ahead = 8\nworkers = 2", "prefetch = 8\nidle_timeout = 30")
+    primary = Cluster(setup.work / "primary").initdb()
+    command = f"{walkeeper_cmd(setup.config)} -v wal-push %p"
+    primary.configure({**primary.base_settings(), "archive_mode": "on", "archive_command": "",
+                       "wal_level": "replica", "wal_keep_size": "2GB"})
+    primary.start()
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        backup = setup.work / "backup"
+        # Archiving paused: .ready files pile up, as behind a busy primary.
+        for i in range(5):
+            primary.psql(f"create table a{i} as select g, md5(g::text) from generate_series(1, 30000) g")
+            primary.switch_wal()
+        primary.psql(f"alter system set archive_command = '{command}'")
+        primary.psql("select pg_reload_conf()")
+        primary.wait_archived(primary.switch_wal())
+        run_pg([PG_BIN / "pg_basebackup", "-D", backup, "-X", "none", "-c", "fast", *primary.conninfo()])
+        log = primary.log()
+        assert "pushed" in log and "ahead" in log, log[-3000:]
+        assert "already pushed ahead (fast path)" in log, log[-3000:]
+
+        # The repository fails for a while: nothing may be reported archived that is not stored.
+        wal_dir = setup.repo / "wal" / "00000001"
+        wal_dir.chmod(0o500)
+        try:
+            for i in range(4):
+                primary.psql(f"create table b{i} as select g, md5(g::text) from generate_series(1, 30000) g")
+                primary.switch_wal()
+            deadline = time.time() + 30
+            while time.time() < deadline and int(primary.psql("select failed_count from pg_stat_archiver")) < 2:
+                time.sleep(0.2)
+            last_ok = primary.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
+            assert all(stored(setup, n) for n in status_records(setup))
+            done = sorted(p.name[:-5] for p in (primary.datadir / "pg_wal" / "archive_status").glob("*.done"))
+            assert all(stored(setup, n) for n in done if len(n) == 24), "a .done segment is missing"
+        finally:
+            wal_dir.chmod(0o700)
+        run_pg([PG_BIN / "pgbench", "-t", "300", "-n", *primary.conninfo(), "postgres"])
+        expected = primary.psql("select sum(abalance), (select count(*) from b3) from pgbench_accounts")
+        last = primary.switch_wal()
+        primary.wait_archived(last, timeout=120)
+        assert last > last_ok
+        for path in sorted((primary.datadir / "pg_wal").iterdir()):
+            if re.fullmatch(r"[0-9A-F]{24}", path.name) and path.name <= last:
+                assert fetch_bytes(setup, path.name) == path.read_bytes(), path.name
+        listing = setup.wk("wal-list").stdout
+        assert "GAP" not in listing, listing
+    finally:
+        primary.stop()
+
+    # PITR-style replay through the prefetcher.
+    restored = Cluster(setup.work / "restored")
+    shutil.copytree(backup, restored.datadir, symlinks=True)
+    restored.configure({**restored.base_settings(), "archive_mode": "off",
+                        "restore_command": f"{walkeeper_cmd(setup.config)} -v wal-fetch %f %p"})
+    (restored.datadir / "recovery.signal").touch()
+    give_to_pg(restored.datadir)
+    restored.start()
+    try:
+        restored.wait_recovery_done(timeout=180)
+        assert restored.psql("select sum(abalance), (select count(*) from b3) from pgbench_accounts") == expected
+        log = restored.log()
+        assert log.count("from the prefetch spool (fast path)") >= 3, log[-4000:]
+        assert f'restored log file "{last}" from archive' in log
+    finally:
+        restored.stop()
+    wait_for(lambda: not prefetcher_pids(setup), timeout=15)
+    assert spool_files(setup) == []

@@ -1,0 +1,355 @@
+"""Standard-library-only fast paths of wal-push and wal-fetch, and the state they share with the full paths.
+
+Imported by the console entry point before anything heavy: it must never import click, zstandard,
+cryptography, boto3 or any other walkeeper module that does (tests/test_speed.py checks this).
+
+wal-push fast path: an earlier wal-push pushed this file ahead and, *after* the object was durably
+stored, wrote a status record naming the pg_wal file's identity (device, inode, size, mtime_ns,
+ctime_ns) and its SHA-256. The fast path answers 0 only if the file PostgreSQL names now has exactly
+that identity. ctime cannot be set from user space and changes on every write, chmod, utime and
+rename, so an unchanged identity means the bytes are the ones that were hashed and stored; re-hashing
+16 MiB would cost ~15 ms here (no SHA extensions), as much as the interpreter start itself.
+
+wal-fetch fast path: the prefetcher wrote a verified segment into the spool and then a meta record
+with the same identity of the spool file. The fast path serves it only when the name (and so the
+timeline) is the requested one, the identity still matches, and the segment's page header belongs to
+this name and to this data directory's database system (global/pg_control); anything else falls back
+to the full path, which fetches directly from the repository.
+
+Whenever anything is unexpected the fast path returns None and the full CLI runs: the fast paths may
+only ever answer "yes, done"; every failure is reported by the full path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat as stat_mod
+import struct
+import sys
+
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+WAL_NAME_RE = re.compile(
+    r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$"
+)
+RECORD_VERSION = 1
+REQUEST_FILE = "request"
+LOCK_FILE = "prefetch.lock"
+META_SUFFIX = ".meta"
+TEMP_PREFIX = ".tmp-"
+# uint16 magic, uint16 info, uint32 tli, uint64 pageaddr, uint32 rem_len, (pad 4), uint64 sysid, uint32 seg_size
+_LONG_HEADER = struct.Struct("<HHIQI4xQI")
+_KNOWN_MAGICS = {0xD101, 0xD106, 0xD10D, 0xD110, 0xD113, 0xD116, 0xD118}
+_GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose"}
+
+
+# -- settings (the few the fast paths need), read exactly as walkeeper.config reads them ---------------
+
+
+class FastSettings:
+    def __init__(self) -> None:
+        self.repo = ""
+        self.push_ahead = 16  # keep in step with walkeeper.config defaults
+        self.status_dir: str | None = None
+        self.prefetch = 16
+        self.spool_dir: str | None = None
+        self.verbose = 0
+
+
+def _coerce_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return int(value)  # type: ignore[call-overload]
+
+
+def parse_global_args(argv: list[str], command: str) -> tuple[str | None, str | None, int, list[str]] | None:
+    """(config path, repo, verbosity, command arguments) for ``walkeeper [opts] COMMAND ARGS``, or None."""
+    config = repo = None
+    verbose = 0
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == command:
+            return config, repo, verbose, argv[i + 1:]
+        if arg in _GLOBAL_FLAGS:
+            verbose += arg.count("v") if arg.startswith("-v") else 1
+        elif arg in ("--config", "--repo") and i + 1 < len(argv):
+            if arg == "--config":
+                config = argv[i + 1]
+            else:
+                repo = argv[i + 1]
+            i += 1
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg.startswith("--repo="):
+            repo = arg.split("=", 1)[1]
+        else:
+            return None
+        i += 1
+    return None
+
+
+def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str, str] | os._Environ[str]
+                  ) -> FastSettings:
+    """The fast-path settings; raises on anything unusual (the caller then takes the full path)."""
+    s = FastSettings()
+    path = config_path or env.get("WALKEEPER_CONFIG") or None
+    if path:
+        import tomllib
+
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+        base = os.path.dirname(os.path.abspath(path))
+        s.repo = data.get("repo", "")
+        archive = data.get("archive", {})
+        restore = data.get("restore", {})
+        if "push_ahead" in archive:
+            s.push_ahead = _coerce_int(archive["push_ahead"])
+        if "prefetch" in restore:
+            s.prefetch = _coerce_int(restore["prefetch"])
+        for attr, table, key in (("status_dir", archive, "status_dir"), ("spool_dir", restore, "spool_dir")):
+            value = table.get(key)
+            if value:
+                setattr(s, attr, value if os.path.isabs(value) else os.path.realpath(os.path.join(base, value)))
+    if "WALKEEPER_ARCHIVE_PUSH_AHEAD" in env:
+        s.push_ahead = int(env["WALKEEPER_ARCHIVE_PUSH_AHEAD"])
+    if "WALKEEPER_RESTORE_PREFETCH" in env:
+        s.prefetch = int(env["WALKEEPER_RESTORE_PREFETCH"])
+    if "WALKEEPER_ARCHIVE_STATUS_DIR" in env:
+        s.status_dir = env["WALKEEPER_ARCHIVE_STATUS_DIR"] or None
+    if "WALKEEPER_RESTORE_SPOOL_DIR" in env:
+        s.spool_dir = env["WALKEEPER_RESTORE_SPOOL_DIR"] or None
+    if env.get("WALKEEPER_REPO"):
+        s.repo = env["WALKEEPER_REPO"]
+    if repo_flag:
+        s.repo = repo_flag
+    if not isinstance(s.repo, str) or not s.repo:
+        raise ValueError("no repository")
+    return s
+
+
+# -- where state lives ---------------------------------------------------------------------------------
+
+
+def state_root() -> str:
+    """``/var/tmp/walkeeper-<uid>``: private (0700, ours, not a link), on disk, outside every data directory.
+
+    /var/tmp rather than /tmp: the spool holds up to spool_max_mb of WAL and /tmp is often a tmpfs.
+    Outside the data directory so that base backups, pg_rewind and pg_wal cleanup never see it.
+    """
+    root = os.path.join(os.environ.get("WALKEEPER_STATE_ROOT", "/var/tmp"), f"walkeeper-{os.getuid()}")
+    return ensure_private_dir(root)
+
+
+def ensure_private_dir(path: str) -> str:
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(path, mode=0o700)
+    st = os.lstat(path)
+    if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700")
+    return path
+
+
+def instance_key(repo: str, datadir: str) -> str:
+    """One status directory / spool per (repository, data directory): records never cross either."""
+    return hashlib.sha256(f"{repo}\0{os.path.realpath(datadir)}".encode()).hexdigest()[:16]
+
+
+def status_dir(configured: str | None, repo: str, datadir: str) -> str:
+    if configured:
+        return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)))
+    return ensure_private_dir(os.path.join(state_root(), f"archive-{instance_key(repo, datadir)}"))
+
+
+def spool_dir(configured: str | None, repo: str, datadir: str) -> str:
+    if configured:
+        return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)))
+    return ensure_private_dir(os.path.join(state_root(), f"spool-{instance_key(repo, datadir)}"))
+
+
+# -- file identity records ---------------------------------------------------------------------------------
+
+
+def identity(st: os.stat_result) -> dict[str, int]:
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}
+
+
+def write_json_atomically(path: str, doc: dict[str, object]) -> None:
+    tmp = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def read_json(path: str) -> dict[str, object] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("v") == RECORD_VERSION else None
+
+
+def record_matches(record: dict[str, object] | None, name: str, repo: str, st: os.stat_result) -> bool:
+    if record is None or record.get("name") != name or record.get("repo") != repo:
+        return False
+    return all(record.get(k) == v for k, v in identity(st).items())
+
+
+# -- WAL checks -------------------------------------------------------------------------------------------
+
+
+def pg_control_sysid(datadir: str) -> int | None:
+    try:
+        with open(os.path.join(datadir, "global", "pg_control"), "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    return struct.unpack("<Q", head)[0] if len(head) == 8 else None
+
+
+def segment_header_fits(name: str, head: bytes, size: int, sysid: int | None) -> bool:
+    """The first page header belongs to segment ``name`` of system ``sysid`` and the file is whole."""
+    if len(head) < _LONG_HEADER.size or not SEGMENT_RE.match(name):
+        return False
+    magic, info, tli, pageaddr, _rem, file_sysid, seg_size = _LONG_HEADER.unpack_from(head)
+    if magic not in _KNOWN_MAGICS or not info & 0x0002 or seg_size != size or size & (size - 1):
+        return False
+    per = 0x100000000 // size
+    segno = int(name[8:16], 16) * per + int(name[16:24], 16)
+    if int(name[16:24], 16) >= per or pageaddr != segno * size:
+        return False
+    if tli == 0 or tli > int(name[:8], 16):
+        return False
+    return sysid is not None and file_sysid == sysid
+
+
+def _say(settings: FastSettings, message: str) -> None:
+    if settings.verbose:
+        sys.stderr.write(f"walkeeper: {message}\n")
+
+
+# -- the fast paths ----------------------------------------------------------------------------------------
+
+
+def try_wal_push(argv: list[str]) -> int | None:
+    parsed = parse_global_args(argv, "wal-push")
+    if parsed is None or len(parsed[3]) != 1:
+        return None
+    config, repo, verbose, (path,) = parsed
+    settings = load_settings(config, repo, os.environ)
+    settings.verbose = verbose
+    name = os.path.basename(path)
+    if settings.push_ahead <= 0 or not WAL_NAME_RE.match(name):
+        return None
+    status = status_dir(settings.status_dir, settings.repo, os.getcwd())
+    record_path = os.path.join(status, name)
+    record = read_json(record_path)
+    if record is None:
+        return None
+    st = os.stat(path)
+    if not record_matches(record, name, settings.repo, st):
+        _say(settings, f"{name}: push-ahead record does not match the file any more; pushing it again")
+        return None
+    # PostgreSQL marks the file .done when we return 0; a crash before that makes it call again,
+    # and then the full path finds the identical object in the repository.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record_path)
+    _say(settings, f"{name} was already pushed ahead (fast path)")
+    return 0
+
+
+def try_wal_fetch(argv: list[str]) -> int | None:
+    parsed = parse_global_args(argv, "wal-fetch")
+    if parsed is None or len(parsed[3]) != 2:
+        return None
+    config, repo, verbose, (name, dest) = parsed
+    if not SEGMENT_RE.match(name):
+        return None
+    settings = load_settings(config, repo, os.environ)
+    settings.verbose = verbose
+    if settings.prefetch <= 0:
+        return None
+    cwd = os.getcwd()
+    spool = spool_dir(settings.spool_dir, settings.repo, cwd)
+    source = os.path.join(spool, name)
+    meta_path = source + META_SUFFIX
+    meta = read_json(meta_path)
+    if meta is None:
+        return None
+    # Tell the prefetcher where recovery is before taking the file, so that it keeps it.
+    write_json_atomically(os.path.join(spool, REQUEST_FILE), {"v": RECORD_VERSION, "name": name})
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, 64, 0)
+        good = record_matches(meta, name, settings.repo, st) and segment_header_fits(
+            name, head, st.st_size, pg_control_sysid(cwd))
+        if not good:
+            # Corrupted, replaced or not ours: never serve it; the full path fetches directly.
+            for stale in (source, meta_path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
+            _say(settings, f"{name}: prefetched file failed verification; discarded, fetching directly")
+            return None
+        dest_abs = os.path.join(cwd, dest)
+        if os.stat(os.path.dirname(dest_abs) or ".").st_dev == st.st_dev:
+            try:
+                os.rename(source, dest_abs)
+            except FileNotFoundError:
+                return None  # taken by a concurrent call: fetch directly
+        else:
+            _copy_into_place(fd, st.st_size, dest_abs)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(meta_path)
+    _say(settings, f"restored {name} from the prefetch spool (fast path)")
+    return 0
+
+
+def _copy_into_place(fd: int, size: int, dest: str) -> None:
+    tmp = f"{dest}.walkeeper-{os.getpid()}.tmp"
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(out, fd, offset, size - offset)
+                if sent == 0:
+                    raise OSError("short copy")
+                offset += sent
+        finally:
+            os.close(out)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def try_fast_path(argv: list[str]) -> int | None:
+    """0 when a fast path completed the command; None to run the full CLI."""
+    if os.environ.get("WALKEEPER_NO_FAST_PATH"):
+        return None
+    try:
+        if "wal-push" in argv:
+            return try_wal_push(argv)
+        if "wal-fetch" in argv:
+            return try_wal_fetch(argv)
+    except Exception:  # any surprise: the full path decides, and reports
+        return None
+    return None

@@ -1,0 +1,203 @@
+"""The background prefetcher of wal-fetch: keeps the next segments of recovery verified in a spool.
+
+Started (detached) by a full-path wal-fetch during recovery; ``python -m walkeeper.prefetch SPOOL
+DATADIR CONFIG REPO``. One per spool: it holds an exclusive flock on SPOOL/prefetch.lock and exits at
+once when another holds it. Every wal-fetch (fast or full path) writes SPOOL/request, the last
+segment PostgreSQL asked for; the prefetcher keeps the next ``prefetch`` segments of that segment's
+timeline in the spool (bounded by ``spool_max_mb``), deletes every other file (older segments, other
+timelines), writes each download to a temp name, renames it when the repository's verification
+passed, then records its identity in NAME.meta for the fast path. It exits, emptying the spool, when
+recovery ends (no recovery.signal / standby.signal in the data directory) or after ``idle_timeout``
+seconds without a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from walkeeper import fastpath
+from walkeeper.archive import recovering
+from walkeeper.config import Config, load_config
+from walkeeper.errors import GapError, NotFound
+from walkeeper.repository import Repository, open_repository
+from walkeeper.wal import WalKind, parse_wal_name, segment_name, segno_of
+
+log = logging.getLogger("walkeeper.prefetch")
+POLL = 0.02
+RETRY_MISSING = 1.0
+
+
+class Prefetcher:
+    def __init__(self, config: Config, repo: Repository, spool: str, datadir: str) -> None:
+        self.config = config
+        self.repo = repo
+        self.spool = spool
+        self.datadir = datadir
+        self.segment_size = repo.segment_size
+        depth = min(config.restore.prefetch, config.restore.spool_max_mb * 1024 * 1024 // self.segment_size)
+        self.depth = max(1, depth)
+        self.workers = max(1, config.restore.workers)
+        self.wanted: set[str] = set()
+        self.lock = threading.Lock()
+        self.inflight: dict[str, Future[None]] = {}
+        self.retry_at: dict[str, float] = {}
+
+    # -- spool files -----------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.spool, name)
+
+    def _ready(self, name: str) -> bool:
+        return os.path.exists(self._path(name) + fastpath.META_SUFFIX)
+
+    def _discard(self, name: str) -> None:
+        for path in (self._path(name) + fastpath.META_SUFFIX, self._path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def spool_names(self) -> set[str]:
+        names = set()
+        for entry in os.listdir(self.spool):
+            base = entry[:-len(fastpath.META_SUFFIX)] if entry.endswith(fastpath.META_SUFFIX) else entry
+            if fastpath.SEGMENT_RE.match(base):
+                names.add(base)
+        return names
+
+    def clear(self, *, temps_only: bool = False) -> None:
+        for entry in os.listdir(self.spool):
+            if entry.startswith(fastpath.TEMP_PREFIX) or (not temps_only and (
+                    fastpath.SEGMENT_RE.match(entry) or entry.endswith(fastpath.META_SUFFIX))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.spool, entry))
+
+    # -- one download ------------------------------------------------------------------------------------
+
+    def fetch(self, name: str) -> None:
+        data = self.repo.fetch_wal(parse_wal_name(name))  # decrypts, checks SHA-256, size and page header
+        with self.lock:
+            if name not in self.wanted:
+                return  # recovery moved on (or to another timeline) while we downloaded
+        final = self._path(name)
+        tmp = os.path.join(self.spool, f"{fastpath.TEMP_PREFIX}{name}.{threading.get_ident()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.rename(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        st = os.stat(final)
+        import hashlib
+
+        fastpath.write_json_atomically(final + fastpath.META_SUFFIX, {
+            "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo,
+            "sha256": hashlib.sha256(data).hexdigest(), **fastpath.identity(st),
+        })
+        with self.lock:
+            if name not in self.wanted:  # moved on meanwhile: do not leave it behind
+                self._discard(name)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def window(self, requested: str) -> list[str]:
+        name = parse_wal_name(requested)
+        if name.kind is not WalKind.SEGMENT:
+            return []
+        first = segno_of(name, self.segment_size) + 1
+        return [segment_name(name.timeline, first + i, self.segment_size) for i in range(self.depth)]
+
+    def reap(self) -> None:
+        for name, future in list(self.inflight.items()):
+            if not future.done():
+                continue
+            del self.inflight[name]
+            exc = future.exception()
+            if isinstance(exc, NotFound | GapError):
+                self.retry_at[name] = time.monotonic() + RETRY_MISSING
+            elif exc is not None:
+                log.warning("prefetch of %s failed: %s", name, exc)
+                self.retry_at[name] = time.monotonic() + RETRY_MISSING
+                self._discard(name)
+
+    def run(self) -> None:
+        request_path = self._path(fastpath.REQUEST_FILE)
+        idle = self.config.restore.idle_timeout
+        last_seen: tuple[int, int] | None = None
+        last_activity = time.monotonic()
+        requested: str | None = None
+        self.clear(temps_only=True)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="prefetch") as pool:
+            try:
+                while recovering(self.datadir):
+                    now = time.monotonic()
+                    try:
+                        st = os.stat(request_path)
+                        seen = (st.st_mtime_ns, st.st_ino)
+                    except FileNotFoundError:
+                        seen = None
+                    if seen != last_seen:
+                        last_seen, last_activity = seen, now
+                        record = fastpath.read_json(request_path)
+                        if record and isinstance(record.get("name"), str) and \
+                                fastpath.SEGMENT_RE.match(record["name"]):
+                            requested = record["name"]
+                    if now - last_activity > idle:
+                        log.info("no request for %.0f s; stopping", idle)
+                        break
+                    if requested:
+                        self.step(pool, requested)
+                    self.reap()
+                    time.sleep(POLL)
+            finally:
+                with self.lock:
+                    self.wanted = set()
+                for future in self.inflight.values():
+                    future.cancel()
+        self.clear()
+
+    def step(self, pool: ThreadPoolExecutor, requested: str) -> None:
+        window = self.window(requested)
+        with self.lock:
+            self.wanted = set(window)
+        keep = self.wanted | {requested}
+        for name in self.spool_names() - keep:
+            self._discard(name)  # older segments, another timeline: never left to be served
+        now = time.monotonic()
+        for name in window:
+            if len(self.inflight) >= self.workers + 1:
+                break
+            if name in self.inflight or self._ready(name):
+                continue
+            if self.retry_at.get(name, 0) > now:
+                break  # not in the archive yet: nothing after it will be either
+            self.inflight[name] = pool.submit(self.fetch, name)
+
+
+def main(argv: list[str]) -> int:
+    spool, datadir, config_path, repo_url = argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper prefetch[%(process)d]: %(message)s")
+    fd = os.open(os.path.join(spool, fastpath.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another prefetcher serves this spool
+    config = load_config(config_path or None, repo=repo_url)
+    repo = open_repository(config)
+    if repo.meta() is None:
+        return 0
+    log.info("prefetching into %s for %s (depth %d)", spool, datadir, config.restore.prefetch)
+    Prefetcher(config, repo, spool, datadir).run()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

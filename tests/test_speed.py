@@ -423,6 +423,7 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
     # PITR-style replay through the prefetcher.
     restored = Cluster(setup.work / "restored")
     shutil.copytree(backup, restored.datadir, symlinks=True)
+    give_to_pg(restored.datadir)
     restored.configure({**restored.base_settings(), "archive_mode": "off",
                         "restore_command": f"{walkeeper_cmd(setup.config)} -v wal-fetch %f %p"})
     (restored.datadir / "recovery.signal").touch()

@@ -239,6 +239,9 @@ def ssh_server() -> Iterator[SshServer]:
     identity = client_dir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", identity], check=True)
     shutil.copy(client_dir / "id_ed25519.pub", server_dir / "authorized_keys")
+    # sshd reads authorized_keys as the user logging in: let postgres through (the host key stays 0600).
+    server_dir.chmod(0o755)
+    (server_dir / "authorized_keys").chmod(0o644)
     port = free_port()
     (server_dir / "sshd_config").write_text(_sshd_config(server_dir, port, "postgres"))
     proc = subprocess.Popen([SSHD, "-D", "-f", server_dir / "sshd_config", "-E", server_dir / "sshd.log"],

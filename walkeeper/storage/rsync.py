@@ -1,0 +1,417 @@
+"""A repository on another host, reached with ssh and written with rsync.
+
+``ssh://user@host[:port]/absolute/path``. The remote host needs an sshd, rsync and the GNU
+userland (sh, coreutils ``sync``/``ln``, findutils ``find -printf``): any Linux server.
+
+How each promise is kept:
+
+* Atomic: rsync uploads to a hidden temp name (``.tmp.<name>.<random>``) in the object's directory,
+  and a second ssh command publishes it: ``mv`` to replace, or ``ln`` + ``rm`` so that an existing
+  object is never replaced (atomic on any POSIX file system with hard links). A killed upload leaves
+  only a hidden temp file, never the object; stale temp files older than a day are removed by later
+  writes to the same directory.
+* Durable: the publish step runs ``sync`` on the file and its directory before reporting success.
+* One connection per command: the first call opens an ssh master connection (ControlMaster) with
+  its socket in a private 0700 temp directory; every later ssh and rsync of this storage rides on
+  it, and ``close()`` (or interpreter exit) shuts it down.
+* Names reach the remote shell only after validation and ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from walkeeper.config import SshConfig
+from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
+from walkeeper.storage.base import (
+    TEMP_PREFIX,
+    ObjectInfo,
+    Source,
+    iter_source,
+    validate_key,
+    validate_prefix,
+)
+
+_SAFE_ROOT = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
+_SAFE_HOST = re.compile(r"^[A-Za-z0-9._-]+$|^\[[0-9A-Fa-f:.]+\]$")
+_SAFE_USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+EXIT_NOT_FOUND = 44  # our remote scripts' "no such object"
+EXIT_EXISTS = 45  # our remote scripts' "object already exists"
+_RSYNC_TRANSIENT = {10, 12, 30, 35}  # socket I/O, protocol stream, timeouts
+_UNREACHABLE = (
+    "connection refused", "connection timed out", "operation timed out", "no route to host",
+    "network is unreachable", "connection reset", "connection closed", "broken pipe",
+    "connection unexpectedly closed", "timeout, server", "kex_exchange_identification",
+    "timed out", "connection lost",
+)
+DELETE_BATCH = 200
+SMALL_PUT = 64 * 1024 * 1024  # bytes objects up to this go up in one ssh session
+
+
+def _shutdown_master(ssh_base: list[str], target: str, control_dir: str) -> None:
+    """Ask the master connection to exit and remove its socket directory (close() and at exit)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run([*ssh_base, "-O", "exit", target], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    shutil.rmtree(control_dir, ignore_errors=True)
+
+
+class RsyncStorage:
+    """Objects as files under ``root`` on ``host``; keys map to relative paths."""
+
+    def __init__(self, user: str | None, host: str, port: int | None, root: str,
+                 settings: SshConfig | None = None) -> None:
+        if not _SAFE_HOST.match(host):
+            raise ConfigError(f"invalid ssh host {host!r}")
+        if user is not None and not _SAFE_USER.match(user):
+            raise ConfigError(f"invalid ssh user name {user!r}")
+        if not _SAFE_ROOT.match(root) or "/../" in f"{root}/" or "/./" in f"{root}/":
+            raise ConfigError(
+                f"ssh repository path {root!r} must be absolute and use only letters, digits and ._+@-/",
+            )
+        self.user, self.host, self.port = user, host, port
+        self.root = root.rstrip("/") or "/"
+        self.settings = settings or SshConfig()
+        self.target = f"{user}@{host}" if user else host
+        self.where = f"{self.target}:{port}" if port else self.target
+        self.url = f"ssh://{self.where}{self.root}"
+        self._lock = threading.Lock()
+        self._master_up = False
+        self._control_dir = tempfile.mkdtemp(prefix="wk-ssh-", dir="/tmp" if len(tempfile.gettempdir()) > 60
+                                             else None)
+        self._ssh_base = ["ssh", *self._ssh_options()]
+        self._close = weakref.finalize(self, _shutdown_master, self._ssh_base, self.target, self._control_dir)
+
+    @classmethod
+    def from_url(cls, url: str, options: Any = None) -> RsyncStorage:
+        parts = urlsplit(url)
+        if parts.scheme == "rsync":
+            raise ConfigError(
+                f"rsync:// daemon repositories are not supported ({url})",
+                hint='use repo = "ssh://user@host/absolute/path": an rsync daemon cannot rename '
+                     "atomically or refuse to overwrite",
+            )
+        if parts.scheme != "ssh" or not parts.hostname:
+            raise ConfigError(f"invalid ssh repository URL {url!r}", hint='use "ssh://user@host[:port]/absolute/path"')
+        if parts.password is not None or parts.query or parts.fragment:
+            raise ConfigError(f"ssh repository URL {url!r} must not hold a password, query or fragment",
+                              hint="authenticate with [ssh] identity_file")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"invalid port in {url!r}") from None
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        user = unquote(parts.username) if parts.username else None
+        settings = getattr(options, "ssh", None) or SshConfig()
+        return cls(user, host, port, unquote(parts.path) or "/", settings)
+
+    # -- ssh plumbing ---------------------------------------------------------------------
+
+    def _ssh_options(self) -> list[str]:
+        s = self.settings
+        opts = [
+            "-o", "BatchMode=yes",  # never prompt: archive_command has no terminal
+            "-o", f"ConnectTimeout={s.connect_timeout}",
+            "-o", f"StrictHostKeyChecking={'yes' if s.strict_host_key_checking else 'accept-new'}",
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",  # a dead peer fails in ~15 s
+            "-o", "LogLevel=ERROR",
+            "-o", f"ControlPath={self._control_dir}/cm",
+            "-o", "ControlMaster=no",  # only _ensure_master opens the shared connection
+        ]
+        if self.port:
+            opts += ["-p", str(self.port)]
+        if s.identity_file:
+            opts += ["-i", s.identity_file, "-o", "IdentitiesOnly=yes"]
+        if s.known_hosts_file:
+            opts += ["-o", f"UserKnownHostsFile={s.known_hosts_file}"]
+        return opts
+
+    def _ensure_master(self) -> None:
+        """Open the shared connection once; its failure is the first place a bad setup shows."""
+        with self._lock:
+            if self._master_up:
+                return
+            socket_path = f"{self._control_dir}/cm"
+            if os.path.exists(socket_path):
+                # A master from before a network failure: reuse it if it still answers, else clear it away.
+                check = subprocess.run([*self._ssh_base, "-O", "check", self.target], stdin=subprocess.DEVNULL,
+                                       capture_output=True, timeout=10)
+                if check.returncode == 0:
+                    self._master_up = True
+                    return
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path)
+            cmd = [*self._ssh_base, "-o", "ControlMaster=yes", "-o", f"ControlPersist={self.settings.control_persist}",
+                   "-f", "-N", self.target]
+            # stderr to a file, not a pipe: the backgrounded master would hold a pipe open until it exits.
+            with tempfile.TemporaryFile() as err:
+                try:
+                    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                          timeout=self.settings.connect_timeout + 30)
+                except subprocess.TimeoutExpired:
+                    raise TransientError(f"timed out connecting to {self.where}",
+                                         hint=self._reach_hint()) from None
+                except FileNotFoundError:
+                    raise ConfigError("the ssh client is not installed", hint="install openssh-client") from None
+                err.seek(0)
+                stderr = err.read().decode(errors="replace")
+            if proc.returncode != 0:
+                raise self._failure(proc.returncode, stderr, "connecting to", None)
+            self._master_up = True
+
+    def _reach_hint(self) -> str:
+        return (f"check that {self.host} is up and resolvable, that sshd listens on port {self.port or 22}, "
+                "and that no firewall blocks it")
+
+    def _failure(self, code: int, stderr: str, action: str, key: str | None, *, rsync: bool = False
+                 ) -> StorageError:
+        """A failed ssh/rsync call as a clear error naming the host and what to check."""
+        text = stderr.strip()
+        lower = text.lower()
+        line = text.splitlines()[-1] if text else f"exit status {code}"
+        what = f"{action} {key} on {self.where}" if key else f"{action} {self.where}"
+        if "host key verification failed" in lower or "remote host identification has changed" in lower or \
+                ("host key for" in lower and "not known" in lower):
+            known = self.settings.known_hosts_file or "~/.ssh/known_hosts of the user running walkeeper"
+            return StorageError(
+                f"{what}: the host key of {self.host} is unknown or has changed ({line})",
+                hint=f"verify the server's key and add it to {known}, e.g. "
+                     f"ssh-keyscan -p {self.port or 22} {self.host} >> FILE",
+            )
+        if "permission denied (" in lower or "too many authentication failures" in lower:
+            key_file = self.settings.identity_file or "the default ssh keys"
+            return StorageError(
+                f"{what}: {self.host} refused the login of {self.user or 'the current user'} with {key_file} ({line})",
+                hint="check [ssh] identity_file and that its public key is in the server's authorized_keys "
+                     "for that user",
+            )
+        if "could not resolve hostname" in lower or "name or service not known" in lower:
+            return StorageError(f"{what}: cannot resolve host name {self.host} ({line})",
+                                hint="check the host in repo")
+        if "bad permissions" in lower or "unprotected private key" in lower or "no such identity" in lower:
+            return StorageError(f"{what}: ssh cannot use the identity file ({line})",
+                                hint="the key must exist, be owned by the user running walkeeper, mode 0600")
+        if "no space left" in lower or "disk quota" in lower:
+            return StorageError(f"{what}: the remote file system is full ({line})")
+        if code == 255 or (rsync and code in _RSYNC_TRANSIENT) or any(s in lower for s in _UNREACHABLE):
+            self._master_up = False  # the shared connection may be gone: check it before the next call
+            return TransientError(f"{what}: cannot reach the server ({line})", hint=self._reach_hint())
+        return StorageError(f"{what} failed (exit {code}): {line}")
+
+    def _run(self, script: str, action: str, key: str | None, *, check: bool = True,
+             ok: tuple[int, ...] = (0,), input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run ``script`` with sh on the remote host over the shared connection."""
+        self._ensure_master()
+        cmd = [*self._ssh_base, self.target, "sh -c " + shlex.quote(script)]
+        timeout = self.settings.connect_timeout + self.settings.io_timeout + 30
+        try:
+            proc = subprocess.run(cmd, stdin=None if input is not None else subprocess.DEVNULL, input=input,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TransientError(f"{action} {key or ''} on {self.where}: no answer in {timeout} s",
+                                 hint=self._reach_hint()) from None
+        if check and proc.returncode not in ok:
+            raise self._failure(proc.returncode, proc.stderr.decode(errors="replace"), action, key)
+        return proc
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{validate_key(key)}" if self.root != "/" else f"/{validate_key(key)}"
+
+    # -- the Storage interface ------------------------------------------------------------
+
+    def put(self, key: str, source: Source, *, overwrite: bool = True,
+            metadata: dict[str, str] | None = None) -> None:
+        """Upload to a hidden temp name, then publish it with a remote rename (or link) and sync.
+
+        A WAL-sized ``bytes`` object goes up in one ssh session (``head -c N`` into the temp file,
+        published only if all N bytes arrived); a stream is spooled locally and sent with rsync,
+        then published by a second session. Metadata is not kept (readers use the object header).
+        """
+        path = self._path(key)
+        directory = str(PurePosixPath(path).parent)
+        tmp = f"{directory}/{TEMP_PREFIX}.{PurePosixPath(path).name}.{secrets.token_hex(4)}"
+        t, d = shlex.quote(tmp), shlex.quote(directory)
+        if isinstance(source, bytes | bytearray | memoryview) and len(source) <= SMALL_PUT:
+            data = bytes(source)
+            script = (f"set -e; umask 077; mkdir -p -- {d}; trap 'rm -f -- {t}' EXIT; head -c {len(data)} > {t}; "
+                      f"[ \"$(wc -c < {t})\" -eq {len(data)} ] || {{ echo 'upload cut short' >&2; exit 1; }}; "
+                      + self._publish(tmp, path, overwrite))
+            proc = self._run(script, "storing", key, ok=(0, EXIT_EXISTS), input=data)
+        else:
+            self._rsync_upload(key, source, tmp, directory)
+            script = f"set -e; trap 'rm -f -- {t}' EXIT; " + self._publish(tmp, path, overwrite)
+            proc = self._run(script, "storing", key, ok=(0, EXIT_EXISTS))
+        if proc.returncode == EXIT_EXISTS:
+            raise AlreadyExists(f"object {key} already exists")
+
+    def _rsync_upload(self, key: str, source: Source, tmp: str, directory: str) -> None:
+        self._ensure_master()
+        with tempfile.NamedTemporaryFile(prefix="wk-rsync-") as spool:
+            # 1. Spool the stream: rsync needs a file, and memory stays bounded for any size.
+            for chunk in iter_source(source):
+                spool.write(chunk)
+            spool.flush()
+            # 2. Upload to the temp name; rsync itself writes to its own temp name and renames.
+            mkdir = f"umask 077 && mkdir -p -- {shlex.quote(directory)} && rsync"
+            cmd = ["rsync", "-e", shlex.join(self._ssh_base), f"--rsync-path={mkdir}", "--chmod=F600",
+                   "--whole-file", f"--timeout={self.settings.io_timeout}", "-q", spool.name,
+                   f"{self.target}:{tmp}"]
+            try:
+                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+            except FileNotFoundError:
+                raise ConfigError("rsync is not installed on this host", hint="install rsync") from None
+        if proc.returncode != 0:
+            self._run(f"rm -f -- {shlex.quote(tmp)}", "cleaning up", key, check=False)
+            raise self._failure(proc.returncode, proc.stderr.decode(errors="replace"), "storing", key, rsync=True)
+
+    @staticmethod
+    def _publish(tmp: str, path: str, overwrite: bool) -> str:
+        """Shell steps that make a complete temp file the object, durably (runs under set -e)."""
+        t, p = shlex.quote(tmp), shlex.quote(path)
+        directory = PurePosixPath(path).parent
+        d, parent = shlex.quote(str(directory)), shlex.quote(str(directory.parent))
+        if overwrite:
+            rename = f"mv -f -- {t} {p}"
+        else:
+            # ln refuses an existing name atomically; without hard links, check then rename (best effort).
+            rename = (f"if ln -- {t} {p} 2>/dev/null; then rm -f -- {t}; "
+                      f"elif [ -e {p} ]; then exit {EXIT_EXISTS}; else mv -- {t} {p}; fi")
+        return (
+            f"sync -- {t} 2>/dev/null || sync; "  # 3. the data on disk before the name points at it
+            f"{rename}; "  # 4. publish
+            f"sync -- {d} {parent} 2>/dev/null || sync; "  # 5. the directory entries on disk
+            # 6. Sweep temp files of killed uploads (a day old: no upload takes that long).
+            f"find {d} -maxdepth 1 -type f -name '.*' -mmin +1440 -delete 2>/dev/null || true"
+        )
+
+    def open(self, key: str) -> BinaryIO:
+        """Stream the object with ``cat`` over the shared connection; NotFound only for a missing file."""
+        p = shlex.quote(self._path(key))
+        self._ensure_master()
+        script = (f"if [ -f {p} ]; then exec cat -- {p}; elif [ -e {p} ]; then echo 'not a regular file' >&2; "
+                  f"exit 1; else exit {EXIT_NOT_FOUND}; fi")
+        err = tempfile.TemporaryFile()  # noqa: SIM115 - owned and closed by _RemoteFile
+        proc = subprocess.Popen([*self._ssh_base, self.target, "sh -c " + shlex.quote(script)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        first = proc.stdout.read1(1024 * 1024)
+        stream = _RemoteFile(proc, err, first, self, key)
+        if not first:
+            stream.finish()  # raises NotFound or the failure; an empty object reads as empty
+        return io.BufferedReader(stream, 1024 * 1024)  # type: ignore[arg-type]
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as handle:
+            return handle.read()
+
+    def stat(self, key: str) -> ObjectInfo:
+        p = shlex.quote(self._path(key))
+        script = f"if [ -e {p} ]; then exec find {p} -maxdepth 0 -type f -printf '%s %T@\\n'; fi; exit {EXIT_NOT_FOUND}"
+        proc = self._run(script, "reading", key, ok=(0, EXIT_NOT_FOUND))
+        out = proc.stdout.decode().split()
+        if proc.returncode == EXIT_NOT_FOUND:
+            raise NotFound(f"{key} not found in {self.url}")
+        if len(out) != 2:
+            raise StorageError(f"{key} in {self.url} is not a regular file")
+        return ObjectInfo(key, int(out[0]), float(out[1]))
+
+    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """One remote ``find`` under the prefix's directory; sorting and filtering happen here."""
+        validate_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
+        start = shlex.quote(f"{self.root.rstrip('/')}/{directory}" if directory else self.root)
+        script = (f"[ -d {start} ] || exit 0; exec find {start} -mindepth 1 -name '.*' -prune -o -type f "
+                  f"-printf '%P\\t%s\\t%T@\\n'")
+        proc = self._run(script, "listing", prefix or "/")
+        base = f"{directory}/" if directory else ""
+        items = []
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            rel, _, rest = line.partition("\t")
+            size, _, mtime = rest.partition("\t")
+            key = base + rel
+            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
+                continue
+            try:
+                validate_key(key)
+            except Exception:
+                continue  # a stray file no walkeeper key could name
+            items.append(ObjectInfo(key, int(size), float(mtime)))
+        items.sort(key=lambda info: info.key)
+        return iter(items)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        paths = [self._path(k) for k in keys]
+        for begin in range(0, len(paths), DELETE_BATCH):
+            batch = paths[begin:begin + DELETE_BATCH]
+            dirs = sorted({str(PurePosixPath(p).parent) for p in batch})
+            script = (f"rm -f -- {' '.join(map(shlex.quote, batch))} && "
+                      f"(for d in {' '.join(map(shlex.quote, dirs))}; do [ -d \"$d\" ] && sync -- \"$d\"; done; "
+                      "true) 2>/dev/null")
+            self._run(script, "deleting objects in", None)
+
+    def close(self) -> None:
+        self._close()
+
+
+class _RemoteFile(io.RawIOBase):
+    """The stdout of a remote ``cat``; its exit status is checked at EOF, so a cut stream is an error."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], err: Any, first: bytes, storage: RsyncStorage,
+                 key: str) -> None:
+        self._proc, self._err, self._pending = proc, err, first
+        self._storage, self._key = storage, key
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._pending and not self._done:
+            assert self._proc.stdout is not None
+            self._pending = self._proc.stdout.read1(len(buffer))
+            if not self._pending:
+                self.finish()
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def finish(self) -> None:
+        """At EOF: wait for the remote command and turn a non-zero exit into the matching error."""
+        if self._done:
+            return
+        self._done = True
+        code = self._proc.wait()
+        self._err.seek(0)
+        stderr = self._err.read().decode(errors="replace")
+        self._err.close()
+        if code == EXIT_NOT_FOUND:
+            raise NotFound(f"{self._key} not found in {self._storage.url}")
+        if code != 0:
+            raise self._storage._failure(code, stderr, "reading", self._key)
+
+    def close(self) -> None:
+        if not self._done:
+            # Closed before EOF (e.g. only the header was read): stop the transfer, it is not an error.
+            self._done = True
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+            self._err.close()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        super().close()

@@ -229,6 +229,373 @@ def key_generate_cmd(output: str | None) -> None:
     click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
 
 
+# -- base backups, restore, point-in-time recovery (walkeeper/backup.py, pitr.py) ----------------
+
+def _conn_options(func: F) -> F:
+    """libpq connection flags; unset ones come from PGHOST/PGPORT/PGUSER/PGDATABASE and .pgpass."""
+    for option in reversed([
+        click.option("-h", "--host", help="Server host or socket directory (libpq; env PGHOST)."),
+        click.option("-p", "--port", help="Server port (env PGPORT)."),
+        click.option("-U", "--username", "user", help="User name (env PGUSER)."),
+        click.option("-d", "--dbname", help="Database name or a conninfo string / URI."),
+    ]):
+        func = option(func)
+    return func
+
+
+@cli.command("backup", context_settings={"help_option_names": ["--help"]})
+@_conn_options
+@click.option("--fast-checkpoint", is_flag=True, help="Start with an immediate checkpoint (pg_basebackup -c fast).")
+@click.option("--label", help="Backup label (default: 'walkeeper ID').")
+@click.option("--wal", type=click.Choice(["archive", "include"]), default="archive", show_default=True,
+              help="archive: WAL comes from the repository (waits for the last segment); "
+                   "include: a self-contained backup.")
+@click.option("--wal-wait-timeout", type=float, help="Seconds to wait for the last WAL segment "
+              "(default [backup] wal_wait_timeout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the backup's metadata as JSON.")
+@pass_app
+@handle_errors()
+def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | None, dbname: str | None,
+               fast_checkpoint: bool, label: str | None, wal: str, wal_wait_timeout: float | None,
+               as_json: bool) -> None:
+    """Take a base backup with pg_basebackup, streamed into the repository."""
+    from dataclasses import asdict
+
+    from walkeeper.backup import BackupOptions, ConnOptions, human, take_backup
+
+    options = BackupOptions(conn=ConnOptions(host, port, user, dbname), label=label,
+                            fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout)
+    backup = take_backup(app.config, options)
+    if as_json:
+        click.echo(json.dumps(asdict(backup), indent=2))
+        return
+    click.echo(f"backup {backup.id} done: {human(backup.plain_size)} stored as {human(backup.stored_size)}, "
+               f"LSN {backup.start_lsn} .. {backup.stop_lsn} (timeline {backup.timeline}), "
+               f"WAL {backup.start_wal} .. {backup.stop_wal} ({backup.wal_mode})")
+
+
+@cli.group("backups", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def backups_group(ctx: click.Context, as_json: bool) -> None:
+    """List base backups (oldest first); 'backups show ID' for one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(backups_list_cmd, as_json=as_json)
+
+
+@pass_app
+@handle_errors()
+def backups_list_cmd(app: AppContext, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from walkeeper.backup import human
+    from walkeeper.catalog import Catalog
+    from walkeeper.repository import open_repository
+
+    catalog = Catalog(open_repository(app.config))
+    backups = catalog.backups()
+    incomplete = catalog.incomplete_backup_ids()
+    if as_json:
+        click.echo(json.dumps({"backups": [asdict(b) for b in backups], "incomplete": incomplete}, indent=2))
+        return
+    if not backups:
+        click.echo("no backups")
+    else:
+        click.echo(f"{'ID':<18} {'STOP TIME (UTC)':<20} {'TLI':>3} {'START LSN':>12} {'STOP LSN':>12} "
+                   f"{'SIZE':>10} {'STORED':>10} WAL     LABEL")
+    for b in backups:
+        click.echo(f"{b.id:<18} {b.stop_time[:19].replace('T', ' '):<20} {b.timeline:>3} {b.start_lsn:>12} "
+                   f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} {b.label}")
+    for i in incomplete:
+        click.echo(f"{i:<18} INCOMPLETE (no metadata: interrupted, not usable)")
+
+
+@backups_group.command("show")
+@click.argument("backup_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors()
+def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
+    """Everything recorded about one backup (ID or 'latest')."""
+    from dataclasses import asdict
+
+    from walkeeper.catalog import Catalog
+    from walkeeper.repository import open_repository
+
+    backup = Catalog(open_repository(app.config)).resolve(backup_id)
+    doc = asdict(backup)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for key, value in doc.items():
+        if key == "objects":
+            for obj in value:
+                click.echo(f"object: {obj['key']} {obj['plain_size']} bytes -> {obj['stored_size']} stored, "
+                           f"sha256 {obj['sha256']}" + (f", tablespace {obj['tablespace_oid']} at {obj['location']}"
+                                                       if obj["tablespace_oid"] else ""))
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@cli.command("restore")
+@click.argument("backup_id", required=False, default="latest")
+@click.option("--pgdata", "-D", required=True, type=click.Path(file_okay=False),
+              help="Target data directory: new or empty.")
+@click.option("--tablespace-map", multiple=True, metavar="OLD=NEW",
+              help="Restore the tablespace at OLD (path or oid) into NEW instead.")
+@pass_app
+@handle_errors()
+def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...]) -> None:
+    """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
+    from walkeeper.backup import human, restore
+
+    result = restore(app.config, backup_id, pgdata, tablespace_map)
+    click.echo(f"restored backup {result.backup.id} into {result.pgdata}: {result.files} files, "
+               f"{human(result.bytes)} in {result.seconds:.1f}s, checksums verified")
+    click.echo("it is not started: for recovery settings use 'walkeeper pitr --no-restore', then pg_ctl start")
+
+
+@cli.command("pitr")
+@click.option("--pgdata", "-D", required=True, type=click.Path(file_okay=False), help="Target data directory.")
+@click.option("--target-time", help="Recover up to this time ('2026-01-31 14:05:00+01', zone names allowed).")
+@click.option("--target-lsn", help="Recover up to this WAL location (e.g. 0/3000060).")
+@click.option("--target-xid", help="Recover up to the commit of this transaction id.")
+@click.option("--target-name", help="Recover up to this restore point (walkeeper restore-point).")
+@click.option("--target-immediate", is_flag=True, help="Stop as soon as the backup is consistent.")
+@click.option("--target-action", type=click.Choice(["pause", "promote", "shutdown"]), default="pause",
+              show_default=True, help="What the server does at the target (PostgreSQL's default: pause).")
+@click.option("--target-timeline", help="Timeline to follow: a number or 'latest' (default).")
+@click.option("--exclusive", is_flag=True, help="Stop just before the target instead of just after it.")
+@click.option("--backup", "backup_id", help="Use this backup instead of choosing one.")
+@click.option("--standby", is_flag=True, help="Write standby.signal instead of recovery.signal.")
+@click.option("--no-restore", is_flag=True, help="The directory already holds a restored backup: settings only.")
+@click.option("--tablespace-map", multiple=True, metavar="OLD=NEW", help="As for restore.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@pass_app
+@handle_errors()
+def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: str | None,
+             target_xid: str | None, target_name: str | None, target_immediate: bool, target_action: str,
+             target_timeline: str | None, exclusive: bool, backup_id: str | None, standby: bool,
+             no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool) -> None:
+    """Point-in-time recovery: choose a backup, check WAL coverage, restore, write recovery settings."""
+    from walkeeper.pitr import pitr
+
+    result = pitr(app.config, pgdata, time=target_time, lsn=target_lsn, xid=target_xid, name=target_name,
+                  immediate=target_immediate, action=target_action, target_timeline=target_timeline,
+                  exclusive=exclusive, backup_id=backup_id, standby=standby, no_restore=no_restore,
+                  dry_run=dry_run, config_path=app.config_path, repo_flag=app.repo, tablespace_map=tablespace_map)
+    for line in result.plan.lines():
+        click.echo(line)
+    if result.dry_run:
+        click.echo("dry run: nothing written")
+        for line in result.notes:
+            click.echo(line)
+        return
+    if result.restored:
+        r = result.restored
+        click.echo(f"restored backup {r.backup.id} into {r.pgdata}: {r.files} files in {r.seconds:.1f}s, "
+                   "checksums verified")
+    for note in result.notes:
+        click.echo(note)
+    signal = "standby.signal" if standby else "recovery.signal"
+    click.echo(f"wrote {signal} and the recovery settings block in {result.pgdata}/postgresql.auto.conf")
+    click.echo(f"next: pg_ctl -D {result.pgdata} start   (check archive_command in postgresql.conf first: "
+               "after promotion the server archives its new timeline)")
+
+
+@cli.command("restore-point", context_settings={"help_option_names": ["--help"]})
+@click.argument("name")
+@_conn_options
+@click.option("--switch-wal", is_flag=True, help="Also close the current WAL segment so it is archived now.")
+@pass_app
+@handle_errors()
+def restore_point_cmd(app: AppContext, name: str, host: str | None, port: str | None, user: str | None,
+                      dbname: str | None, switch_wal: bool) -> None:
+    """Create a named restore point (pg_create_restore_point) and record it in the repository."""
+    from walkeeper.backup import ConnOptions
+    from walkeeper.restorepoints import create_restore_point
+
+    point = create_restore_point(app.config, name, ConnOptions(host, port, user, dbname), switch_wal=switch_wal)
+    click.echo(f"restore point {point.name!r} at LSN {point.lsn} (timeline {point.timeline}, {point.time}, "
+               f"WAL {point.wal_file})")
+
+
+@cli.command("restore-points")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors()
+def restore_points_cmd(app: AppContext, as_json: bool) -> None:
+    """Restore points recorded by walkeeper restore-point (PostgreSQL cannot list them)."""
+    from dataclasses import asdict
+
+    from walkeeper.catalog import Catalog
+    from walkeeper.repository import open_repository
+
+    points = list(Catalog(open_repository(app.config)).restore_points())
+    if as_json:
+        click.echo(json.dumps([asdict(p) for p in points], indent=2))
+        return
+    if not points:
+        click.echo("no restore points")
+        return
+    click.echo(f"{'NAME':<24} {'LSN':>12} {'TLI':>3} {'TIME':<32} WAL")
+    for p in points:
+        click.echo(f"{p.name:<24} {p.lsn:>12} {p.timeline:>3} {p.time:<32} {p.wal_file}")
+
+
+# -- operating the archive (verify, status, check, expire) -------------------------------------------
+
+
+@cli.command("verify")
+@click.option("--deep", is_flag=True, help="Also read every object back: decrypt, decompress, checksum, "
+              "WAL header (name, timeline, system identifier).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Objects read in parallel.")
+@pass_app
+@handle_errors()
+def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
+    """Check that the archive is whole from the oldest backup to the newest segment.
+
+    Exit 0 only when it is; 5 when a problem was found (the report says what to do).
+    """
+    from walkeeper.errors import IntegrityError
+    from walkeeper.repository import open_repository
+    from walkeeper.verify import format_report, verify
+
+    report = verify(open_repository(app.config), deep=deep, jobs=jobs)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if not report.ok:
+        raise CommandFailed(IntegrityError.code)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--cluster/--no-cluster", default=True, show_default=True,
+              help="Also ask the server (psql through PGHOST/PGPORT/PGUSER...) for pg_stat_archiver.")
+@click.option("-d", "--dbname", help="Database name or conninfo for --cluster (default PGDATABASE or postgres).")
+@pass_app
+@handle_errors()
+def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None) -> None:
+    """Repository summary and, when the server can be reached, its archiver's view."""
+    from walkeeper.repository import open_repository
+    from walkeeper.status import cluster_status, human_age, human_bytes, repository_status
+
+    doc = repository_status(open_repository(app.config))
+    if cluster:
+        try:
+            doc["cluster"] = cluster_status(app.config, dbname=dbname)
+        except WalkeeperError as exc:
+            doc["cluster"] = {"error": str(exc)}
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"repository {doc['repository']} (system {doc['system_identifier']}), "
+               f"{human_bytes(doc['total_bytes'])} stored")
+    for b in doc["backups"]:
+        click.echo(f"  backup {b['id']}: timeline {b['timeline']}, WAL {b['start_wal']} .. {b['stop_wal']}, "
+                   f"{human_bytes(b['stored_bytes'])}, ended {human_age(b['age_seconds'])} ago")
+    if not doc["backups"]:
+        click.echo("  no backups")
+    for backup_id in doc["incomplete_backups"]:
+        click.echo(f"  incomplete backup {backup_id} (not usable)")
+    for t in doc["timelines"]:
+        span = f"{t['first']} .. {t['last']}" if t["first"] else "no segments"
+        click.echo(f"  timeline {t['timeline']}: {span}, {t['segments']} segments, "
+                   f"{human_bytes(t['stored_bytes'])}{', history file' if t['history'] else ''}")
+        for gap in t["gaps"]:
+            click.echo(f"    GAP: {gap['from']} .. {gap['to']} missing")
+    point = doc["oldest_recovery_point"]
+    click.echo(f"  oldest recovery point: {point['lsn']} (end of backup {point['backup']})" if point
+               else "  oldest recovery point: none (no backup)")
+    newest = doc["newest_segment"]
+    if newest:
+        click.echo(f"  newest segment: {newest['name']}, archived {human_age(newest['age_seconds'])} ago")
+    c = doc.get("cluster")
+    if c and "error" in c:
+        click.echo(f"  server: not reachable ({c['error']})")
+    elif c:
+        click.echo(f"  server: current WAL {c['current_wal'] or '(in recovery)'}, last archived "
+                   f"{c['last_archived_wal']}, {c['archived_count']} archived, {c['failed_count']} failed"
+                   + (f" (last failure {c['last_failed_wal']}, STILL FAILING)" if c["failing"] else ""))
+        if c["archive_lag_segments"] is not None:
+            click.echo(f"  archive lag: {c['archive_lag_segments']} segment(s)"
+                       + (f", {human_age(c['archive_lag_seconds'])}" if c["archive_lag_seconds"] else ""))
+
+
+@cli.command("check")
+@click.option("--max-wal-age", help="CRITICAL when the newest WAL is older (e.g. 15m, 1h).")
+@click.option("--max-backup-age", help="CRITICAL when the newest backup is older (e.g. 26h, 8d).")
+@click.option("--warn-wal-age", help="WARNING when the newest WAL is older.")
+@click.option("--warn-backup-age", help="WARNING when the newest backup is older.")
+@click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql through the libpq environment).")
+@click.option("-d", "--dbname", help="Database name or conninfo for --cluster.")
+@click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False),
+              help="Also write a node-exporter textfile (atomically) to FILE.")
+@pass_app
+def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
+              warn_backup_age: str | None, cluster: bool, dbname: str | None, prometheus_file: str | None) -> None:
+    """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    from walkeeper.status import (
+        UNKNOWN,
+        CheckResult,
+        Thresholds,
+        parse_duration,
+        prometheus_text,
+        run_check,
+        write_atomically,
+    )
+
+    try:
+        config = app.config
+        thresholds = Thresholds(*(parse_duration(v) if v else None
+                                  for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age)))
+        result = run_check(config, thresholds, cluster=cluster, dbname=dbname)
+        repo_url = config.repo
+    except Exception as exc:
+        result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
+    if prometheus_file:
+        try:
+            write_atomically(prometheus_file, prometheus_text(result, repo_url))
+        except OSError as exc:
+            result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
+            result.status = UNKNOWN
+    click.echo(result.line())
+    raise CommandFailed(result.status)
+
+
+@cli.command("expire")
+@click.option("--keep", type=int, help="Keep the newest N complete backups (default [retention] keep).")
+@click.option("--keep-days", type=float, help="Keep every moment of the last D days recoverable "
+              "(default [retention] keep_days).")
+@click.option("--dry-run", is_flag=True, help="Print exactly what would be removed, remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors()
+def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_run: bool, as_json: bool) -> None:
+    """Remove expired backups and the WAL and restore points no retained backup needs."""
+    from walkeeper.repository import open_repository
+    from walkeeper.retention import expire
+    from walkeeper.status import human_bytes
+
+    if keep is None and keep_days is None:
+        keep, keep_days = app.config.retention.keep, app.config.retention.keep_days
+    plan = expire(open_repository(app.config), keep=keep, keep_days=keep_days, dry_run=dry_run)
+    if as_json:
+        doc = plan.to_dict()
+        doc["dry_run"] = dry_run
+        click.echo(json.dumps(doc, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    if plan.note:
+        click.echo(plan.note)
+    for key, size in plan.removals:
+        click.echo(f"{verb} {key} ({size} bytes)")
+    click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
+               f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
+    click.echo(f"{verb} {len(plan.removals)} object(s), {human_bytes(plan.bytes_freed)} "
+               f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises SystemExit to the caller's caller)."""
     args = sys.argv[1:] if argv is None else argv

@@ -1,0 +1,345 @@
+"""Base backups, restore and point-in-time recovery against real PostgreSQL clusters.
+
+The stories go through the installed ``walkeeper`` only (backup, pitr, restore-point...) and the
+configuration file, so they run unchanged on every storage backend of ``backend_setup``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Setup
+from tests.pgharness import PG_BIN, Cluster, as_pg, give_to_pg, run_pg, walkeeper_cmd
+
+pytestmark = pytest.mark.postgres
+
+STATE_SQL = (
+    "select (select sum(abalance) from pgbench_accounts), (select sum(bbalance) from pgbench_branches), "
+    "(select sum(tbalance) from pgbench_tellers), (select count(*) from pgbench_history), "
+    "(select md5(string_agg(aid::text || ':' || abalance, ',' order by aid)) from pgbench_accounts), "
+    "(select count(*) from pg_tables where tablename like 'pgbench_%' or tablename = 'notes'), "
+    "(select coalesce(string_agg(note, ',' order by id), '') from notes)"
+)
+
+
+def start_primary(setup: Setup, name: str = "primary", *, archive: bool = True) -> Cluster:
+    primary = Cluster(setup.work / name).initdb()
+    settings: dict[str, str | int] = {**primary.base_settings(), "wal_level": "replica"}
+    if archive:
+        settings.update({"archive_mode": "on", "archive_command": f"{walkeeper_cmd(setup.config)} wal-push %p"})
+    primary.configure(settings)
+    primary.start()
+    return primary
+
+
+def conn(cluster: Cluster) -> list[str]:
+    return ["-h", str(cluster.sockdir), "-p", str(cluster.port), "-U", "postgres"]
+
+
+def pgbench(cluster: Cluster, transactions: int) -> None:
+    run_pg([PG_BIN / "pgbench", "-n", "-t", str(transactions), *cluster.conninfo(), "postgres"])
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc
+
+
+def server_time(cluster: Cluster) -> str:
+    """A moment strictly between the commits before and after it (the server's clock, with offset)."""
+    time.sleep(0.05)
+    moment = cluster.psql("select clock_timestamp()")
+    time.sleep(0.05)
+    return moment
+
+
+def recover(setup: Setup, name: str, *pitr_args: str, archive: bool = False) -> tuple[Cluster, str]:
+    """walkeeper pitr into a new directory, start it, wait for the end of recovery."""
+    cluster = Cluster(setup.work / name)
+    out = ok(setup.wk("pitr", "--pgdata", cluster.datadir, *pitr_args)).stdout
+    settings = {**cluster.base_settings(), "archive_mode": "on" if archive else "off"}
+    cluster.configure(settings)
+    cluster.start()
+    cluster.wait_recovery_done()
+    return cluster, out
+
+
+def archive_everything(cluster: Cluster) -> None:
+    cluster.wait_archived(cluster.switch_wal())
+
+
+def test_pitr_story(backend_setup: Setup) -> None:
+    """Archive, back up, work, record states, have an accident, lose the data directory, get each state back."""
+    setup = backend_setup
+    primary = start_primary(setup)
+    states: dict[str, str] = {}
+    marks: dict[str, str] = {}
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        primary.psql("create table notes(id serial primary key, note text)")
+        archive_everything(primary)
+        began = time.time()
+        backup = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--label", "story",
+                                        "--json")).stdout)
+        backup_seconds = time.time() - began
+        states["immediate"] = primary.psql(STATE_SQL)  # nothing written since the backup yet
+
+        pgbench(primary, 300)
+        primary.psql("insert into notes(note) values ('at T1')")
+        states["time"] = primary.psql(STATE_SQL)
+        marks["time"] = server_time(primary)
+
+        pgbench(primary, 200)
+        primary.psql("insert into notes(note) values ('at the restore point')")
+        states["name"] = primary.psql(STATE_SQL)
+        marks["name_time"] = server_time(primary)
+        point = ok(setup.wk("restore-point", "before-the-accident", *conn(primary))).stdout
+        assert "before-the-accident" in point
+
+        pgbench(primary, 200)
+        primary.psql("insert into notes(note) values ('at the LSN')")
+        states["lsn"] = primary.psql(STATE_SQL)
+        marks["lsn"] = primary.psql("select pg_current_wal_insert_lsn()")
+
+        pgbench(primary, 100)
+        primary.psql("drop table pgbench_history")  # the accident
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    shutil.rmtree(primary.datadir)
+
+    listing = json.loads(ok(setup.wk("backups", "--json")).stdout)
+    (listed,) = listing["backups"]
+    assert listed["id"] == backup["id"] and listed["label"] == "story"
+    assert listed["system_identifier"] == json.loads(ok(setup.wk("wal-list", "--json")).stdout)["system_identifier"]
+    assert listed["stored_size"] < listed["plain_size"] and listed["objects"][0]["sha256"]
+    points = json.loads(ok(setup.wk("restore-points", "--json")).stdout)
+    assert [p["name"] for p in points] == ["before-the-accident"]
+    print(f"backup of {listed['plain_size']} bytes took {backup_seconds:.1f}s")
+
+    # --dry-run only plans.
+    plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-time", marks["time"], "--dry-run")).stdout
+    assert "dry run: nothing written" in plan and "pause (PostgreSQL's default)" in plan
+    assert not (setup.work / "dry").exists()
+
+    cases = [
+        ("time", ["--target-time", marks["time"]]),
+        ("name", ["--target-name", "before-the-accident"]),
+        ("lsn", ["--target-lsn", marks["lsn"]]),
+        ("immediate", ["--target-immediate"]),
+    ]
+    for kind, args in cases:
+        cluster, out = recover(setup, f"pitr-{kind}", *args, "--target-action", "promote")
+        try:
+            assert f"backup: {backup['id']}" in out
+            assert cluster.psql(STATE_SQL) == states[kind], f"{kind}: state differs\n{out}"
+            assert (cluster.datadir / "recovery.signal").exists() is False  # consumed at promotion
+            auto = (cluster.datadir / "postgresql.auto.conf").read_text()
+            assert auto.count("# BEGIN walkeeper pitr") == 1 and "wal-fetch %f %p" in auto
+            assert (cluster.datadir.stat().st_mode & 0o777) == 0o700
+        finally:
+            cluster.stop()
+            shutil.rmtree(cluster.datadir)
+
+    # Timelines: a PITR that promotes and archives becomes timeline 2 in the same repository...
+    tl2, _out = recover(setup, "tl2", "--target-time", marks["time"], "--target-action", "promote", archive=True)
+    try:
+        assert tl2.psql("select timeline_id from pg_control_checkpoint()") == "2"
+        tl2.psql("insert into notes(note) values ('on timeline 2')")
+        states["tl2"] = tl2.psql(STATE_SQL)
+        marks["tl2"] = server_time(tl2)
+        tl2.psql("insert into notes(note) values ('later on timeline 2')")
+        archive_everything(tl2)
+    finally:
+        tl2.stop()
+    shutil.rmtree(tl2.datadir)
+    wal = json.loads(ok(setup.wk("wal-list", "--json")).stdout)
+    assert [t["timeline"] for t in wal["timelines"]] == [1, 2] and wal["timelines"][1]["history"]
+
+    # ... a second PITR reaches a point on timeline 2 (following the history from the timeline-1 backup) ...
+    again, out = recover(setup, "tl2-again", "--target-time", marks["tl2"], "--target-action", "promote")
+    try:
+        assert "timeline: 1 -> 2" in out, out
+        assert again.psql(STATE_SQL) == states["tl2"]
+    finally:
+        again.stop()
+        shutil.rmtree(again.datadir)
+
+    # ... and timeline 1 after the branch point is still reachable when asked for.
+    old, out = recover(setup, "tl1-after-branch", "--target-time", marks["name_time"], "--target-timeline", "1",
+                       "--target-action", "promote")
+    try:
+        assert "timeline: 1" in out
+        assert old.psql(STATE_SQL) == states["name"]
+    finally:
+        old.stop()
+        shutil.rmtree(old.datadir)
+
+
+def test_pitr_second_run_replaces_block_and_comments_out_other_targets(setup: Setup) -> None:
+    primary = start_primary(setup)
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        ok(setup.wk("backup", *conn(primary), "--fast-checkpoint"))
+        pgbench(primary, 50)
+        lsn = primary.psql("select pg_current_wal_insert_lsn()")
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    target = setup.work / "restored"
+    ok(setup.wk("restore", "latest", "--pgdata", target))
+    assert (target / "global" / "pg_control").exists() and target.stat().st_mode & 0o777 == 0o700
+    run_pg(["sh", "-c", f"echo \"recovery_target_name = 'stale'\" >> '{target}/postgresql.conf'"])
+    out = ok(setup.wk("pitr", "--pgdata", target, "--no-restore", "--target-lsn", lsn)).stdout
+    assert "pause (PostgreSQL's default)" in out and "next: pg_ctl -D" in out
+    out = ok(setup.wk("pitr", "--pgdata", target, "--no-restore", "--target-immediate", "--exclusive",
+                      "--target-action", "shutdown")).stdout
+    auto = (target / "postgresql.auto.conf").read_text()
+    assert auto.count("# BEGIN walkeeper pitr") == 1 and "recovery_target = 'immediate'" in auto
+    assert "recovery_target_lsn" not in auto and "recovery_target_action = 'shutdown'" in auto
+    conf = (target / "postgresql.conf").read_text()
+    assert "# commented out by walkeeper pitr" in conf and "\nrecovery_target_name" not in conf
+    assert (target / "recovery.signal").exists()
+    # Invalid targets are refused before anything is written.
+    for args in (["--target-time", "yesterday-ish"], ["--target-time", "2026-01-01 10:00:00 CEST"],
+                 ["--target-time", "2026-01-01 10:00:00 Mars/Olympus"], ["--target-lsn", "0/XYZ"],
+                 ["--target-lsn", "0/1", "--target-immediate"]):
+        proc = setup.wk("pitr", "--pgdata", setup.work / "never", *args)
+        assert proc.returncode == 3, (args, proc.stderr)
+        assert not (setup.work / "never").exists()
+    # Full zone names and numeric offsets are accepted (and written with an explicit offset).
+    for text, utc in (("2030-01-01 10:00:00 Europe/Berlin", "2030-01-01 09:00:00.000000+00"),
+                      ("2030-07-01 10:00:00 Europe/Berlin", "2030-07-01 08:00:00.000000+00"),
+                      ("2030-01-01 10:00:00+05:30", "2030-01-01 04:30:00.000000+00")):
+        proc = setup.wk("pitr", "--pgdata", setup.work / "never", "--target-time", text, "--dry-run")
+        # The archive does not reach 2030: refused, naming the target as it would be written.
+        assert proc.returncode == 15 and f"target time {utc}" in proc.stderr, proc.stderr
+
+
+def test_refusals(setup: Setup) -> None:
+    primary = start_primary(setup)
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        before = server_time(primary)
+        time.sleep(1)
+        backup = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
+        for _ in range(3):
+            pgbench(primary, 50)
+            archive_everything(primary)
+        after = server_time(primary)
+        pgbench(primary, 20)
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    target = setup.work / "target"
+
+    # A target before the oldest backup.
+    proc = setup.wk("pitr", "--pgdata", target, "--target-time", before)
+    assert proc.returncode == 15 and "before the end of every backup" in proc.stderr, proc.stderr
+    assert not target.exists()
+
+    # A non-empty target directory.
+    target.mkdir()
+    (target / "precious").write_text("keep me")
+    give_to_pg(target)
+    proc = setup.wk("pitr", "--pgdata", target, "--target-time", after)
+    assert proc.returncode == 15 and "not empty" in proc.stderr
+    proc = setup.wk("restore", "--pgdata", target)
+    assert proc.returncode == 15 and (target / "precious").read_text() == "keep me"
+    shutil.rmtree(target)
+
+    # A gap in the archive between the backup and the target.
+    segments = sorted((setup.repo / "wal" / "00000001").glob("0000000100000000000000??"))
+    stop_wal = backup["stop_wal"]
+    later = [s for s in segments if s.name > stop_wal]
+    assert len(later) >= 3
+    hole = later[1]
+    saved = hole.read_bytes()
+    hole.unlink()
+    proc = setup.wk("pitr", "--pgdata", target, "--target-time", after)
+    assert proc.returncode == 8 and hole.name in proc.stderr and "Nothing was written" in proc.stderr, proc.stderr
+    assert not target.exists()
+    hole.write_bytes(saved)
+    give_to_pg(hole)
+    ok(setup.wk("pitr", "--pgdata", target, "--target-time", after, "--dry-run"))
+
+    # A corrupted backup object: an error, and no directory left that looks usable.
+    (obj,) = (setup.repo / "backups" / backup["id"]).glob("*.tar")
+    data = bytearray(obj.read_bytes())
+    original = bytes(data)
+    data[len(data) // 2] ^= 0x40
+    obj.write_bytes(bytes(data))
+    proc = setup.wk("restore", backup["id"], "--pgdata", target)
+    assert proc.returncode == 5, proc.stderr
+    assert not target.exists()
+    empty = setup.work / "empty-before"
+    empty.mkdir()
+    give_to_pg(empty)
+    proc = setup.wk("pitr", "--pgdata", empty, "--target-time", after)
+    assert proc.returncode == 5, proc.stderr
+    assert empty.exists() and list(empty.iterdir()) == []
+    obj.write_bytes(original)
+
+    # Another cluster: its backup is refused by this repository...
+    other = start_primary(setup, "other", archive=False)
+    try:
+        proc = setup.wk("backup", *conn(other), "--fast-checkpoint")
+        assert proc.returncode == 7 and "belongs to system" in proc.stderr, proc.stderr
+        assert json.loads(ok(setup.wk("backups", "--json")).stdout)["incomplete"] == []
+        # ... and one of its backups copied into this repository is refused at restore.
+        other_setup = Setup(work=setup.work, repo=setup.work / "other-repo", key_file=setup.key_file,
+                            config=setup.work / "other.toml")
+        other_setup.write_config()
+        foreign = json.loads(ok(other_setup.wk("backup", *conn(other), "--fast-checkpoint", "--wal", "include",
+                                               "--json")).stdout)
+    finally:
+        other.stop()
+    shutil.copytree(other_setup.repo / "backups" / foreign["id"], setup.repo / "backups" / foreign["id"])
+    give_to_pg(setup.repo / "backups")
+    proc = setup.wk("restore", foreign["id"], "--pgdata", target)
+    assert proc.returncode == 7 and "belongs to system" in proc.stderr, proc.stderr
+    assert not target.exists()
+
+
+def test_backup_memory_is_bounded(setup: Setup) -> None:
+    """A backup several times larger than the RSS limit streams through in bounded memory."""
+    limit_kb = 150 * 1024
+    primary = start_primary(setup)
+    try:
+        # ~400 MB of barely compressible rows.
+        primary.psql("create table big as select g, decode(md5(g::text) || md5((g * 7)::text) || "
+                     "md5((g * 13)::text) || md5((g * 31)::text), 'hex') as payload "
+                     "from generate_series(1, 4000000) g")
+        size = int(primary.psql("select sum(pg_database_size(oid)) from pg_database"))
+        assert size > 3 * limit_kb * 1024
+        archive_everything(primary)
+        probe = ("import resource, subprocess, sys, time; t = time.time(); "
+                 "rc = subprocess.run(sys.argv[1:]).returncode; "
+                 "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.time() - t)")
+        cmd = [sys.executable, "-c", probe, walkeeper_cmd(None), "--config", str(setup.config), "backup",
+               *conn(primary), "--fast-checkpoint", "--json"]
+        proc = subprocess.run(as_pg(cmd), capture_output=True, text=True, timeout=600,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")})
+    finally:
+        primary.stop()
+    lines = proc.stdout.strip().splitlines()
+    rc, peak_kb, seconds = lines[-1].split()
+    assert rc == "0", proc.stderr
+    meta = json.loads("\n".join(lines[:-1]))
+    plain = meta["plain_size"]
+    print(f"backup {plain / 2**20:.0f} MiB -> {meta['stored_size'] / 2**20:.0f} MiB stored in {float(seconds):.1f}s "
+          f"({plain / 2**20 / float(seconds):.0f} MiB/s), peak RSS {int(peak_kb) / 1024:.0f} MiB")
+    assert plain > 3 * limit_kb * 1024
+    assert int(peak_kb) < limit_kb, f"peak RSS {peak_kb} kB"
+    # The restore streams too, and verifies.
+    target = setup.work / "restored"
+    ok(setup.wk("restore", meta["id"], "--pgdata", target))
+    assert Path(target / "PG_VERSION").exists()

@@ -1,0 +1,724 @@
+"""Base backups: pg_basebackup's tar streamed through the codec into the repository; restore.
+
+Backup: ``pg_basebackup -D - -Ft`` writes the one tar of a cluster without tablespaces to stdout;
+we pass it through a streaming tar reader (to pick ``backup_label``, ``backup_manifest`` and
+``global/pg_control`` out of it on the way) into the encoder and the storage, in chunks: memory
+stays bounded whatever the size of the database. With tablespaces pg_basebackup cannot stream,
+so it writes its tars into a temporary directory which is then stored tar by tar.
+
+The start LSN, timeline and checkpoint come from ``backup_label``, the stop LSN and timeline from
+the manifest's ``WAL-Ranges`` (pg_basebackup's own "write-ahead log end point" line as a
+fallback), and the system identifier from ``global/pg_control`` itself: all from the backup
+rather than from a separate connection that could reach another server.
+
+Restore: each object streams through the decoder into a safe tar extractor (no absolute paths,
+no ``..``, no links that leave the target, regular files/directories/symlinks only).
+``global/pg_control`` is written last, after every checksum was verified: a directory left
+behind by a killed restore has no pg_control and PostgreSQL refuses to start on it. On an error
+the directory is removed (or emptied, if it existed before).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from walkeeper import __version__
+from walkeeper.catalog import BackupMeta, BackupObject, Catalog, backup_key
+from walkeeper.codec import Decoder, Encoder
+from walkeeper.config import Config
+from walkeeper.errors import (
+    ConfigError,
+    ForeignClusterError,
+    IntegrityError,
+    NotFound,
+    PostgresError,
+    RefusedError,
+    StorageError,
+    WalkeeperError,
+)
+from walkeeper.repository import Repository, open_repository, wal_key
+from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+PG_CONTROL = "global/pg_control"
+CAPTURED = {"backup_label", "backup_manifest", PG_CONTROL, "tablespace_map", "PG_VERSION"}
+MAX_CAPTURE = 256 * 1024 * 1024
+
+
+# -- PostgreSQL tools ----------------------------------------------------------------------------
+
+def pg_tool(config: Config, name: str) -> str:
+    """Absolute path of a PostgreSQL client program: [backup] pg_bin_dir, PATH, Debian's layout."""
+    if config.backup.pg_bin_dir:
+        path = Path(config.backup.pg_bin_dir) / name
+        if not os.access(path, os.X_OK):
+            raise ConfigError(f"[backup] pg_bin_dir: {path} is not an executable")
+        return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if candidates:
+        return str(candidates[-1])
+    raise PostgresError(f"{name} not found", hint="install the PostgreSQL client or set [backup] pg_bin_dir")
+
+
+@dataclass(frozen=True)
+class ConnOptions:
+    """libpq connection options; anything unset comes from PG* variables and .pgpass as usual."""
+
+    host: str | None = None
+    port: str | None = None
+    user: str | None = None
+    dbname: str | None = None  # a database name or a conninfo string / URI
+
+    def args(self) -> list[str]:
+        out = []
+        for flag, value in (("-h", self.host), ("-p", self.port), ("-U", self.user), ("-d", self.dbname)):
+            if value:
+                out += [flag, value]
+        return out
+
+
+def psql(config: Config, conn: ConnOptions, sql: str, *, timeout: float = 120) -> str:
+    cmd = [pg_tool(config, "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", *conn.args(), "-c", sql]
+    if not conn.dbname:
+        # psql defaults the database to the user name; a fresh cluster only has "postgres".
+        cmd[-2:-2] = ["-d", os.environ.get("PGDATABASE", "postgres")]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise PostgresError(f"psql did not answer within {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise PostgresError(f"psql failed: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout.strip()
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    system_identifier: str
+    version_num: int
+    segment_size: int
+    tablespaces: int
+    size_estimate: int
+
+
+def server_info(config: Config, conn: ConnOptions) -> ServerInfo:
+    row = psql(config, conn, (
+        "select (select system_identifier from pg_control_system()), current_setting('server_version_num'), "
+        "(select setting from pg_settings where name = 'wal_segment_size'), "
+        "(select count(*) from pg_tablespace where spcname not in ('pg_default', 'pg_global')), "
+        "(select sum(pg_database_size(oid)) from pg_database)"
+    ))
+    try:
+        sysid, version, segsize, spaces, size = row.split("|")
+        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0))
+    except ValueError:
+        raise PostgresError(f"unexpected answer from the server: {row!r}") from None
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+class Progress:
+    """bytes, rate and ETA on a terminal (stderr), nothing otherwise."""
+
+    def __init__(self, what: str, total: int | None, *, enabled: bool | None = None) -> None:
+        self.what = what
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.done = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._last >= 0.5:
+            self._last = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.done / elapsed
+        text = f"\r{self.what}: {human(self.done)} at {human(rate)}/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", ~{human(self.total)} total, ETA {int((self.total - self.done) / rate)}s"
+        sys.stderr.write(text.ljust(78))
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._show(time.monotonic())
+            sys.stderr.write("\n")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# -- reading a tar as it streams by --------------------------------------------------------------
+
+class _Tee:
+    """A file-like reader that keeps what tarfile reads so it can be passed on unchanged."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self.pending: list[bytes] = []
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._read(size if size and size > 0 else CHUNK)
+        if data:
+            self.pending.append(data)
+        return data
+
+    def drain(self) -> Iterator[bytes]:
+        while self.pending:
+            yield self.pending.pop(0)
+
+
+def _member_name(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def scan_tar(read: Callable[[int], bytes], captured: dict[str, bytes]) -> Iterator[bytes]:
+    """Yield the bytes of a tar stream unchanged, capturing the small files named in CAPTURED."""
+    tee = _Tee(read)
+    try:
+        with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+            for member in tar:
+                name = _member_name(member.name)
+                if name in CAPTURED and member.isfile() and member.size <= MAX_CAPTURE:
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    captured[name] = handle.read()
+                yield from tee.drain()
+    except tarfile.TarError as exc:
+        raise PostgresError(f"pg_basebackup's output is not a valid tar stream: {exc}") from None
+    yield from tee.drain()
+    while True:  # the end-of-archive blocks and padding tarfile does not read
+        chunk = read(CHUNK)
+        if not chunk:
+            break
+        yield chunk
+
+
+# -- parsing what the backup says about itself ---------------------------------------------------
+
+@dataclass
+class BackupFacts:
+    start_lsn: int = 0
+    checkpoint_lsn: int | None = None
+    timeline: int = 0
+    stop_lsn: int = 0
+    stop_timeline: int = 0
+    label: str = ""
+    system_identifier: int | None = None
+    tablespaces: list[dict[str, str]] = field(default_factory=list)
+
+
+def parse_backup_label(text: str, facts: BackupFacts) -> None:
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "START WAL LOCATION":
+            facts.start_lsn = parse_lsn(value.split()[0])
+        elif key == "CHECKPOINT LOCATION":
+            facts.checkpoint_lsn = parse_lsn(value.split()[0])
+        elif key == "START TIMELINE":
+            facts.timeline = int(value)
+        elif key == "LABEL":
+            facts.label = value
+
+
+def parse_manifest_wal_range(text: bytes, facts: BackupFacts) -> bool:
+    try:
+        ranges = json.loads(text).get("WAL-Ranges") or []
+    except (ValueError, AttributeError):
+        return False
+    if not ranges:
+        return False
+    last = ranges[-1]
+    facts.stop_timeline = int(last["Timeline"])
+    facts.stop_lsn = max(parse_lsn(r["End-LSN"]) for r in ranges)
+    return True
+
+
+_END_POINT_RE = re.compile(r"write-ahead log end point: ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
+
+
+def collect_facts(captured: dict[str, bytes], stderr: str) -> BackupFacts:
+    facts = BackupFacts()
+    label = captured.get("backup_label")
+    if label is None:
+        raise PostgresError("the backup holds no backup_label: not a base backup taken by pg_basebackup")
+    parse_backup_label(label.decode(errors="replace"), facts)
+    if not facts.start_lsn or not facts.timeline:
+        raise PostgresError("backup_label lacks START WAL LOCATION or START TIMELINE")
+    manifest = captured.get("backup_manifest")
+    if not (manifest and parse_manifest_wal_range(manifest, facts)):
+        match = _END_POINT_RE.search(stderr)
+        if not match:
+            raise PostgresError("cannot tell where the backup ended: no manifest and no end point reported")
+        facts.stop_lsn = parse_lsn(match.group(1))
+        facts.stop_timeline = facts.timeline
+    control = captured.get(PG_CONTROL)
+    if control is None or len(control) < 8:
+        raise PostgresError("the backup holds no global/pg_control")
+    facts.system_identifier = struct.unpack_from("<Q", control)[0]
+    for line in captured.get("tablespace_map", b"").decode(errors="replace").splitlines():
+        oid, _, location = line.partition(" ")
+        if oid.isdigit():
+            facts.tablespaces.append({"oid": oid, "location": location.replace("\\\n", "\n")})
+    return facts
+
+
+# -- taking a backup -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BackupOptions:
+    conn: ConnOptions = field(default_factory=ConnOptions)
+    label: str | None = None
+    fast_checkpoint: bool = False
+    wal: str = "archive"  # or "include"
+    progress: bool | None = None  # None: on a terminal only
+    wal_wait_timeout: float | None = None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class _Proc:
+    """pg_basebackup with stderr collected in a thread (it must never block on a full pipe)."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        log.info("running %s", " ".join(cmd))
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            log.debug("pg_basebackup: %s", line)
+
+    def wait(self) -> None:
+        code = self.proc.wait()
+        self._thread.join(10)
+        if code != 0:
+            tail = "; ".join(line for line in list(self.lines)[-5:] if line)
+            raise PostgresError(f"pg_basebackup failed (exit {code}): {tail}")
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _store_tar(repo: Repository, backup_id: str, tar_name: str, chunks: Iterable[bytes],
+               progress: Progress) -> tuple[str, int, int, str]:
+    key = backup_key(backup_id, tar_name)
+    encoder = Encoder(repo.codec, key, extra={"backup": backup_id})
+
+    def counted() -> Iterator[bytes]:
+        for chunk in chunks:
+            progress.add(len(chunk))
+            yield chunk
+
+    repo.storage.put(key, encoder.encode_chunks(counted()), overwrite=False)
+    return key, encoder.plain_size, encoder.stored_size, encoder.sha256
+
+
+def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
+    repo = open_repository(config)
+    catalog = Catalog(repo)
+    info = server_info(config, options.conn)
+    meta = repo.meta()
+    if meta is not None and meta.system_identifier not in (None, info.system_identifier):
+        raise ForeignClusterError(
+            f"the server is database system {info.system_identifier}, but repository {repo.storage.url} "
+            f"belongs to system {meta.system_identifier}; refusing to store another cluster's backup",
+            hint="give each cluster its own repository",
+        )
+    repo.ensure_identity(int(info.system_identifier), info.segment_size, info.version_num // 10000)
+    if options.wal not in ("archive", "include"):
+        raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
+
+    started = _utc_now()
+    backup_id = catalog.new_backup_id(started.strftime("%Y%m%dT%H%M%SZ"))
+    label = options.label or f"walkeeper {backup_id}"
+    cmd = [pg_tool(config, "pg_basebackup"), *options.conn.args(), "-Ft", "-v", "-l", label,
+           "-X", "fetch" if options.wal == "include" else "none"]
+    if options.fast_checkpoint:
+        cmd += ["-c", "fast"]
+    progress = Progress(f"backup {backup_id}", info.size_estimate or None, enabled=options.progress)
+    captured: dict[str, bytes] = {}
+    objects: list[BackupObject] = []
+    stderr = ""
+    try:
+        if info.tablespaces == 0:
+            proc = _Proc([*cmd, "-D", "-"])
+            try:
+                assert proc.proc.stdout is not None
+                stdout = proc.proc.stdout
+
+                def chunks() -> Iterator[bytes]:
+                    yield from scan_tar(stdout.read, captured)
+                    proc.wait()  # a failed pg_basebackup must fail the put, not store a short tar
+
+                key, plain, stored, sha = _store_tar(repo, backup_id, "base.tar", chunks(), progress)
+                objects.append(BackupObject(key, "base.tar", None, None, plain, stored, sha))
+            finally:
+                proc.kill()
+            stderr = proc.stderr
+        else:
+            print(f"the cluster has {info.tablespaces} tablespace(s): pg_basebackup cannot stream them; "
+                  "staging the tars in a temporary directory first", file=sys.stderr)
+            with tempfile.TemporaryDirectory(prefix="walkeeper-backup-") as tmp:
+                proc = _Proc([*cmd, "-D", tmp])
+                proc.wait()
+                stderr = proc.stderr
+                tars = sorted(Path(tmp).glob("*.tar"), key=lambda p: (p.name != "base.tar", p.name))
+                for path in tars:
+                    with open(path, "rb") as handle:
+                        key, plain, stored, sha = _store_tar(
+                            repo, backup_id, path.name, scan_tar(handle.read, captured if path.name == "base.tar"
+                                                                 else {}), progress)
+                    oid = None if path.name == "base.tar" else path.stem
+                    objects.append(BackupObject(key, path.name, oid, None, plain, stored, sha))
+                    path.unlink()
+                manifest = Path(tmp) / "backup_manifest"
+                if manifest.exists():
+                    captured["backup_manifest"] = manifest.read_bytes()
+        progress.finish()
+        facts = collect_facts(captured, stderr)
+        if str(facts.system_identifier) != info.system_identifier:
+            raise ForeignClusterError(
+                f"the backup's pg_control says system {facts.system_identifier}, the server said "
+                f"{info.system_identifier}")
+        locations = {t["oid"]: t["location"] for t in facts.tablespaces}
+        objects = [BackupObject(o.key, o.tar, o.tablespace_oid, locations.get(o.tablespace_oid or ""),
+                                o.plain_size, o.stored_size, o.sha256) for o in objects]
+        seg = info.segment_size
+        start_wal = segment_of_lsn(facts.timeline, facts.start_lsn, seg)
+        stop_wal = segment_of_lsn(facts.stop_timeline, max(facts.stop_lsn - 1, facts.start_lsn), seg)
+        if options.wal == "archive":
+            timeout = options.wal_wait_timeout if options.wal_wait_timeout is not None \
+                else config.backup.wal_wait_timeout
+            wait_for_wal(repo, stop_wal, timeout)
+        stopped = _utc_now()
+        backup = BackupMeta(
+            id=backup_id, label=label, start_lsn=format_lsn(facts.start_lsn), stop_lsn=format_lsn(facts.stop_lsn),
+            start_wal=start_wal, stop_wal=stop_wal, timeline=facts.timeline, stop_timeline=facts.stop_timeline,
+            start_time=_iso(started), stop_time=_iso(stopped), pg_version=info.version_num,
+            system_identifier=info.system_identifier, wal_segment_size=seg, wal_mode=options.wal,
+            plain_size=sum(o.plain_size for o in objects), stored_size=sum(o.stored_size for o in objects),
+            objects=objects, tablespaces=facts.tablespaces,
+            checkpoint_lsn=format_lsn(facts.checkpoint_lsn) if facts.checkpoint_lsn is not None else None,
+            host=socket.gethostname(), walkeeper_version=__version__,
+        )
+        catalog.save_backup(backup)  # last: only now is the backup listed and usable
+        return backup
+    except BaseException:
+        with contextlib.suppress(Exception):
+            catalog.delete_backup_objects(backup_id)
+        raise
+
+
+def wait_for_wal(repo: Repository, segment: str, timeout: float) -> None:
+    """Wait until ``segment`` is in the repository: a backup is useless without its WAL."""
+    key = wal_key(parse_wal_name(segment))
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        try:
+            repo.storage.stat(key)
+            return
+        except NotFound:
+            pass
+        if time.monotonic() >= deadline:
+            raise RefusedError(
+                f"the backup's last WAL segment {segment} did not reach the repository within {timeout:.0f}s; "
+                "the backup was not recorded (it would not be restorable)",
+                hint="check archive_command and pg_stat_archiver on the server, raise [backup] wal_wait_timeout, "
+                     "or use --wal include for a self-contained backup",
+            )
+        if not announced:
+            log.warning("waiting for %s to be archived (up to %.0fs)", segment, timeout)
+            announced = True
+        time.sleep(0.5)
+
+
+# -- restoring a backup --------------------------------------------------------------------------
+
+class _StreamReader:
+    """A file-like ``read(n)`` over an iterator of chunks (the decoder's plaintext)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = bytearray()
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buf) < size):
+            try:
+                self._buf += next(self._chunks)
+            except StopIteration:
+                self._done = True
+        if size < 0:
+            size = len(self._buf)
+        out = bytes(self._buf[:size])
+        del self._buf[:size]
+        return out
+
+    def exhaust(self) -> None:
+        """Read to the end so the decoder checks the trailer (tarfile stops at the end marker)."""
+        for _ in self._chunks:
+            pass
+        self._done = True
+
+
+def _safe_join(root: Path, name: str) -> Path:
+    clean = _member_name(name)
+    if not clean or clean.startswith("/") or "\\" in clean or "\0" in clean:
+        raise IntegrityError(f"backup holds an unsafe path {name!r}; nothing is written outside the target")
+    parts = [p for p in clean.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise IntegrityError(f"backup holds an unsafe path {name!r}; nothing is written outside the target")
+    return root.joinpath(*parts)
+
+
+def _check_inside(root: Path, path: Path, name: str) -> None:
+    real = os.path.realpath(path)
+    if real != str(root) and not real.startswith(str(root) + os.sep):
+        raise IntegrityError(f"backup member {name!r} would be written outside the target (through a link)")
+
+
+def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, bytes]) -> int:
+    """Extract a tar stream under ``root`` refusing anything that could escape it; returns file count.
+
+    ``global/pg_control`` is kept in ``deferred`` instead of being written.
+    """
+    root = Path(os.path.realpath(root))
+    count = 0
+    try:
+        tar = tarfile.open(fileobj=_ReadOnly(read), mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]  # noqa: SIM115
+        for member in tar:
+            dest = _safe_join(root, member.name)
+            _check_inside(root, dest.parent, member.name)
+            name = _member_name(member.name).strip("/")
+            if member.isdir():
+                dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _check_inside(root, dest, member.name)
+                os.chmod(dest, (member.mode & 0o750) | 0o700)
+            elif member.isfile():
+                handle = tar.extractfile(member)
+                assert handle is not None
+                if name == PG_CONTROL:
+                    deferred[name] = handle.read()
+                    continue
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _check_inside(root, dest.parent, member.name)
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             (member.mode & 0o640) | 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    while True:
+                        chunk = handle.read(CHUNK)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                count += 1
+            elif member.issym():
+                target = member.linkname
+                resolved = os.path.normpath(os.path.join(os.path.dirname(str(dest)), target))
+                if os.path.isabs(target) or not (resolved + os.sep).startswith(str(root) + os.sep):
+                    raise IntegrityError(
+                        f"backup holds a link {member.name!r} -> {target!r} that leaves the target; refused")
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.symlink(target, dest)
+            else:
+                raise IntegrityError(f"backup holds {member.name!r}, which is not a file, directory or "
+                                     "symlink (hard links and devices are refused)")
+    except tarfile.TarError as exc:
+        raise IntegrityError(f"the backup is not a valid tar: {exc}") from None
+    return count
+
+
+class _ReadOnly:
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.read = read
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    backup: BackupMeta
+    pgdata: Path
+    files: int
+    bytes: int
+    seconds: float
+
+
+def _parse_tablespace_map(pairs: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"--tablespace-map {pair!r}: expected OLD=NEW (OLD: a path or a tablespace oid)")
+        if not os.path.isabs(new):
+            raise ConfigError(f"--tablespace-map {pair!r}: the new location must be an absolute path")
+        out[old.rstrip("/") or "/"] = new.rstrip("/") or "/"
+    return out
+
+
+def _prepare_target(path: Path, what: str) -> bool:
+    """Make ``path`` an empty 0700 directory; returns True if it existed (then it is emptied, not removed)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RefusedError(f"{what} {path} exists and is not a directory")
+    if path.exists():
+        if any(path.iterdir()):
+            raise RefusedError(f"{what} {path} is not empty; refusing to restore over existing files",
+                               hint="restore into a new or empty directory")
+        if path.stat().st_uid != os.geteuid():
+            raise RefusedError(f"{what} {path} is not owned by the current user (uid {os.geteuid()})")
+        os.chmod(path, 0o700)
+        return True
+    if not path.parent.is_dir():
+        raise RefusedError(f"the parent of {what} {path} does not exist")
+    path.mkdir(mode=0o700)
+    return False
+
+
+def _remove_restored(path: Path, existed: bool) -> None:
+    if not path.exists():
+        return
+    if existed:
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
+                   progress: bool | None = None) -> RestoreResult:
+    """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum."""
+    began = time.monotonic()
+    repo_meta = repo.require_meta()
+    if repo_meta.system_identifier not in (None, backup.system_identifier):
+        raise ForeignClusterError(
+            f"backup {backup.id} comes from database system {backup.system_identifier}, but repository "
+            f"{repo.storage.url} belongs to system {repo_meta.system_identifier}; refusing to restore it",
+            hint="a backup object copied from another cluster's repository?",
+        )
+    mapping = _parse_tablespace_map(tablespace_map)
+    pgdata = Path(os.path.abspath(pgdata))
+    targets: list[tuple[BackupObject, Path]] = []
+    for obj in backup.objects:
+        if obj.tablespace_oid is None:
+            targets.append((obj, pgdata))
+        else:
+            old = obj.location or ""
+            new = mapping.get(old.rstrip("/"), mapping.get(obj.tablespace_oid, old))
+            if not new:
+                raise RefusedError(f"tablespace {obj.tablespace_oid} has no recorded location; "
+                                   f"give --tablespace-map {obj.tablespace_oid}=/new/path")
+            targets.append((obj, Path(new)))
+    created: list[tuple[Path, bool]] = []
+    deferred: dict[str, bytes] = {}
+    files = 0
+    total = 0
+    meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
+    try:
+        for _obj, target in targets:
+            created.append((target, _prepare_target(target, "target directory")))
+        for obj, target in targets:
+            decoder = Decoder(repo.keyring, expected_name=obj.key)
+            with repo.storage.open(obj.key) as handle:
+                def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
+                    for chunk in chunks:
+                        meter.add(len(chunk))
+                        yield chunk
+                reader = _StreamReader(counted(decoder.decode(handle.read)))
+                files += extract_tar(reader.read, target, deferred if target == pgdata else {})
+                reader.exhaust()
+            if decoder.sha256 != obj.sha256 or decoder.size != obj.plain_size:
+                raise IntegrityError(f"{obj.key} decodes to sha256 {decoder.sha256} ({decoder.size} bytes), "
+                                     f"the backup recorded {obj.sha256} ({obj.plain_size} bytes)")
+            total += decoder.size
+        meter.finish()
+        if PG_CONTROL not in deferred:
+            raise IntegrityError(f"backup {backup.id} holds no {PG_CONTROL}")
+        if backup.tablespaces:
+            lines = []
+            for obj, target in targets:
+                if obj.tablespace_oid is not None:
+                    lines.append(f"{obj.tablespace_oid} {target}\n")
+            (pgdata / "tablespace_map").write_text("".join(lines))
+        # Last: with pg_control in place the directory becomes startable.
+        control = pgdata / PG_CONTROL
+        control.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(control, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(deferred[PG_CONTROL])
+    except BaseException as exc:
+        for path, existed in reversed(created):
+            _remove_restored(path, existed)
+        if isinstance(exc, WalkeeperError | KeyboardInterrupt):
+            raise
+        if isinstance(exc, OSError):
+            raise StorageError(f"restore into {pgdata} failed: {exc}; the partial restore was removed") from None
+        raise
+    return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
+
+
+def restore(config: Config, backup_id: str | None, pgdata: str, tablespace_map: Iterable[str] = (),
+            progress: bool | None = None) -> RestoreResult:
+    repo = open_repository(config)
+    backup = Catalog(repo).resolve(backup_id)
+    return restore_backup(repo, backup, Path(pgdata), tablespace_map=tablespace_map, progress=progress)
+

@@ -1,0 +1,579 @@
+"""Point-in-time recovery: choose a backup for a target, prove WAL coverage, write recovery settings.
+
+Nothing is written before the plan holds: the target is validated, a backup that ended before it
+is chosen, and every WAL segment recovery will read (from the backup's start to the target,
+following timeline history the way PostgreSQL's ``XLogFileReadAnyTLI`` picks a timeline for each
+segment) is present in the repository. Only then is the backup restored and the settings written.
+
+Settings go into ``postgresql.auto.conf`` inside a marked block (replaced on the next run);
+``recovery_target*`` lines elsewhere in postgresql.conf / postgresql.auto.conf are commented out,
+because PostgreSQL refuses more than one target and would otherwise use a stale one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from walkeeper.backup import RestoreResult, restore_backup
+from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
+from walkeeper.config import Config
+from walkeeper.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
+from walkeeper.repository import Repository, open_repository
+from walkeeper.wal import (
+    HistoryEntry,
+    WalKind,
+    parse_history,
+    parse_lsn,
+    parse_wal_name,
+    segment_name,
+)
+
+BLOCK_BEGIN = "# BEGIN walkeeper pitr"
+BLOCK_END = "# END walkeeper pitr"
+TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
+ACTIONS = ("pause", "promote", "shutdown")
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+_TS_RE = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
+    r"\s*(?P<zone>Z|UTC|GMT|[+-]\d{1,2}(?::?\d{2})?|[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)+)?$"
+)
+
+
+def parse_target_time(text: str, *, local_zone: timezone | None = None) -> datetime:
+    """Parse a time target the way PostgreSQL would read it, or refuse it before anything is written.
+
+    Accepted: ``YYYY-MM-DD HH:MM[:SS[.ffffff]]`` followed by a numeric offset (``+02``, ``+05:30``,
+    ``-0800``), ``Z``/``UTC``/``GMT``, or a full zone name (``Europe/Berlin``). Abbreviations such
+    as ``EST`` or ``CEST`` are refused: they are ambiguous and PostgreSQL reads them from its own
+    ``timezone_abbreviations`` table. Without a zone the time is read in this machine's zone and
+    written with an explicit offset, so the recovering server cannot read it differently.
+    """
+    match = _TS_RE.match(text.strip())
+    if not match:
+        raise ConfigError(
+            f"--target-time {text!r}: not a timestamp walkeeper can check",
+            hint="use e.g. '2026-01-31 14:05:00+01', '2026-01-31 13:05:00 UTC' or '2026-01-31 14:05:00 Europe/Paris'",
+        )
+    try:
+        naive = datetime.fromisoformat(f"{match.group('date')} {match.group('time')}")
+    except ValueError as exc:
+        raise ConfigError(f"--target-time {text!r}: {exc}") from None
+    zone = match.group("zone")
+    if zone is None:
+        local = local_zone or datetime.now().astimezone().tzinfo
+        return naive.replace(tzinfo=local).astimezone(UTC)
+    if zone in ("Z", "UTC", "GMT"):
+        return naive.replace(tzinfo=UTC)
+    if zone[0] in "+-":
+        digits = zone[1:].replace(":", "")
+        hours, minutes = (int(digits[:-2]), int(digits[-2:])) if len(digits) > 2 else (int(digits), 0)
+        if hours > 15 or minutes > 59:
+            raise ConfigError(f"--target-time {text!r}: offset {zone} is out of range")
+        delta = timedelta(hours=hours, minutes=minutes)
+        return naive.replace(tzinfo=timezone(delta if zone[0] == "+" else -delta))
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        tz = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--target-time {text!r}: unknown time zone {zone!r}",
+                          hint="use a full zone name such as Europe/Berlin, or a numeric offset") from None
+    return naive.replace(tzinfo=tz)
+
+
+def format_target_time(moment: datetime) -> str:
+    """An unambiguous form PostgreSQL reads the same way whatever its TimeZone setting."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    value: str  # as written to recovery_target_<kind>
+    time: datetime | None = None
+    lsn: int | None = None
+    xid: int | None = None
+    point: RestorePoint | None = None
+
+    def describe(self) -> str:
+        return "immediate (the end of the backup)" if self.kind == "immediate" else f"{self.kind} {self.value}"
+
+
+def parse_xid(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 3:
+        raise ConfigError(f"--target-xid {text!r}: expected a transaction id (a number, e.g. 123456)")
+    return int(text)
+
+
+# -- timelines ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TimelineStep:
+    """Recovery on ``timeline`` from ``begin`` (the parent's switch point, or 0) to ``end`` (or None)."""
+
+    timeline: int
+    begin: int
+    end: int | None
+
+
+def timeline_path(repo: Repository, target_tli: int) -> list[TimelineStep]:
+    """The timelines PostgreSQL traverses to reach ``target_tli``, from the history file."""
+    if target_tli == 1:
+        return [TimelineStep(1, 0, None)]
+    history = read_history(repo, target_tli)
+    steps = []
+    begin = 0
+    for entry in history:
+        steps.append(TimelineStep(entry.parent, begin, entry.switch_lsn))
+        begin = entry.switch_lsn
+    steps.append(TimelineStep(target_tli, begin, None))
+    return steps
+
+
+def read_history(repo: Repository, tli: int) -> list[HistoryEntry]:
+    name = parse_wal_name(f"{tli:08X}.history")
+    try:
+        text = repo.fetch_wal(name).decode()
+    except NotFound:
+        raise RefusedError(f"timeline {tli} has no history file {name.name} in the repository",
+                           hint="timeline history files are archived when a server is promoted") from None
+    return parse_history(text)
+
+
+def latest_timeline(repo: Repository, start: int, histories: set[int]) -> int:
+    """PostgreSQL's recovery_target_timeline = 'latest': probe start+1, start+2... for .history files."""
+    tli = start
+    while tli + 1 in histories:
+        tli += 1
+    return tli
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    target: Target
+    backup: BackupMeta
+    reason: str
+    timeline: int
+    timeline_explicit: bool
+    path: list[TimelineStep]
+    first_wal: str
+    last_wal: str | None
+    segments: int
+    action: str
+    exclusive: bool
+    standby: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"target: {self.target.describe()}",
+            f"backup: {self.backup.id} (label {self.backup.label!r}, ended {self.backup.stop_time} at "
+            f"LSN {self.backup.stop_lsn}, timeline {self.backup.stop_timeline})",
+            f"  because: {self.reason}",
+            "timeline: " + " -> ".join(str(s.timeline) for s in self.path)
+            + ("" if self.timeline_explicit else " (the latest timeline, PostgreSQL's default)"),
+            f"WAL: {self.segments} segment(s) {self.first_wal} .. {self.last_wal or '(end of archive)'} "
+            "all present in the repository",
+        ]
+        if self.target.kind != "none":
+            if self.action == "pause":
+                out.append("target action: pause (PostgreSQL's default): at the target, recovery pauses; check the "
+                           "data, then run  select pg_wal_replay_resume();  to end recovery and promote")
+            else:
+                out.append(f"target action: {self.action}")
+        if self.exclusive:
+            out.append("the target itself is excluded (recovery_target_inclusive = off)")
+        if self.standby:
+            out.append("mode: standby (standby.signal): the server keeps following the archive")
+        out.extend(f"warning: {w}" for w in self.warnings)
+        return out
+
+
+def _end_time(backup: BackupMeta) -> datetime:
+    return datetime.fromisoformat(backup.stop_time)
+
+
+def _on_path(backup: BackupMeta, path: list[TimelineStep]) -> bool:
+    """PostgreSQL can only recover a backup along a timeline history that contains its checkpoint."""
+    start = parse_lsn(backup.checkpoint_lsn or backup.start_lsn)
+    stop = parse_lsn(backup.stop_lsn)
+    for step in path:
+        if step.timeline == backup.stop_timeline:
+            return step.begin <= start and (step.end is None or stop <= step.end)
+    return False
+
+
+def choose_backup(backups: list[BackupMeta], target: Target, path: list[TimelineStep],
+                  chosen_id: str | None) -> tuple[BackupMeta, str]:
+    if not backups:
+        raise RefusedError("the repository holds no backup", hint="take one with walkeeper backup")
+    if chosen_id is not None:
+        matches = [b for b in backups if b.id == chosen_id]
+        if not matches:
+            raise RefusedError(f"no backup {chosen_id}", hint="walkeeper backups lists them")
+        backup = matches[0]
+        problem = _ended_after(backup, target)
+        if problem:
+            raise RefusedError(f"backup {backup.id} cannot reach the target: {problem}")
+        if not _on_path(backup, path):
+            raise RefusedError(f"backup {backup.id} (timeline {backup.stop_timeline}) is not on the history of "
+                               f"timeline {path[-1].timeline}")
+        return backup, "chosen with --backup"
+    usable = [b for b in backups if _on_path(b, path)]
+    if not usable:
+        raise RefusedError(f"no backup lies on the history of timeline {path[-1].timeline}")
+    before = [b for b in usable if not _ended_after(b, target)]
+    if not before:
+        oldest = min(usable, key=lambda b: parse_lsn(b.stop_lsn))
+        raise RefusedError(
+            f"the target ({target.describe()}) is before the end of every backup: the oldest, {oldest.id}, "
+            f"ended at {oldest.stop_time} (LSN {oldest.stop_lsn}); a database cannot be recovered to a moment "
+            "before its backup was complete",
+        )
+    backup = max(before, key=lambda b: (parse_lsn(b.stop_lsn), b.stop_time))
+    if target.kind == "time":
+        why = f"the newest backup that ended before {target.value} (ended {backup.stop_time})"
+    elif target.kind in ("lsn", "name"):
+        why = f"the newest backup that ended before LSN {target.value if target.kind == 'lsn' else target.point.lsn}"  # type: ignore[union-attr]
+        why += f" (ended at {backup.stop_lsn})"
+    elif target.kind == "xid":
+        why = ("the newest backup (an xid does not say when it committed; if it committed before this backup, "
+               "PostgreSQL stops with 'recovery ended before configured recovery target was reached': "
+               "choose an older one with --backup)")
+    else:
+        why = "the newest backup (recovery stops as soon as it is consistent)"
+    return backup, why
+
+
+def _ended_after(backup: BackupMeta, target: Target) -> str | None:
+    if target.kind == "time" and target.time is not None and _end_time(backup) >= target.time:
+        return f"it ended at {backup.stop_time}, after the target time"
+    if target.kind in ("lsn", "name"):
+        lsn = target.lsn if target.lsn is not None else None
+        if lsn is not None and parse_lsn(backup.stop_lsn) > lsn:
+            return f"it ended at LSN {backup.stop_lsn}, after the target LSN"
+    return None
+
+
+def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: list[TimelineStep]
+                   ) -> tuple[str, str | None, int]:
+    """Every segment recovery reads must be archived; returns (first, last, count). Raises GapError."""
+    size = backup.wal_segment_size or repo.segment_size
+    present: dict[int, dict[int, float]] = {}  # tli -> segno -> mtime
+    for name, _stored, mtime in repo.iter_wal():
+        if name.kind is WalKind.SEGMENT:
+            present.setdefault(name.timeline, {})[name.segno(size)] = mtime
+
+    def tli_for(segno: int) -> int:
+        # PostgreSQL reads a segment from the newest timeline that had begun by that segment.
+        for step in reversed(path):
+            if step.begin // size <= segno:
+                return step.timeline
+        return path[0].timeline
+
+    first = parse_lsn(backup.start_lsn) // size
+    if target.kind == "immediate":
+        last: int | None = (parse_lsn(backup.stop_lsn) - 1) // size
+    elif target.kind in ("lsn", "name") and target.lsn is not None:
+        last = max(target.lsn, parse_lsn(backup.stop_lsn) - 1) // size
+    else:
+        last = None  # time or xid: walk forward (see below)
+    segno = first
+    count = 0
+    while True:
+        tli = tli_for(segno)
+        mtime = present.get(tli, {}).get(segno)
+        name = segment_name(tli, segno, size)
+        if mtime is None:
+            stop_seg = (parse_lsn(backup.stop_lsn) - 1) // size
+            path_tlis = {step.timeline for step in path}
+            later = any(s > segno and tli_for(s) == t for t in path_tlis for s in present.get(t, {}))
+            if last is not None or segno <= stop_seg or later:
+                raise _gap(name, backup, target)
+            if target.kind == "time":
+                raise RefusedError(
+                    f"the archive ends before {name}, and nothing in it was archived after the target time "
+                    f"{target.value}: recovery would stop short of the target",
+                    hint="on the primary, run  select pg_switch_wal();  and wait for it to be archived, "
+                         "or choose an earlier target",
+                )
+            return segment_name(tli_for(first), first, size), None, count
+        count += 1
+        if last is not None and segno >= last:
+            return segment_name(tli_for(first), first, size), name, count
+        if target.kind == "time" and target.time is not None and \
+                datetime.fromtimestamp(mtime, UTC) > target.time and segno > (parse_lsn(backup.stop_lsn) - 1) // size:
+            # The first segment archived after the target time holds (or passes) the target.
+            return segment_name(tli_for(first), first, size), name, count
+        segno += 1
+
+
+def _gap(name: str, backup: BackupMeta, target: Target) -> GapError:
+    return GapError(
+        f"WAL segment {name} is missing from the repository; recovery from backup {backup.id} to "
+        f"{target.describe()} would stop there. Nothing was written",
+        hint="put the segment back, choose a target before the gap, or a backup after it",
+    )
+
+
+def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: str, target_timeline: str | None,
+               exclusive: bool, backup_id: str | None, standby: bool) -> Plan:
+    backups = catalog.backups()
+    histories = {n.timeline for n, _s, _m in repo.iter_wal() if n.kind is WalKind.HISTORY}
+    warnings: list[str] = []
+    if target_timeline in (None, "latest"):
+        base_tli = min((b.stop_timeline for b in backups), default=1)
+        tli = latest_timeline(repo, base_tli, histories)
+        explicit = False
+    elif target_timeline == "current":
+        raise ConfigError("--target-timeline current: give the timeline number (walkeeper wal-list shows them)")
+    else:
+        try:
+            tli = int(target_timeline, 0) if not target_timeline.isdigit() else int(target_timeline)
+        except ValueError:
+            raise ConfigError(f"--target-timeline {target_timeline!r}: expected a number or 'latest'") from None
+        explicit = True
+    path = timeline_path(repo, tli)
+    backup, reason = choose_backup(backups, target, path, backup_id)
+    if not explicit:
+        # 'latest' as PostgreSQL computes it starts from the backup's own timeline.
+        tli = latest_timeline(repo, backup.stop_timeline, histories)
+        path = timeline_path(repo, tli)
+    if target.kind == "name" and target.point is not None:
+        on = [s.timeline for s in path]
+        if target.point.timeline not in on:
+            raise RefusedError(f"restore point {target.point.name!r} was created on timeline "
+                               f"{target.point.timeline}, which is not on the path {on}",
+                               hint=f"add --target-timeline {target.point.timeline}")
+    if target.kind == "time" and not explicit and len(path) > 1 and target.time is not None:
+        branch = path[-2]
+        for name, _s, mtime in repo.iter_wal():
+            if name.kind is WalKind.HISTORY and name.timeline == path[-1].timeline:
+                created = datetime.fromtimestamp(mtime, UTC)
+                if target.time < created:
+                    warnings.append(
+                        f"timeline {path[-1].timeline} was created at {created.isoformat(timespec='seconds')}, "
+                        f"after the target time, by branching from timeline {branch.timeline}; recovery follows "
+                        f"timeline {path[-1].timeline}. For timeline {branch.timeline}'s own history after the "
+                        f"branch point, use --target-timeline {branch.timeline}")
+    first, last, count = check_coverage(repo, backup, target, path)
+    return Plan(target, backup, reason, tli, explicit, path, first, last, count, action, exclusive, standby,
+                warnings)
+
+
+# -- writing the settings ------------------------------------------------------------------------
+
+def quote_conf(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def restore_command(config_path: str | None, repo_flag: str | None) -> str:
+    exe = walkeeper_executable()
+    parts = [exe]
+    if config_path:
+        parts += ["--config", os.path.abspath(config_path)]
+    if repo_flag:
+        parts += ["--repo", repo_flag if "://" in repo_flag else os.path.abspath(repo_flag)]
+    return " ".join(shlex.quote(p) for p in parts) + " wal-fetch %f %p"
+
+
+def walkeeper_executable() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(argv0).startswith("walkeeper") and os.path.exists(argv0):
+        return os.path.abspath(argv0)
+    beside = Path(sys.executable).parent / "walkeeper"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("walkeeper")
+    if found:
+        return os.path.abspath(found)
+    raise ConfigError("cannot tell where the walkeeper executable is, for restore_command")
+
+
+_TARGET_LINE = re.compile(r"^\s*(recovery_target\w*)\s*=?", re.IGNORECASE)
+_RESTORE_LINE = re.compile(r"^\s*restore_command\s*=?", re.IGNORECASE)
+
+
+def _comment_out(text: str, *, include_restore: bool) -> tuple[str, int]:
+    out = []
+    changed = 0
+    for line in text.splitlines(keepends=True):
+        if _TARGET_LINE.match(line) or (include_restore and _RESTORE_LINE.match(line)):
+            out.append(f"# commented out by walkeeper pitr (a recovery target is set below): {line}")
+            changed += 1
+        else:
+            out.append(line)
+    return "".join(out), changed
+
+
+def settings_block(plan: Plan, command: str) -> str:
+    lines = [f"{BLOCK_BEGIN} (written {datetime.now(UTC).isoformat(timespec='seconds')}; "
+             "replaced by the next walkeeper pitr, remove after recovery if you like)",
+             f"restore_command = {quote_conf(command)}"]
+    target = plan.target
+    if target.kind == "immediate":
+        lines.append("recovery_target = 'immediate'")
+    elif target.kind != "none":
+        lines.append(f"recovery_target_{target.kind} = {quote_conf(target.value)}")
+    if target.kind != "none":
+        lines.append(f"recovery_target_action = {quote_conf(plan.action)}")
+        if plan.exclusive:
+            lines.append("recovery_target_inclusive = off")
+    lines.append(f"recovery_target_timeline = {quote_conf(str(plan.timeline))}")
+    lines.append(BLOCK_END)
+    return "\n".join(lines) + "\n"
+
+
+def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
+    """Write the signal file and the marked block; returns notes on what else was changed."""
+    notes = []
+    auto = pgdata / "postgresql.auto.conf"
+    text = auto.read_text() if auto.exists() else ""
+    # Drop a previous block of ours, then comment out conflicting lines elsewhere.
+    text = re.sub(rf"(?ms)^{re.escape(BLOCK_BEGIN)}.*?^{re.escape(BLOCK_END)}\n?", "", text)
+    text, changed = _comment_out(text, include_restore=True)
+    if changed:
+        notes.append(f"commented out {changed} earlier recovery setting line(s) in {auto}")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    tmp = auto.with_name(auto.name + ".walkeeper.tmp")
+    tmp.write_text(text + settings_block(plan, command))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, auto)
+    conf = pgdata / "postgresql.conf"
+    if conf.exists():
+        original = conf.read_text()
+        updated, changed = _comment_out(original, include_restore=False)
+        if changed:
+            conf.write_text(updated)
+            notes.append(f"commented out {changed} recovery_target* line(s) in {conf}")
+    signal = pgdata / ("standby.signal" if plan.standby else "recovery.signal")
+    other = pgdata / ("recovery.signal" if plan.standby else "standby.signal")
+    signal.touch(mode=0o600)
+    if other.exists():
+        other.unlink()
+        notes.append(f"removed {other.name}")
+    return notes
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+@dataclass
+class PitrResult:
+    plan: Plan
+    restored: RestoreResult | None
+    notes: list[str]
+    pgdata: Path
+    dry_run: bool
+
+
+def make_target(catalog: Catalog, *, time: str | None = None, lsn: str | None = None, xid: str | None = None,
+                name: str | None = None, immediate: bool = False, standby: bool = False) -> Target:
+    given = [k for k, v in (("time", time), ("lsn", lsn), ("xid", xid), ("name", name),
+                            ("immediate", immediate)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"give exactly one recovery target, not {len(given)} ({', '.join(given)})",
+                          hint="PostgreSQL refuses more than one recovery_target* setting")
+    if not given:
+        if standby:
+            return Target("none", "")
+        raise ConfigError("give one recovery target: --target-time, --target-lsn, --target-xid, --target-name "
+                          "or --target-immediate")
+    if time:
+        moment = parse_target_time(time)
+        return Target("time", format_target_time(moment), time=moment)
+    if lsn:
+        try:
+            value = parse_lsn(lsn)
+        except ValueError as exc:
+            raise ConfigError(f"--target-lsn: {exc}") from None
+        return Target("lsn", lsn.strip().upper(), lsn=value)
+    if xid:
+        return Target("xid", str(parse_xid(xid)), xid=parse_xid(xid))
+    if name:
+        if len(name) >= 64:
+            raise ConfigError("--target-name: restore point names are shorter than 64 characters")
+        points = [p for p in catalog.restore_points() if p.name == name]
+        if not points:
+            raise RefusedError(f"no restore point named {name!r} is recorded in the repository",
+                               hint="walkeeper restore-points lists them; points created without walkeeper "
+                                    "are unknown to it")
+        # PostgreSQL stops at the first record with that name it replays.
+        point = min(points, key=lambda p: parse_lsn(p.lsn))
+        return Target("name", name, lsn=parse_lsn(point.lsn), point=point)
+    return Target("immediate", "immediate")
+
+
+def _check_restored_dir(pgdata: Path) -> str:
+    if not (pgdata / "PG_VERSION").exists() or not (pgdata / "global" / "pg_control").exists():
+        raise RefusedError(f"--no-restore: {pgdata} does not hold a restored backup (no PG_VERSION/pg_control)")
+    label = pgdata / "backup_label"
+    if not label.exists():
+        raise RefusedError(f"--no-restore: {pgdata} has no backup_label: it is not a freshly restored backup "
+                           "(a data directory that already ran cannot be recovered to a point in time)")
+    for line in label.read_text(errors="replace").splitlines():
+        if line.startswith("START WAL LOCATION:"):
+            return line.split(":", 1)[1].split()[0]
+    raise RefusedError(f"--no-restore: cannot read START WAL LOCATION from {label}")
+
+
+def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | None = None, xid: str | None = None,
+         name: str | None = None, immediate: bool = False, action: str = "pause", target_timeline: str | None = None,
+         exclusive: bool = False, backup_id: str | None = None, standby: bool = False, no_restore: bool = False,
+         dry_run: bool = False, config_path: str | None = None, repo_flag: str | None = None,
+         tablespace_map: tuple[str, ...] = ()) -> PitrResult:
+    if action not in ACTIONS:
+        raise ConfigError(f"--target-action must be one of {', '.join(ACTIONS)}")
+    if backup_id is not None and backup_id != "latest":
+        from walkeeper.catalog import validate_backup_id
+
+        try:
+            validate_backup_id(backup_id)
+        except InvalidName as exc:
+            raise ConfigError(str(exc)) from None
+    repo = open_repository(config)
+    repo.require_meta()
+    catalog = Catalog(repo)
+    target = make_target(catalog, time=time, lsn=lsn, xid=xid, name=name, immediate=immediate, standby=standby)
+    directory = Path(os.path.abspath(pgdata))
+    if no_restore:
+        start = _check_restored_dir(directory)
+        if backup_id is None:
+            matches = [b for b in catalog.backups() if b.start_lsn == start]
+            if not matches:
+                raise RefusedError(f"--no-restore: no backup in the repository starts at {start} (from "
+                                   f"{directory}/backup_label)", hint="give --backup ID")
+            backup_id = matches[-1].id
+    elif directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise RefusedError(f"{directory} exists and is not empty; refusing to restore over it",
+                           hint="give a new or empty directory, or --no-restore if it holds a freshly restored "
+                                "backup")
+    if backup_id == "latest":
+        backup_id = catalog.resolve("latest").id
+    plan = build_plan(repo, catalog, target, action=action, target_timeline=target_timeline,
+                      exclusive=exclusive, backup_id=backup_id, standby=standby)
+    command = restore_command(config_path or config.source, repo_flag)
+    if not (config_path or config.source):
+        plan.warnings.append("no configuration file: restore_command relies on WALKEEPER_* variables being set "
+                             "in the server's environment")
+    if dry_run:
+        return PitrResult(plan, None, [f"would write into {directory}/postgresql.auto.conf:",
+                                       *("    " + line for line in settings_block(plan, command).splitlines())],
+                          directory, True)
+    restored = None
+    if not no_restore:
+        restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map)
+    notes = write_settings(directory, plan, command)
+    return PitrResult(plan, restored, notes, directory, False)

@@ -1,0 +1,160 @@
+"""`walkeeper expire`: remove backups and WAL that no retained backup needs.
+
+Rules:
+
+* ``keep`` N: the newest N complete backups stay. ``keep_days`` D: every backup that ended within
+  the last D days stays, and so does the newest one that ended before the window, because recovery
+  to the first moment of the window starts from it. Both set: a backup kept by either rule stays.
+* The newest backup always stays (so does the only one), and so does all WAL from the oldest
+  retained backup's start onwards, on every timeline: nothing after the newest backup ever goes.
+* WAL segments, .partial and .backup files before that start go; restore points before it go.
+* A ``.history`` file stays while retained WAL (or a retained backup) lies on its timeline or a
+  descendant, and always for the newest timelines (PostgreSQL probes them to pick a new timeline).
+* Backups with data but no metadata (interrupted) older than the newest complete backup and
+  untouched for an hour go too; a running backup is newer than every complete one and stays.
+
+Order keeps an interruption harmless: a backup loses its metadata object first (from then on it
+is not listed, never "usable but partial"), then its data; WAL goes oldest first, so an
+interrupted expire never leaves a hole in the middle of the archive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from walkeeper.errors import ConfigError, RefusedError
+from walkeeper.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
+from walkeeper.repository import Repository
+from walkeeper.wal import WalKind
+
+log = logging.getLogger(__name__)
+
+BACKUP_META = "backup.json"
+STALE_INCOMPLETE = 3600.0
+
+
+@dataclass
+class Plan:
+    keep: int | None
+    keep_days: float | None
+    kept_backups: list[str] = field(default_factory=list)
+    expired_backups: list[str] = field(default_factory=list)
+    incomplete_backups: list[str] = field(default_factory=list)
+    cutoff_wal: str | None = None  # the first segment that stays (on the oldest retained backup's timeline)
+    removals: list[tuple[str, int]] = field(default_factory=list)  # (key, stored bytes), in deletion order
+    note: str | None = None
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(size for _key, size in self.removals)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"keep": self.keep, "keep_days": self.keep_days, "kept_backups": self.kept_backups,
+                "expired_backups": self.expired_backups, "incomplete_backups": self.incomplete_backups,
+                "first_wal_kept": self.cutoff_wal, "objects": [k for k, _ in self.removals],
+                "bytes_freed": self.bytes_freed, "note": self.note}
+
+
+def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: float | None,
+                     now: float) -> list[BackupInfo]:
+    """The backups both rules keep (``backups`` oldest first); never empty when backups exist."""
+    if not backups:
+        return []
+    kept: set[str] = {backups[-1].id}
+    if keep is not None:
+        kept.update(b.id for b in backups[-keep:])
+    if keep_days is not None:
+        window_start = now - keep_days * 86400
+        inside = [b for b in backups if b.stop_time >= window_start]
+        before = [b for b in backups if b.stop_time < window_start]
+        kept.update(b.id for b in inside)
+        if before:
+            kept.add(before[-1].id)
+    return [b for b in backups if b.id in kept]
+
+
+def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, now: float | None = None) -> Plan:
+    if keep is None and keep_days is None:
+        raise ConfigError("expire needs a retention rule", hint="--keep N and/or --keep-days D, or [retention] "
+                                                                "keep / keep_days in the configuration")
+    if keep is not None and keep < 1:
+        raise ConfigError(f"keep must be at least 1 (got {keep}); the newest backup is never expired")
+    if keep_days is not None and keep_days <= 0:
+        raise ConfigError(f"keep_days must be positive (got {keep_days})")
+    now = time.time() if now is None else now
+    plan = Plan(keep, keep_days)
+    if not inv.backups:
+        plan.note = "no complete backups: nothing expires (all WAL stays until a backup exists)"
+        return plan
+    kept = retained_backups(inv.backups, keep, keep_days, now)
+    kept_ids = {b.id for b in kept}
+    plan.kept_backups = [b.id for b in kept]
+    expired = [b for b in inv.backups if b.id not in kept_ids]
+    plan.expired_backups = [b.id for b in expired]
+    for backup in expired:
+        objects = sorted(inv.backup_objects.get(backup.id, []), key=lambda o: not o[0].endswith(f"/{BACKUP_META}"))
+        plan.removals.extend((key, size) for key, size, _mtime in objects)
+    newest_id = inv.backups[-1].id
+    for backup_id in inv.incomplete_backups:
+        objects = inv.backup_objects.get(backup_id, [])
+        if backup_id < newest_id and objects and now - max(m for _k, _s, m in objects) > STALE_INCOMPLETE:
+            plan.incomplete_backups.append(backup_id)
+            plan.removals.extend((key, size) for key, size, _mtime in objects)
+
+    oldest = min(kept, key=lambda b: b.start_segno)
+    cutoff = oldest.start_segno
+    plan.cutoff_wal = inv.name_of(oldest.timeline, cutoff)
+    cutoff_lsn = cutoff * inv.segment_size
+    for key, size, _mtime in sorted(inv.restore_points):
+        lsn = restore_point_lsn(key)
+        if lsn is not None and lsn < cutoff_lsn:
+            plan.removals.append((key, size))
+
+    doomed = []
+    remaining_tlis: set[int] = {b.timeline for b in kept} | {b.stop_timeline for b in kept}
+    for obj in inv.wal:
+        if obj.name.kind is WalKind.HISTORY:
+            continue
+        if obj.name.segno(inv.segment_size) < cutoff:
+            doomed.append(obj)
+        else:
+            remaining_tlis.add(obj.name.timeline)
+    doomed.sort(key=lambda o: (o.name.segno(inv.segment_size), o.name.timeline, o.name.name))
+    plan.removals.extend((o.key, o.size) for o in doomed)
+    needed: set[int] = set()
+    for tli in remaining_tlis:
+        needed.update(t for t, _b, _e in inv.lineage(tli))
+    newest_tli = max(remaining_tlis)
+    for tli, obj in sorted(inv.history_files.items()):
+        if tli not in needed and tli < newest_tli:
+            plan.removals.append((obj.key, obj.size))
+    return plan
+
+
+def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_run: bool = False,
+           now: float | None = None) -> Plan:
+    """Plan, then (unless ``dry_run``) delete in the plan's order."""
+    repo.require_meta()
+    inv = read_inventory(repo)
+    if inv.history_errors:
+        raise RefusedError(
+            "cannot read the history file(s) of timeline(s) "
+            f"{', '.join(map(str, sorted(inv.history_errors)))}; refusing to expire without knowing the timelines",
+            hint="walkeeper verify explains")
+    plan = plan_expire(inv, keep=keep, keep_days=keep_days, now=now)
+    if dry_run or not plan.removals:
+        return plan
+    batch: list[str] = []
+    for key, _size in plan.removals:
+        batch.append(key)
+        # A backup's metadata goes alone and first: from then on it is not listed as usable.
+        if len(batch) >= 100 or key.endswith(f"/{BACKUP_META}"):
+            repo.storage.delete(batch)
+            batch = []
+    if batch:
+        repo.storage.delete(batch)
+    log.info("expired %d backup(s), %d object(s), %d bytes", len(plan.expired_backups), len(plan.removals),
+             plan.bytes_freed)
+    return plan

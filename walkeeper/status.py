@@ -1,0 +1,376 @@
+"""`walkeeper status` and `walkeeper check`: what the repository holds, how fresh it is, and
+(when a connection is possible through libpq's environment) what the server's archiver says.
+
+``check`` speaks the monitoring-plugin protocol (Nagios, Icinga, Sensu...): exit 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN and one summary line with performance data. ``write_prometheus`` writes a
+node-exporter textfile atomically (temp file in the same directory, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from walkeeper.config import Config
+from walkeeper.errors import ConfigError, PostgresError
+from walkeeper.inventory import Inventory, read_inventory
+from walkeeper.repository import Repository
+from walkeeper.wal import parse_wal_name
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d|day|days|w|weeks?)?\s*$", re.I)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90' or '90s', '15m', '6h', '2d', '1w' -> seconds."""
+    match = _DURATION.match(text or "")
+    if not match:
+        raise ConfigError(f"not a duration: {text!r} (expected e.g. 90s, 15m, 6h, 2d)")
+    unit = (match.group(2) or "s").lower()[0]
+    return float(match.group(1)) * _UNITS[unit]
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# -- repository ------------------------------------------------------------------------------------
+
+def _listing_gaps(inv: Inventory, tli: int) -> list[tuple[str, str]]:
+    segnos = sorted(inv.segments.get(tli, {}))
+    gaps = []
+    for prev, cur in itertools.pairwise(segnos):
+        if cur > prev + 1:
+            gaps.append((inv.name_of(tli, prev + 1), inv.name_of(tli, cur - 1)))
+    return gaps
+
+
+def repository_status(repo: Repository, *, now: float | None = None) -> dict[str, Any]:
+    """A summary of the repository: backups, WAL per timeline, size, freshness."""
+    now = time.time() if now is None else now
+    meta = repo.require_meta()
+    inv = read_inventory(repo, histories=False)
+    timelines = []
+    for tli in inv.timelines():
+        segs = inv.segments.get(tli, {})
+        stored = sum(o.size for o in inv.wal if o.name.timeline == tli)
+        timelines.append({
+            "timeline": tli, "segments": len(segs),
+            "first": segs[min(segs)].name.name if segs else None,
+            "last": segs[max(segs)].name.name if segs else None,
+            "gaps": [{"from": a, "to": b} for a, b in _listing_gaps(inv, tli)],
+            "partial": sorted(o.name.name for o in inv.partials.get(tli, [])),
+            "history": tli in inv.history_files, "stored_bytes": stored,
+        })
+    newest = inv.newest_segment()
+    last_arrival = inv.newest_wal_mtime()
+    backups = [{"id": b.id, "timeline": b.timeline, "start_wal": b.start_wal, "stop_wal": b.stop_wal,
+                "stop_time": b.stop_time, "age_seconds": now - b.stop_time, "stored_bytes": b.stored_size,
+                "wal_mode": b.wal_mode} for b in inv.backups]
+    oldest = inv.backups[0] if inv.backups else None
+    return {
+        "repository": repo.storage.url,
+        "system_identifier": meta.system_identifier,
+        "wal_segment_size": inv.segment_size,
+        "total_bytes": inv.total_bytes,
+        "wal_bytes": sum(o.size for o in inv.wal),
+        "backups": backups,
+        "incomplete_backups": inv.incomplete_backups,
+        "timelines": timelines,
+        "gaps": sum(len(t["gaps"]) for t in timelines),
+        "oldest_recovery_point": None if oldest is None else {
+            "backup": oldest.id, "lsn": f"{oldest.stop_lsn >> 32:X}/{oldest.stop_lsn & 0xFFFFFFFF:X}",
+            "time": oldest.stop_time},
+        "newest_segment": None if newest is None else {
+            "name": newest.name.name, "archived": newest.mtime, "age_seconds": now - newest.mtime},
+        "last_wal_arrival": last_arrival,
+        "last_wal_age_seconds": None if last_arrival is None else now - last_arrival,
+        "restore_points": len(inv.restore_points),
+    }
+
+
+# -- the server -------------------------------------------------------------------------------------
+
+_CLUSTER_SQL = """
+select a.archived_count, coalesce(a.last_archived_wal, ''),
+       coalesce(extract(epoch from a.last_archived_time)::text, ''),
+       a.failed_count, coalesce(a.last_failed_wal, ''),
+       coalesce(extract(epoch from a.last_failed_time)::text, ''),
+       pg_is_in_recovery(),
+       case when pg_is_in_recovery() then '' else pg_walfile_name(pg_current_wal_lsn()) end,
+       extract(epoch from now()),
+       current_setting('archive_mode'),
+       (select setting from pg_settings where name = 'wal_segment_size'),
+       (select system_identifier from pg_control_system())
+from pg_stat_archiver a
+"""
+
+
+def _psql_path(config: Config) -> str:
+    if config.backup.pg_bin_dir:
+        return str(Path(config.backup.pg_bin_dir) / "psql")
+    found = shutil.which("psql")
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"),
+                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if candidates:
+        return str(candidates[-1])
+    raise PostgresError("psql not found", hint="install the PostgreSQL client or set [backup] pg_bin_dir")
+
+
+def cluster_status(config: Config, *, dbname: str | None = None, timeout: float = 15) -> dict[str, Any]:
+    """pg_stat_archiver and the current WAL file, read with psql through the libpq environment."""
+    env = dict(os.environ)
+    env.setdefault("PGCONNECT_TIMEOUT", "5")
+    cmd = [_psql_path(config), "-X", "-A", "-t", "-q", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
+           "-d", dbname or env.get("PGDATABASE", "postgres"), "-c", _CLUSTER_SQL]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise PostgresError(f"psql did not answer within {timeout:.0f}s") from None
+    except OSError as exc:
+        raise PostgresError(f"cannot run psql: {exc}") from None
+    if proc.returncode != 0:
+        raise PostgresError(f"cannot read the server's archiver status: {proc.stderr.strip() or proc.returncode}")
+    fields = proc.stdout.strip().split("\x1f")
+    if len(fields) != 12:
+        raise PostgresError(f"unexpected psql output: {proc.stdout.strip()[:200]!r}")
+    (archived, last_wal, last_time, failed, failed_wal, failed_time, in_recovery, current,
+     server_now, archive_mode, seg_size, sysid) = fields
+    size = int(seg_size)
+    doc: dict[str, Any] = {
+        "archived_count": int(archived), "last_archived_wal": last_wal or None,
+        "last_archived_time": float(last_time) if last_time else None,
+        "failed_count": int(failed), "last_failed_wal": failed_wal or None,
+        "last_failed_time": float(failed_time) if failed_time else None,
+        "in_recovery": in_recovery == "t", "current_wal": current or None,
+        "archive_mode": archive_mode, "system_identifier": sysid,
+    }
+    now = float(server_now)
+    doc["failing"] = bool(doc["last_failed_time"] and
+                          (doc["last_archived_time"] is None or doc["last_failed_time"] > doc["last_archived_time"]))
+    lag_segments = lag_seconds = None
+    if current:
+        cur = parse_wal_name(current)
+        if last_wal:
+            last = parse_wal_name(last_wal[:24]) if len(last_wal) >= 24 else None
+            if last is not None:
+                lag_segments = max(0, cur.segno(size) - last.segno(size) - 1)
+        else:
+            lag_segments = cur.segno(size)  # nothing archived yet: everything before is pending
+        if lag_segments is not None:
+            if lag_segments == 0:
+                lag_seconds = 0.0
+            elif doc["last_archived_time"] is not None:
+                lag_seconds = max(0.0, now - doc["last_archived_time"])
+    doc["archive_lag_segments"] = lag_segments
+    doc["archive_lag_seconds"] = lag_seconds
+    return doc
+
+
+# -- check ------------------------------------------------------------------------------------------
+
+@dataclass
+class Thresholds:
+    max_wal_age: float | None = None  # CRITICAL above
+    max_backup_age: float | None = None
+    warn_wal_age: float | None = None  # WARNING above
+    warn_backup_age: float | None = None
+
+
+@dataclass
+class CheckResult:
+    status: int
+    messages: list[str] = field(default_factory=list)  # the reasons for a non-OK status, worst first
+    facts: list[str] = field(default_factory=list)
+    perfdata: list[str] = field(default_factory=list)
+    repo: dict[str, Any] | None = None
+    cluster: dict[str, Any] | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def raise_to(self, status: int, message: str) -> None:
+        """Add a reason; the status only ever gets worse (UNKNOWN is only set when nothing could be read)."""
+        self.messages.append(message)
+        if self.status != UNKNOWN and status > self.status:
+            self.status = status
+
+    def line(self) -> str:
+        text = "; ".join(self.messages + self.facts) or "nothing to report"
+        perf = f" | {' '.join(self.perfdata)}" if self.perfdata else ""
+        return f"WALKEEPER {STATE_NAMES[self.status]} - {text}{perf}"
+
+
+def _age_check(result: CheckResult, what: str, age: float | None, warn: float | None, crit: float | None) -> None:
+    if age is None:
+        if crit is not None or warn is not None:
+            result.raise_to(CRITICAL if crit is not None else WARNING, f"no {what} at all")
+        return
+    if crit is not None and age > crit:
+        result.raise_to(CRITICAL, f"last {what} {human_age(age)} ago (critical above {human_age(crit)})")
+    elif warn is not None and age > warn:
+        result.raise_to(WARNING, f"last {what} {human_age(age)} ago (warning above {human_age(warn)})")
+
+
+def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, dbname: str | None = None,
+              now: float | None = None) -> CheckResult:
+    """Evaluate the repository (and the server when asked); never raises."""
+    from walkeeper.notify import read_state, state_path
+
+    now = time.time() if now is None else now
+    result = CheckResult(OK)
+    with contextlib.suppress(Exception):
+        result.failures = {k: int(v.get("failures", 0)) for k, v in read_state(state_path(config)).items()}
+    try:
+        from walkeeper.repository import open_repository
+
+        repo = open_repository(config)
+        try:
+            result.repo = repository_status(repo, now=now)
+        finally:
+            with contextlib.suppress(Exception):
+                repo.storage.close()
+    except Exception as exc:  # the repository cannot be read: the plugin says UNKNOWN
+        result.status = UNKNOWN
+        result.messages.append(f"cannot read the repository: {exc}")
+        return result
+    doc = result.repo
+    wal_age = doc["last_wal_age_seconds"]
+    backup_age = doc["backups"][-1]["age_seconds"] if doc["backups"] else None
+    _age_check(result, "WAL archived", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
+    _age_check(result, "backup", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
+    if doc["gaps"]:
+        result.raise_to(WARNING, f"{doc['gaps']} gap(s) in the WAL archive (run walkeeper verify)")
+    if cluster:
+        try:
+            result.cluster = cluster_status(config, dbname=dbname)
+        except Exception as exc:
+            result.raise_to(WARNING, f"cannot read the server's archiver status: {exc}")
+        else:
+            c = result.cluster
+            if c["failing"]:
+                result.raise_to(WARNING, f"archive_command is failing on the server ({c['failed_count']} failures,"
+                                         f" last {c['last_failed_wal']})")
+            if doc["system_identifier"] and c["system_identifier"] != doc["system_identifier"]:
+                result.raise_to(CRITICAL, f"the server is system {c['system_identifier']}, the repository "
+                                          f"belongs to {doc['system_identifier']}")
+    newest = doc["newest_segment"]
+    result.facts.append(f"last WAL {human_age(wal_age)} ago" + (f" ({newest['name']})" if newest else ""))
+    if doc["backups"]:
+        result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_age(backup_age)} ago")
+    result.facts.append(f"{len(doc['backups'])} backup(s), {human_bytes(doc['total_bytes'])}")
+    if result.cluster and result.cluster.get("archive_lag_segments") is not None:
+        result.facts.append(f"archive lag {result.cluster['archive_lag_segments']} segment(s)")
+
+    def perf(label: str, value: float | None, warn: float | None, crit: float | None, unit: str = "s") -> None:
+        if value is not None:
+            result.perfdata.append(f"{label}={value:.0f}{unit};{'' if warn is None else f'{warn:.0f}'};"
+                                   f"{'' if crit is None else f'{crit:.0f}'}")
+
+    perf("wal_age", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
+    perf("backup_age", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
+    perf("repository_bytes", doc["total_bytes"], None, None, "B")
+    result.perfdata.append(f"backups={len(doc['backups'])}")
+    return result
+
+
+# -- prometheus ------------------------------------------------------------------------------------
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = None) -> str:
+    """The node-exporter textfile (exposition format 0.0.4)."""
+    now = time.time() if now is None else now
+    base = f'repo="{_label(repo_url)}"'
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lines.append(f"{name}{{{base}{labels}}} {value:.17g}" if isinstance(value, float)
+                         else f"{name}{{{base}{labels}}} {value}")
+
+    doc = result.repo
+    metric("walkeeper_up", "gauge", "1 if the repository could be read.", [("", 1 if doc else 0)])
+    metric("walkeeper_check_status", "gauge", "walkeeper check result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+           [("", result.status)])
+    metric("walkeeper_check_timestamp_seconds", "gauge", "When this file was written.", [("", float(now))])
+    if doc:
+        if doc["last_wal_arrival"] is not None:
+            metric("walkeeper_last_archived_timestamp_seconds", "gauge",
+                   "When the newest WAL file reached the repository.", [("", float(doc["last_wal_arrival"]))])
+            metric("walkeeper_last_archived_age_seconds", "gauge", "Seconds since the newest WAL file arrived.",
+                   [("", float(doc["last_wal_age_seconds"]))])
+        if doc["backups"]:
+            last = doc["backups"][-1]
+            metric("walkeeper_last_backup_timestamp_seconds", "gauge", "When the newest complete backup ended.",
+                   [("", float(last["stop_time"]))])
+            metric("walkeeper_last_backup_age_seconds", "gauge", "Seconds since the newest backup ended.",
+                   [("", float(last["age_seconds"]))])
+        metric("walkeeper_backups", "gauge", "Complete backups in the repository.", [("", len(doc["backups"]))])
+        metric("walkeeper_repository_bytes", "gauge", "Bytes stored in the repository.", [("", doc["total_bytes"])])
+        metric("walkeeper_wal_segments", "gauge", "Archived WAL segments per timeline.",
+               [(f',timeline="{t["timeline"]}"', t["segments"]) for t in doc["timelines"]])
+        metric("walkeeper_wal_gaps", "gauge", "Holes in the archived WAL sequences (walkeeper verify explains).",
+               [("", doc["gaps"])])
+    metric("walkeeper_failures_total", "counter",
+           "Failed walkeeper commands seen by [notify] on this host, per event.",
+           [(f',event="{_label(event)}"', count) for event, count in sorted(result.failures.items())])
+    if result.cluster:
+        c = result.cluster
+        metric("walkeeper_archiver_failed_total", "counter", "pg_stat_archiver.failed_count of the server.",
+               [("", c["failed_count"])])
+        metric("walkeeper_archiver_failing", "gauge", "1 if the server's last archive attempt failed.",
+               [("", 1 if c["failing"] else 0)])
+        if c["archive_lag_segments"] is not None:
+            metric("walkeeper_archive_lag_segments", "gauge", "Completed segments not yet archived.",
+                   [("", c["archive_lag_segments"])])
+        if c["archive_lag_seconds"] is not None:
+            metric("walkeeper_archive_lag_seconds", "gauge", "Seconds since the last archived segment "
+                   "while segments wait.", [("", float(c["archive_lag_seconds"]))])
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Temp file beside the target, fsync, rename: the collector never reads half a file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -129,8 +129,9 @@ class RsyncStorage:
             "-o", f"StrictHostKeyChecking={'yes' if s.strict_host_key_checking else 'accept-new'}",
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",  # a dead peer fails in ~15 s
             "-o", "LogLevel=ERROR",
+            # Only _ensure_master opens the shared connection. (No ControlMaster=no here: ssh keeps the
+            # first value given for an option, so it would override the master's ControlMaster=yes.)
             "-o", f"ControlPath={self._control_dir}/cm",
-            "-o", "ControlMaster=no",  # only _ensure_master opens the shared connection
         ]
         if self.port:
             opts += ["-p", str(self.port)]

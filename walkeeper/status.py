@@ -23,7 +23,7 @@ from walkeeper.config import Config
 from walkeeper.errors import ConfigError, PostgresError
 from walkeeper.inventory import Inventory, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.wal import parse_wal_name
+from walkeeper.wal import parse_lsn, parse_wal_name, segment_of_lsn
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -122,7 +122,8 @@ select a.archived_count, coalesce(a.last_archived_wal, ''),
        a.failed_count, coalesce(a.last_failed_wal, ''),
        coalesce(extract(epoch from a.last_failed_time)::text, ''),
        pg_is_in_recovery(),
-       case when pg_is_in_recovery() then '' else pg_walfile_name(pg_current_wal_lsn()) end,
+       case when pg_is_in_recovery() then '' else
+            pg_walfile_name(pg_current_wal_lsn()) || ' ' || pg_current_wal_lsn()::text end,
        extract(epoch from now()),
        current_setting('archive_mode'),
        (select setting from pg_settings where name = 'wal_segment_size'),
@@ -178,6 +179,11 @@ def cluster_status(config: Config, *, dbname: str | None = None, timeout: float 
                           (doc["last_archived_time"] is None or doc["last_failed_time"] > doc["last_archived_time"]))
     lag_segments = lag_seconds = None
     if current:
+        # pg_walfile_name() of an LSN right at a segment boundary (just after a switch) names the
+        # previous segment: the segment being written is the one the LSN itself falls in.
+        tli_name, lsn_text = current.split(" ")
+        current = segment_of_lsn(int(tli_name[:8], 16), parse_lsn(lsn_text), size)
+        doc["current_wal"] = current
         cur = parse_wal_name(current)
         if last_wal:
             last = parse_wal_name(last_wal[:24]) if len(last_wal) >= 24 else None

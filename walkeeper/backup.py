@@ -183,50 +183,93 @@ def human(n: float) -> str:
 
 # -- reading a tar as it streams by --------------------------------------------------------------
 
-class _Tee:
-    """A file-like reader that keeps what tarfile reads so it can be passed on unchanged."""
-
-    def __init__(self, read: Callable[[int], bytes]) -> None:
-        self._read = read
-        self.pending: list[bytes] = []
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._read(size if size and size > 0 else CHUNK)
-        if data:
-            self.pending.append(data)
-        return data
-
-    def drain(self) -> Iterator[bytes]:
-        while self.pending:
-            yield self.pending.pop(0)
-
-
 def _member_name(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name
 
 
+def _tar_number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        value = field[0] & 0x3F
+        for byte in field[1:]:
+            value = (value << 8) | byte
+        return value
+    text = field.replace(b"\0", b" ").strip()
+    return int(text, 8) if text else 0
+
+
+class TarScanner:
+    """Follows a tar stream chunk by chunk without holding it: only header blocks and the small
+    files named in CAPTURED are kept. Memory stays bounded whatever the size of a member (a
+    table segment is up to 1 GiB), which Python's tarfile in stream mode does not guarantee here."""
+
+    def __init__(self, captured: dict[str, bytes]) -> None:
+        self.captured = captured
+        self._header = bytearray()
+        self._remaining = 0  # data + padding bytes of the current member still to pass
+        self._data_left = 0  # data bytes of the current member still to pass
+        self._capture: bytearray | None = None
+        self._name = ""
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view and not self.ended:
+            if self._remaining:
+                take = min(len(view), self._remaining)
+                if self._capture is not None and self._data_left:
+                    self._capture += view[:min(take, self._data_left)]
+                self._data_left = max(0, self._data_left - take)
+                self._remaining -= take
+                view = view[take:]
+                if not self._remaining and self._capture is not None:
+                    self.captured[self._name] = bytes(self._capture)
+                    self._capture = None
+                continue
+            take = min(len(view), 512 - len(self._header))
+            self._header += view[:take]
+            view = view[take:]
+            if len(self._header) == 512:
+                self._parse_header(bytes(self._header))
+                self._header.clear()
+
+    def _parse_header(self, block: bytes) -> None:
+        if block == bytes(512):
+            self.ended = True
+            return
+        try:
+            size = _tar_number(block[124:136])
+        except ValueError:
+            raise PostgresError("pg_basebackup's output is not a valid tar stream (bad header)") from None
+        name = block[0:100].split(b"\0", 1)[0].decode(errors="replace")
+        if block[257:262] == b"ustar":
+            prefix = block[345:500].split(b"\0", 1)[0].decode(errors="replace")
+            if prefix:
+                name = f"{prefix}/{name}"
+        typeflag = block[156:157]
+        self._name = _member_name(name)
+        self._data_left = size
+        self._remaining = (size + 511) // 512 * 512
+        regular = typeflag in (b"0", b"\0", b"")
+        if regular and self._name in CAPTURED and size <= MAX_CAPTURE:
+            self._capture = bytearray()
+            if size == 0:
+                self.captured[self._name] = b""
+                self._capture = None
+
+
 def scan_tar(read: Callable[[int], bytes], captured: dict[str, bytes]) -> Iterator[bytes]:
     """Yield the bytes of a tar stream unchanged, capturing the small files named in CAPTURED."""
-    tee = _Tee(read)
-    try:
-        with tarfile.open(fileobj=tee, mode="r|", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
-            for member in tar:
-                name = _member_name(member.name)
-                if name in CAPTURED and member.isfile() and member.size <= MAX_CAPTURE:
-                    handle = tar.extractfile(member)
-                    assert handle is not None
-                    captured[name] = handle.read()
-                yield from tee.drain()
-    except tarfile.TarError as exc:
-        raise PostgresError(f"pg_basebackup's output is not a valid tar stream: {exc}") from None
-    yield from tee.drain()
-    while True:  # the end-of-archive blocks and padding tarfile does not read
+    scanner = TarScanner(captured)
+    while True:
         chunk = read(CHUNK)
         if not chunk:
             break
+        scanner.feed(chunk)
         yield chunk
+    if not scanner.ended:
+        raise PostgresError("pg_basebackup's output ended before the end of the tar archive")
 
 
 # -- parsing what the backup says about itself ---------------------------------------------------

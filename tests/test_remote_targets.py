@@ -133,3 +133,12 @@ def test_postgres_archives_to_remote_target_and_recovers(backend_setup: Setup) -
         assert f'restored log file "{last}" from archive' in restored.log()
     finally:
         restored.stop()
+
+
+@pytest.mark.parametrize("name", ["walkeeper-s3.toml", "walkeeper-minio.toml", "walkeeper-ssh.toml"])
+def test_conf_examples_load_and_open(name: str) -> None:
+    """The examples stay valid: every key known, every URL accepted by its backend (no network used)."""
+    config = load_config(str(Path(__file__).parent.parent / "conf-examples" / name), env={})
+    store = open_storage(config.repo, config)
+    assert store.url.startswith(config.repo.split("://")[0])
+    store.close()

@@ -300,6 +300,11 @@ def test_refusals(setup: Setup) -> None:
         other_setup.write_config()
         foreign = json.loads(ok(other_setup.wk("backup", *conn(other), "--fast-checkpoint", "--wal", "include",
                                                "--json")).stdout)
+        # Without archiving, a --wal archive backup never gets its WAL: a clear error, nothing listed.
+        proc = other_setup.wk("backup", *conn(other), "--fast-checkpoint", "--wal-wait-timeout", "3")
+        assert proc.returncode == 15 and "did not reach the repository" in proc.stderr, proc.stderr
+        listing = json.loads(ok(other_setup.wk("backups", "--json")).stdout)
+        assert [b["id"] for b in listing["backups"]] == [foreign["id"]] and listing["incomplete"] == []
     finally:
         other.stop()
     shutil.copytree(other_setup.repo / "backups" / foreign["id"], setup.repo / "backups" / foreign["id"])

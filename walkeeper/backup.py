@@ -573,6 +573,18 @@ def _safe_join(root: Path, name: str) -> Path:
     return root.joinpath(*parts)
 
 
+def _mkdirs(root: Path, path: Path, name: str) -> None:
+    """Create ``path`` and missing parents under ``root``, each 0700, never through a link."""
+    missing = []
+    probe = path
+    while probe != root and not probe.exists() and not probe.is_symlink():
+        missing.append(probe)
+        probe = probe.parent
+    _check_inside(root, probe, name)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o700)
+
+
 def _check_inside(root: Path, path: Path, name: str) -> None:
     real = os.path.realpath(path)
     if real != str(root) and not real.startswith(str(root) + os.sep):
@@ -593,7 +605,7 @@ def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, by
             _check_inside(root, dest.parent, member.name)
             name = _member_name(member.name).strip("/")
             if member.isdir():
-                dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _mkdirs(root, dest, member.name)
                 _check_inside(root, dest, member.name)
                 os.chmod(dest, (member.mode & 0o750) | 0o700)
             elif member.isfile():
@@ -602,8 +614,7 @@ def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, by
                 if name == PG_CONTROL:
                     deferred[name] = handle.read()
                     continue
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                _check_inside(root, dest.parent, member.name)
+                _mkdirs(root, dest.parent, member.name)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              (member.mode & 0o640) | 0o600)
                 with os.fdopen(fd, "wb") as out:
@@ -619,7 +630,7 @@ def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, by
                 if os.path.isabs(target) or not (resolved + os.sep).startswith(str(root) + os.sep):
                     raise IntegrityError(
                         f"backup holds a link {member.name!r} -> {target!r} that leaves the target; refused")
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _mkdirs(root, dest.parent, member.name)
                 os.symlink(target, dest)
             else:
                 raise IntegrityError(f"backup holds {member.name!r}, which is not a file, directory or "

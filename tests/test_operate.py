@@ -227,7 +227,8 @@ def test_expire_across_a_timeline_switch_keeps_needed_history(setup: Setup) -> N
     assert push(setup, name + ".partial", data[: MiB // 2]).returncode == 0
     push_history(setup, 2, f"1\t{lsn(6)}\tno recovery target specified\n")
     push_segments(setup, 2, range(6, 12))
-    push_history(setup, 3, f"1\t{lsn(6)}\tx\n2\t{lsn(11)}\ty\n")  # a new timeline announced, no WAL yet
+    push_history(setup, 3, f"1\t{lsn(6)}\tx\n2\t{lsn(11)}\ty\n")  # promoted again inside segment 11
+    push_segments(setup, 3, [11])
     now = time.time()
     add_backup(setup, "20260101T000000Z", 1, 2, 2, ended=now - 86400)
     add_backup(setup, "20260102T000000Z", 2, 8, 8, ended=now - 3600)
@@ -237,7 +238,7 @@ def test_expire_across_a_timeline_switch_keeps_needed_history(setup: Setup) -> N
     assert not any(n.startswith("00000001") and not n.endswith("history") for n in left), left
     assert seg(1, 6) + ".partial" not in left
     assert {"00000002.history", "00000003.history"} <= left  # timeline 2's WAL needs its history
-    assert {seg(2, s) for s in range(8, 12)} <= left and seg(2, 7) not in left
+    assert {seg(2, s) for s in range(8, 12)} <= left and seg(2, 7) not in left and seg(3, 11) in left
     code, doc = verify_json(setup, "--deep")
     assert code == 0, doc
     # Recovery from the kept backup can still fetch the history and every segment.

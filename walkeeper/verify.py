@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,7 +99,8 @@ def _gap_problem(inv: Inventory, tli: int, first: int, last: int, targets: list[
     if later:
         message += f"; backup {later[0]} (taken after the gap) still covers later points"
     if before is not None:
-        message += f"; the last reachable segment was archived at mtime {before.mtime:.0f}"
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(before.mtime))
+        message += f"; the last segment before the gap ({before.name.name}) was archived at {when}"
     action = ("put the missing segment(s) back into the repository if a copy exists (pg_wal of the "
               "server, another archive); otherwise take a new base backup now"
               + ("" if later else " (no backup after the gap can bridge it)"))

@@ -476,6 +476,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                 if manifest.exists():
                     captured["backup_manifest"] = manifest.read_bytes()
         progress.finish()
+        stopped = _utc_now()  # pg_basebackup has returned: the backup ended (WAL may still be in flight)
         facts = collect_facts(captured, stderr)
         if str(facts.system_identifier) != info.system_identifier:
             raise ForeignClusterError(
@@ -491,7 +492,6 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             timeout = options.wal_wait_timeout if options.wal_wait_timeout is not None \
                 else config.backup.wal_wait_timeout
             wait_for_wal(repo, stop_wal, timeout)
-        stopped = _utc_now()
         backup = BackupMeta(
             id=backup_id, label=label, start_lsn=format_lsn(facts.start_lsn), stop_lsn=format_lsn(facts.stop_lsn),
             start_wal=start_wal, stop_wal=stop_wal, timeline=facts.timeline, stop_timeline=facts.stop_timeline,

@@ -208,6 +208,11 @@ def test_pitr_second_run_replaces_block_and_comments_out_other_targets(setup: Se
     conf = (target / "postgresql.conf").read_text()
     assert "# commented out by walkeeper pitr" in conf and "\nrecovery_target_name" not in conf
     assert (target / "recovery.signal").exists()
+    # A standby needs no target: it follows the archive.
+    out = ok(setup.wk("pitr", "--pgdata", target, "--no-restore", "--standby")).stdout
+    assert (target / "standby.signal").exists() and not (target / "recovery.signal").exists()
+    auto = (target / "postgresql.auto.conf").read_text()
+    assert auto.count("# BEGIN walkeeper pitr") == 1 and "recovery_target =" not in auto
     # Invalid targets are refused before anything is written.
     for args in (["--target-time", "yesterday-ish"], ["--target-time", "2026-01-01 10:00:00 CEST"],
                  ["--target-time", "2026-01-01 10:00:00 Mars/Olympus"], ["--target-lsn", "0/XYZ"],
@@ -356,3 +361,31 @@ def test_backup_memory_is_bounded(setup: Setup) -> None:
           f"peak RSS {int(peak_kb) / 1024:.0f} MiB")
     assert int(peak_kb) < limit_kb, f"restore peak RSS {peak_kb} kB"
     assert Path(target / "PG_VERSION").exists()
+
+
+def test_tablespaces_are_staged_and_mapped(setup: Setup) -> None:
+    primary = start_primary(setup)
+    space = setup.work / "space"
+    space.mkdir()
+    give_to_pg(space)
+    try:
+        primary.psql(f"create tablespace extra location '{space}'")
+        primary.psql("create table t_in_space(id int) tablespace extra")
+        primary.psql("insert into t_in_space select generate_series(1, 1000)")
+        proc = ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json"))
+        backup = json.loads(proc.stdout)
+        assert "temporary directory" in proc.stderr
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    assert [t["location"] for t in backup["tablespaces"]] == [str(space)]
+    assert len(backup["objects"]) == 2
+    moved = setup.work / "space-restored"
+    cluster, out = recover(setup, "with-space", "--target-immediate", "--target-action", "promote",
+                           "--tablespace-map", f"{space}={moved}")
+    try:
+        assert cluster.psql("select count(*) from t_in_space") == "1000"
+        assert os.path.realpath(cluster.datadir / "pg_tblspc" / backup["objects"][1]["tablespace_oid"]) \
+            == str(moved)
+    finally:
+        cluster.stop()

@@ -23,7 +23,6 @@ only ever answer "yes, done"; every failure is reported by the full path.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -92,28 +91,66 @@ def parse_global_args(argv: list[str], command: str) -> tuple[str | None, str | 
     return None
 
 
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 without importing hashlib (whose OpenSSL binding alone costs ~2 ms per call)."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found,no-redef]  # Python 3.12+
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment]
+    return sha256(data).hexdigest()
+
+
+def _read_config_file(path: str) -> dict[str, object]:
+    """The few fast-path values of a config file, through a cache keyed on the file's identity.
+
+    tomllib costs ~7 ms to import; the cache (JSON, in the private state root) is rewritten
+    whenever the file's inode, size, mtime or ctime change.
+    """
+    st = os.stat(path)
+    ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    cache = os.path.join(state_root(), f"config-{_sha256_hex(os.path.abspath(path).encode())[:16]}.json")
+    cached = read_json(cache)
+    if cached and cached.get("path") == os.path.abspath(path) and cached.get("ident") == ident:
+        values = cached.get("values")
+        if isinstance(values, dict):
+            return values
+    import tomllib
+
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    base = os.path.dirname(os.path.abspath(path))
+    archive = data.get("archive", {})
+    restore = data.get("restore", {})
+    values: dict[str, object] = {"repo": data.get("repo", "")}
+    if "push_ahead" in archive:
+        values["push_ahead"] = _coerce_int(archive["push_ahead"])
+    if "prefetch" in restore:
+        values["prefetch"] = _coerce_int(restore["prefetch"])
+    for table, key in ((archive, "status_dir"), (restore, "spool_dir")):
+        value = table.get(key)
+        if value:
+            values[key] = value if os.path.isabs(value) else os.path.realpath(os.path.join(base, value))
+    with contextlib.suppress(OSError):
+        write_json_atomically(cache, {"v": RECORD_VERSION, "path": os.path.abspath(path), "ident": ident,
+                                      "values": values})
+    return values
+
+
 def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str, str] | os._Environ[str]
                   ) -> FastSettings:
     """The fast-path settings; raises on anything unusual (the caller then takes the full path)."""
     s = FastSettings()
     path = config_path or env.get("WALKEEPER_CONFIG") or None
     if path:
-        import tomllib
-
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-        base = os.path.dirname(os.path.abspath(path))
-        s.repo = data.get("repo", "")
-        archive = data.get("archive", {})
-        restore = data.get("restore", {})
-        if "push_ahead" in archive:
-            s.push_ahead = _coerce_int(archive["push_ahead"])
-        if "prefetch" in restore:
-            s.prefetch = _coerce_int(restore["prefetch"])
-        for attr, table, key in (("status_dir", archive, "status_dir"), ("spool_dir", restore, "spool_dir")):
-            value = table.get(key)
-            if value:
-                setattr(s, attr, value if os.path.isabs(value) else os.path.realpath(os.path.join(base, value)))
+        values = _read_config_file(path)
+        s.repo = values.get("repo", "")  # type: ignore[assignment]
+        s.push_ahead = int(values.get("push_ahead", s.push_ahead))  # type: ignore[call-overload]
+        s.prefetch = int(values.get("prefetch", s.prefetch))  # type: ignore[call-overload]
+        s.status_dir = values.get("status_dir")  # type: ignore[assignment]
+        s.spool_dir = values.get("spool_dir")  # type: ignore[assignment]
     if "WALKEEPER_ARCHIVE_PUSH_AHEAD" in env:
         s.push_ahead = int(env["WALKEEPER_ARCHIVE_PUSH_AHEAD"])
     if "WALKEEPER_RESTORE_PREFETCH" in env:
@@ -155,7 +192,7 @@ def ensure_private_dir(path: str) -> str:
 
 def instance_key(repo: str, datadir: str) -> str:
     """One status directory / spool per (repository, data directory): records never cross either."""
-    return hashlib.sha256(f"{repo}\0{os.path.realpath(datadir)}".encode()).hexdigest()[:16]
+    return _sha256_hex(f"{repo}\0{os.path.realpath(datadir)}".encode())[:16]
 
 
 def status_dir(configured: str | None, repo: str, datadir: str) -> str:

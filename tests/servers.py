@@ -204,6 +204,15 @@ class SshServer:
         return "[ssh]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even if it is killed outright."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _sshd_config(d: Path, port: int, user: str) -> str:
     return "\n".join([
         f"Port {port}",
@@ -245,7 +254,7 @@ def ssh_server() -> Iterator[SshServer]:
     port = free_port()
     (server_dir / "sshd_config").write_text(_sshd_config(server_dir, port, "postgres"))
     proc = subprocess.Popen([SSHD, "-D", "-f", server_dir / "sshd_config", "-E", server_dir / "sshd.log"],
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     forwarder = TcpForwarder(port)
     try:
         wait_for_port(port)

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
@@ -45,6 +46,7 @@ from walkeeper.storage.base import (
     validate_key,
     validate_prefix,
 )
+from walkeeper.storage.retry import RetryPolicy
 
 _SAFE_ROOT = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
 _SAFE_HOST = re.compile(r"^[A-Za-z0-9._-]+$|^\[[0-9A-Fa-f:.]+\]$")
@@ -74,7 +76,7 @@ class RsyncStorage:
     """Objects as files under ``root`` on ``host``; keys map to relative paths."""
 
     def __init__(self, user: str | None, host: str, port: int | None, root: str,
-                 settings: SshConfig | None = None) -> None:
+                 settings: SshConfig | None = None, retry: RetryPolicy | None = None) -> None:
         if not _SAFE_HOST.match(host):
             raise ConfigError(f"invalid ssh host {host!r}")
         if user is not None and not _SAFE_USER.match(user):
@@ -86,6 +88,7 @@ class RsyncStorage:
         self.user, self.host, self.port = user, host, port
         self.root = root.rstrip("/") or "/"
         self.settings = settings or SshConfig()
+        self._retry = retry or RetryPolicy()
         self.target = f"{user}@{host}" if user else host
         self.where = f"{self.target}:{port}" if port else self.target
         self.url = f"ssh://{self.where}{self.root}"
@@ -117,7 +120,7 @@ class RsyncStorage:
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         user = unquote(parts.username) if parts.username else None
         settings = getattr(options, "ssh", None) or SshConfig()
-        return cls(user, host, port, unquote(parts.path) or "/", settings)
+        return cls(user, host, port, unquote(parts.path) or "/", settings, RetryPolicy.from_options(options))
 
     # -- ssh plumbing ---------------------------------------------------------------------
 
@@ -260,7 +263,7 @@ class RsyncStorage:
             raise AlreadyExists(f"object {key} already exists")
 
     def _rsync_upload(self, key: str, source: Source, tmp: str, directory: str) -> None:
-        self._ensure_master()
+        """Spool, then rsync the spool to ``tmp``; retried here, as the caller's stream cannot be replayed."""
         with tempfile.NamedTemporaryFile(prefix="wk-rsync-") as spool:
             # 1. Spool the stream: rsync needs a file, and memory stays bounded for any size.
             for chunk in iter_source(source):
@@ -271,13 +274,28 @@ class RsyncStorage:
             cmd = ["rsync", "-e", shlex.join(self._ssh_base), f"--rsync-path={mkdir}", "--chmod=F600",
                    "--whole-file", f"--timeout={self.settings.io_timeout}", "-q", spool.name,
                    f"{self.target}:{tmp}"]
-            try:
-                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
-            except FileNotFoundError:
-                raise ConfigError("rsync is not installed on this host", hint="install rsync") from None
+            delays = self._retry.delays()
+            while True:
+                try:
+                    self._ensure_master()
+                    self._rsync(cmd, key, tmp)
+                    return
+                except TransientError:
+                    delay = next(delays, None)
+                    if delay is None:
+                        raise
+                    time.sleep(delay)
+
+    def _rsync(self, cmd: list[str], key: str, tmp: str) -> None:
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+        except FileNotFoundError:
+            raise ConfigError("rsync is not installed on this host", hint="install rsync") from None
         if proc.returncode != 0:
-            self._run(f"rm -f -- {shlex.quote(tmp)}", "cleaning up", key, check=False)
-            raise self._failure(proc.returncode, proc.stderr.decode(errors="replace"), "storing", key, rsync=True)
+            failure = self._failure(proc.returncode, proc.stderr.decode(errors="replace"), "storing", key, rsync=True)
+            with contextlib.suppress(StorageError):
+                self._run(f"rm -f -- {shlex.quote(tmp)}", "cleaning up", key, check=False)
+            raise failure
 
     @staticmethod
     def _publish(tmp: str, path: str, overwrite: bool) -> str:

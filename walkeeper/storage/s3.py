@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO, TypeVar
@@ -232,8 +233,8 @@ class S3Storage:
         """Stream parts with at most ``max_concurrency`` in flight; abort the upload on any failure."""
         if not overwrite and not self._conditional:
             self._refuse_existing(key, full)
-        created = self._call("starting upload of", key, lambda: self._client.create_multipart_upload(
-            Bucket=self.bucket, Key=full, **extra))
+        created = self._retrying(lambda: self._call("starting upload of", key, lambda: (
+            self._client.create_multipart_upload(Bucket=self.bucket, Key=full, **extra))))
         upload_id = created["UploadId"]
         parts: dict[int, str] = {}
         try:
@@ -263,19 +264,22 @@ class S3Storage:
 
     def _upload_part(self, key: str, full: str, upload_id: str, number: int, body: bytes,
                      parts: dict[int, str]) -> None:
-        """One part, retried here: the stream it came from cannot be replayed by the retry wrapper."""
+        response = self._retrying(lambda: self._call(f"uploading part {number} of", key, lambda: (
+            self._client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
+                                     Body=body))))
+        parts[number] = response["ETag"]
+
+    def _retrying(self, func: Callable[[], T]) -> T:
+        """Retry one step of a streamed upload here: the stream it came from cannot be replayed."""
         delays = self._retry.delays()
         while True:
             try:
-                response = self._call(f"uploading part {number} of", key, lambda: self._client.upload_part(
-                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body))
-                parts[number] = response["ETag"]
-                return
+                return func()
             except TransientError:
                 delay = next(delays, None)
                 if delay is None:
                     raise
-                threading.Event().wait(delay)
+                time.sleep(delay)
 
     def open(self, key: str) -> BinaryIO:
         """An optimistic GET (no HEAD first); the body streams and a short read is an error."""

@@ -381,7 +381,7 @@ def test_tablespaces_are_staged_and_mapped(setup: Setup) -> None:
     assert [t["location"] for t in backup["tablespaces"]] == [str(space)]
     assert len(backup["objects"]) == 2
     moved = setup.work / "space-restored"
-    cluster, out = recover(setup, "with-space", "--target-immediate", "--target-action", "promote",
+    cluster, _out = recover(setup, "with-space", "--target-immediate", "--target-action", "promote",
                            "--tablespace-map", f"{space}={moved}")
     try:
         assert cluster.psql("select count(*) from t_in_space") == "1000"

@@ -289,6 +289,18 @@ def test_prefetch_serves_next_segments_through_fast_path(setup: Setup, archived:
     assert spool_files(setup) == []
 
 
+def test_fetch_waits_for_the_prefetcher_instead_of_fetching_twice(
+        setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    """PostgreSQL asks faster than the spool fills: later calls wait for the prefetcher (fast path)."""
+    data, names = archived
+    dest = setup.work / "restore" / "pg_wal" / "RECOVERYXLOG"
+    assert fetch(setup, names[0]).returncode == 0
+    for name in names[1:]:  # no waiting between calls
+        proc = fetch(setup, name)
+        assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+        assert dest.read_bytes() == (data / "pg_wal" / name).read_bytes()
+
+
 def test_corrupted_prefetched_file_is_not_served(setup: Setup, archived: tuple[Path, list[str]]) -> None:
     data, names = archived
     assert fetch(setup, names[0]).returncode == 0

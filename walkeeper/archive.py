@@ -8,7 +8,6 @@ the destination; "not in the archive" is the only quiet failure (see errors.exit
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import subprocess
@@ -200,9 +199,11 @@ def start_prefetch(config: Config, name: str) -> bool:
         return False
     spool = fastpath.spool_dir(config.restore.spool_dir, config.repo, datadir)
     fastpath.write_json_atomically(os.path.join(spool, fastpath.REQUEST_FILE),
-                                   {"v": fastpath.RECORD_VERSION, "name": name})
+                                   {"v": fastpath.RECORD_VERSION, "name": name, "served": True})
     if prefetcher_running(spool):
         return False
+    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):
+        pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
     log_file = open(os.path.join(spool, "prefetch.log"), "ab")  # noqa: SIM115 - handed to the child
     with log_file:
         subprocess.Popen(
@@ -215,10 +216,5 @@ def start_prefetch(config: Config, name: str) -> bool:
 
 def prefetcher_running(spool: str) -> bool:
     fd = os.open(os.path.join(spool, fastpath.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases our probe lock
-    return False
+    os.close(fd)
+    return fastpath.prefetcher_alive(spool)

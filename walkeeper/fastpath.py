@@ -37,7 +37,10 @@ WAL_NAME_RE = re.compile(
 RECORD_VERSION = 1
 REQUEST_FILE = "request"
 LOCK_FILE = "prefetch.lock"
+STARTING_FILE = "prefetch.starting"  # written by the wal-fetch that spawns a prefetcher, removed by it
+STARTING_GRACE = 10.0
 META_SUFFIX = ".meta"
+MISSING_SUFFIX = ".missing"  # the prefetcher could not get this one: the full path must answer
 TEMP_PREFIX = ".tmp-"
 # uint16 magic, uint16 info, uint32 tli, uint64 pageaddr, uint32 rem_len, (pad 4), uint64 sysid, uint32 seg_size
 _LONG_HEADER = struct.Struct("<HHIQI4xQI")
@@ -56,6 +59,7 @@ class FastSettings:
         self.prefetch = 16
         self.spool_dir: str | None = None
         self.verbose = 0
+        self.wait_timeout = 30.0  # longest wait for a segment the prefetcher is fetching
 
 
 def _coerce_int(value: object) -> int:
@@ -320,11 +324,14 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     spool = spool_dir(settings.spool_dir, settings.repo, cwd)
     source = os.path.join(spool, name)
     meta_path = source + META_SUFFIX
+    request = os.path.join(spool, REQUEST_FILE)
+    # Tell the prefetcher where recovery is (and that this one is not served yet, so it keeps or fetches it).
+    write_json_atomically(request, {"v": RECORD_VERSION, "name": name, "served": False})
     meta = read_json(meta_path)
     if meta is None:
-        return None
-    # Tell the prefetcher where recovery is before taking the file, so that it keeps it.
-    write_json_atomically(os.path.join(spool, REQUEST_FILE), {"v": RECORD_VERSION, "name": name})
+        meta = wait_for_prefetcher(spool, name, settings.wait_timeout)
+        if meta is None:
+            return None
     try:
         fd = os.open(source, os.O_RDONLY)
     except FileNotFoundError:
@@ -355,8 +362,62 @@ def try_wal_fetch(argv: list[str]) -> int | None:
         os.close(fd)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(meta_path)
+    write_json_atomically(request, {"v": RECORD_VERSION, "name": name, "served": True})
     _say(settings, f"restored {name} from the prefetch spool (fast path)")
     return 0
+
+
+def prefetcher_alive(spool: str, *, starting: bool = False) -> bool:
+    """True while a prefetcher holds the spool's lock (probing with a shared lock never takes it from one).
+
+    With ``starting``, also while one was spawned less than STARTING_GRACE seconds ago and has not
+    taken the lock yet (its interpreter is still starting).
+    """
+    import fcntl
+
+    if starting:
+        try:
+            import time
+
+            if time.time() - os.stat(os.path.join(spool, STARTING_FILE)).st_mtime < STARTING_GRACE:
+                return True
+        except FileNotFoundError:
+            pass
+    try:
+        fd = os.open(os.path.join(spool, LOCK_FILE), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, object] | None:
+    """The meta record of ``name`` once a live prefetcher has it; None when it cannot (full path then)."""
+    import time
+
+    meta_path = os.path.join(spool, name + META_SUFFIX)
+    miss_path = os.path.join(spool, name + MISSING_SUFFIX)
+    if not prefetcher_alive(spool, starting=True):
+        return None
+    deadline = time.monotonic() + timeout
+    next_probe = time.monotonic() + 0.2
+    while time.monotonic() < deadline:
+        time.sleep(0.003)
+        meta = read_json(meta_path)
+        if meta is not None:
+            return meta
+        if os.path.exists(miss_path):
+            return None  # not in the archive (yet), or it failed: the full path answers
+        if time.monotonic() > next_probe:
+            if not prefetcher_alive(spool, starting=True):
+                return None
+            next_probe = time.monotonic() + 0.2
+    return None
 
 
 def _copy_into_place(fd: int, size: int, dest: str) -> None:

@@ -58,14 +58,15 @@ class Prefetcher:
         return os.path.exists(self._path(name) + fastpath.META_SUFFIX)
 
     def _discard(self, name: str) -> None:
-        for path in (self._path(name) + fastpath.META_SUFFIX, self._path(name)):
+        for path in (self._path(name) + fastpath.META_SUFFIX, self._path(name),
+                     self._path(name) + fastpath.MISSING_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
     def spool_names(self) -> set[str]:
         names = set()
         for entry in os.listdir(self.spool):
-            base = entry[:-len(fastpath.META_SUFFIX)] if entry.endswith(fastpath.META_SUFFIX) else entry
+            base = entry.split(".", 1)[0]
             if fastpath.SEGMENT_RE.match(base):
                 names.add(base)
         return names
@@ -73,7 +74,7 @@ class Prefetcher:
     def clear(self, *, temps_only: bool = False) -> None:
         for entry in os.listdir(self.spool):
             if entry.startswith(fastpath.TEMP_PREFIX) or (not temps_only and (
-                    fastpath.SEGMENT_RE.match(entry) or entry.endswith(fastpath.META_SUFFIX))):
+                    fastpath.SEGMENT_RE.match(entry.split(".", 1)[0]))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.spool, entry))
 
@@ -101,17 +102,20 @@ class Prefetcher:
             "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo,
             "sha256": hashlib.sha256(data).hexdigest(), **fastpath.identity(st),
         })
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(final + fastpath.MISSING_SUFFIX)
         with self.lock:
             if name not in self.wanted:  # moved on meanwhile: do not leave it behind
                 self._discard(name)
 
     # -- the loop ----------------------------------------------------------------------------------------
 
-    def window(self, requested: str) -> list[str]:
+    def window(self, requested: str, served: bool) -> list[str]:
+        """The segments to hold: the requested one while a wal-fetch waits for it, then the next ones."""
         name = parse_wal_name(requested)
         if name.kind is not WalKind.SEGMENT:
             return []
-        first = segno_of(name, self.segment_size) + 1
+        first = segno_of(name, self.segment_size) + (1 if served else 0)
         return [segment_name(name.timeline, first + i, self.segment_size) for i in range(self.depth)]
 
     def reap(self) -> None:
@@ -120,12 +124,15 @@ class Prefetcher:
                 continue
             del self.inflight[name]
             exc = future.exception()
-            if isinstance(exc, NotFound | GapError):
-                self.retry_at[name] = time.monotonic() + RETRY_MISSING
-            elif exc is not None:
+            if exc is None:
+                continue
+            if not isinstance(exc, NotFound | GapError):
                 log.warning("prefetch of %s failed: %s", name, exc)
-                self.retry_at[name] = time.monotonic() + RETRY_MISSING
-                self._discard(name)
+            self.retry_at[name] = time.monotonic() + RETRY_MISSING
+            self._discard(name)
+            # A waiting wal-fetch stops waiting and asks the repository itself (which reports the error).
+            with contextlib.suppress(OSError), open(self._path(name) + fastpath.MISSING_SUFFIX, "w"):
+                pass
 
     def run(self) -> None:
         request_path = self._path(fastpath.REQUEST_FILE)
@@ -133,6 +140,7 @@ class Prefetcher:
         last_seen: tuple[int, int] | None = None
         last_activity = time.monotonic()
         requested: str | None = None
+        served = True
         self.clear(temps_only=True)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="prefetch") as pool:
             try:
@@ -149,11 +157,12 @@ class Prefetcher:
                         if record and isinstance(record.get("name"), str) and \
                                 fastpath.SEGMENT_RE.match(record["name"]):
                             requested = record["name"]
+                            served = record.get("served") is not False
                     if now - last_activity > idle:
                         log.info("no request for %.0f s; stopping", idle)
                         break
                     if requested:
-                        self.step(pool, requested)
+                        self.step(pool, requested, served)
                     self.reap()
                     time.sleep(POLL)
             finally:
@@ -163,8 +172,8 @@ class Prefetcher:
                     future.cancel()
         self.clear()
 
-    def step(self, pool: ThreadPoolExecutor, requested: str) -> None:
-        window = self.window(requested)
+    def step(self, pool: ThreadPoolExecutor, requested: str, served: bool) -> None:
+        window = self.window(requested, served)
         with self.lock:
             self.wanted = set(window)
         keep = self.wanted | {requested}
@@ -178,6 +187,8 @@ class Prefetcher:
                 continue
             if self.retry_at.get(name, 0) > now:
                 break  # not in the archive yet: nothing after it will be either
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path(name) + fastpath.MISSING_SUFFIX)
             self.inflight[name] = pool.submit(self.fetch, name)
 
 
@@ -185,16 +196,25 @@ def main(argv: list[str]) -> int:
     spool, datadir, config_path, repo_url = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper prefetch[%(process)d]: %(message)s")
     fd = os.open(os.path.join(spool, fastpath.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    for attempt in range(50):  # a wal-fetch probing the lock holds it for microseconds
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 49:
+                return 0  # another prefetcher serves this spool
+            time.sleep(0.01)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another prefetcher serves this spool
-    config = load_config(config_path or None, repo=repo_url)
-    repo = open_repository(config)
-    if repo.meta() is None:
-        return 0
-    log.info("prefetching into %s for %s (depth %d)", spool, datadir, config.restore.prefetch)
-    Prefetcher(config, repo, spool, datadir).run()
+        config = load_config(config_path or None, repo=repo_url)
+        repo = open_repository(config)
+        if repo.meta() is None:
+            return 0
+        prefetcher = Prefetcher(config, repo, spool, datadir)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(spool, fastpath.STARTING_FILE))
+    log.info("prefetching into %s for %s (depth %d)", spool, datadir, prefetcher.depth)
+    prefetcher.run()
     log.info("stopped")
     return 0
 

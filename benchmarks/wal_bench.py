@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""WAL archive/restore benchmark: walkeeper beside plain cp, pgBackRest and barman-cloud, in one run.
+
+Run as root from the repository root (PostgreSQL runs as the postgres user)::
+
+    /opt/walkeeper-venv/bin/python benchmarks/wal_bench.py [--segments 40] [--pitr-segments 110] [--s3]
+
+1. A throwaway cluster (pgbench) writes real WAL with archiving paused (archive_mode = on, empty
+   archive_command), so pg_wal fills with segments and PostgreSQL's own archive_status/*.ready files.
+2. For every tool, a driver running as postgres calls the archive command exactly as PostgreSQL
+   does: via ``sh -c``, one call per segment, serially, working directory = the data directory,
+   ``%p`` = ``pg_wal/NAME``, and renames ``.ready`` to ``.done`` after each success. Then the restore
+   command, ``%p`` = ``pg_wal/RECOVERYXLOG`` in a directory with recovery.signal. Every restored
+   file is compared with the original (outside the timing).
+3. A PITR of ``--pitr-segments`` segments from a base backup, from a plain ``cp`` archive and from
+   walkeeper with its defaults, timed from pg_ctl start to the end of recovery.
+
+CPU and peak RSS are those of the calls (wait4 of each ``sh -c``); background helpers that detach
+(pgBackRest's async process, walkeeper's prefetcher) are not in the CPU column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SEG = 16 * 1024 * 1024
+
+
+# -- the driver (runs as postgres) -------------------------------------------------------------------------
+
+
+def run_call(cmd: str, cwd: str, env: dict[str, str]) -> tuple[int, float, float, int]:
+    """(exit status, wall s, cpu s, maxrss KiB) of one ``sh -c`` call."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(["sh", "-c", cmd], cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def drive(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    datadir = spec["datadir"]
+    status = Path(datadir) / "pg_wal" / "archive_status"
+    env = {**os.environ, **spec.get("env", {})}
+    out: dict[str, object] = {}
+    if spec["action"] == "archive":
+        # PostgreSQL's state before archiving: exactly these segments are .ready, the others .done.
+        wanted = set(spec["names"])
+        for entry in os.listdir(status):
+            name, _, suffix = entry.partition(".")
+            if suffix == "ready" and name not in wanted:
+                os.rename(status / entry, status / f"{name}.done")
+            elif suffix == "done" and name in wanted:
+                os.rename(status / entry, status / f"{name}.ready")
+        calls = []
+        t0 = time.perf_counter()
+        for name in spec["names"]:
+            cmd = spec["cmd"].replace("%p", f"pg_wal/{name}").replace("%f", name)
+            code, wall, cpu, rss = run_call(cmd, datadir, env)
+            if code != 0:
+                raise SystemExit(f"archive command failed ({code}) for {name}: {cmd}")
+            ready = status / f"{name}.ready"
+            if ready.exists():
+                ready.rename(status / f"{name}.done")
+            calls.append((wall, cpu, rss))
+        out = {"total": time.perf_counter() - t0, "calls": calls}
+    elif spec["action"] == "restore":
+        target = Path(spec["restore_dir"])
+        (target / "recovery.signal").touch()
+        calls = []
+        for name in spec["names"]:
+            cmd = spec["cmd"].replace("%p", "pg_wal/RECOVERYXLOG").replace("%f", name)
+            code, wall, cpu, rss = run_call(cmd, str(target), env)
+            if code != 0:
+                raise SystemExit(f"restore command failed ({code}) for {name}: {cmd}")
+            calls.append((wall, cpu, rss))
+            got = (target / "pg_wal" / "RECOVERYXLOG").read_bytes()
+            if hashlib.sha256(got).hexdigest() != spec["sha"][name]:
+                raise SystemExit(f"restore of {name} returned wrong content")
+        out = {"total": sum(c[0] for c in calls), "calls": calls}
+        (target / "recovery.signal").unlink()
+    Path(spec["result"]).write_text(json.dumps(out))
+
+
+# -- orchestration (root) ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--segments", type=int, default=40, help="segments per tool in the table (>= 32)")
+    parser.add_argument("--pitr-segments", type=int, default=110, help="segments replayed by the PITR timing")
+    parser.add_argument("--s3", action="store_true", help="also walkeeper and barman-cloud on a loopback S3 (moto)")
+    parser.add_argument("--no-peers", action="store_true", help="skip pgBackRest and barman-cloud")
+    parser.add_argument("--no-pitr", action="store_true")
+    parser.add_argument("--levels", default="", help="extra walkeeper zstd levels to compare, e.g. 1,6")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--drive", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        drive(args.drive)
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    Bench(args).run()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from tests import pgharness
+
+        self.h = pgharness
+        self.args = args
+        self.work = pgharness.pg_workdir("wk-bench-")
+        self.script = self.work / "wal_bench.py"
+        shutil.copy(__file__, self.script)
+        self.h.give_to_pg(self.script)
+        self.rows: list[dict[str, object]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
+        self.sha: dict[str, str] = {}
+
+    # -- helpers --
+
+    def pg_write(self, path: Path, text: str, mode: int = 0o644) -> Path:
+        path.write_text(text)
+        path.chmod(mode)
+        return self.h.give_to_pg(path)
+
+    def call_driver(self, spec: dict[str, object]) -> dict[str, object]:
+        result = self.work / f"result-{time.monotonic_ns()}.json"
+        spec["result"] = str(result)
+        spec_path = self.pg_write(self.work / f"spec-{time.monotonic_ns()}.json", json.dumps(spec))
+        self.h.run_pg([sys.executable, self.script, "--drive", spec_path], timeout=3600)
+        return json.loads(result.read_text())
+
+    def restore_dir(self, tag: str) -> Path:
+        target = self.work / f"restore-{tag}"
+        (target / "global").mkdir(parents=True)
+        (target / "pg_wal").mkdir()
+        shutil.copy(self.src.datadir / "global" / "pg_control", target / "global" / "pg_control")
+        shutil.copy(self.src.datadir / "PG_VERSION", target / "PG_VERSION")
+        return self.h.give_to_pg(target)
+
+    @staticmethod
+    def stored_bytes(path: Path) -> int:
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+    # -- phases --
+
+    def run(self) -> None:
+        try:
+            self.generate()
+            self.tools()
+            if not self.args.no_pitr:
+                self.pitr()
+            self.report()
+        finally:
+            for proc in self.procs:
+                proc.terminate()
+                proc.wait()
+            if not self.args.keep:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def generate(self) -> None:
+        # As an installed package would have: byte-compiled modules (postgres cannot write __pycache__ here).
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(__file__).resolve().parent.parent /
+                                                                       "walkeeper")], check=False)
+        want = max(self.args.segments, self.args.pitr_segments) + 2
+        self.src = src = self.h.Cluster(self.work / "src").initdb()
+        src.configure({**src.base_settings(), "archive_mode": "on", "archive_command": "", "wal_level": "replica",
+                       "max_wal_size": "8GB", "wal_keep_size": "8GB", "checkpoint_timeout": "5min"})
+        src.start()
+        pgbench = [self.h.PG_BIN / "pgbench", *src.conninfo()]
+        self.h.run_pg([*pgbench, "-i", "-s", "5", "-q", "postgres"])
+        self.backup = self.work / "backup"
+        self.h.run_pg([self.h.PG_BIN / "pg_basebackup", "-D", self.backup, "-X", "fetch", "-c", "fast",
+                       *src.conninfo()])
+        first_after = src.psql("select pg_walfile_name(pg_current_wal_lsn())")
+        t0 = time.time()
+        while True:
+            self.h.run_pg([*pgbench, "-n", "-c", "2", "-j", "2", "-T", "5", "postgres"], timeout=600)
+            current = src.psql("select pg_walfile_name(pg_current_wal_lsn())")
+            if int(current[8:], 16) - int(first_after[8:], 16) >= want:
+                break
+        self.expected = src.psql("select sum(delta), count(*) from pgbench_history")
+        src.switch_wal()
+        src.stop()
+        status = src.datadir / "pg_wal" / "archive_status"
+        self.all_names = sorted(p.name[:-6] for p in status.glob("*.ready") if len(p.name) == 30)
+        self.names = self.all_names[-self.args.segments:]
+        for name in self.all_names:
+            self.sha[name] = hashlib.sha256((src.datadir / "pg_wal" / name).read_bytes()).hexdigest()
+        print(f"generated {len(self.all_names)} segments of real pgbench WAL in {time.time() - t0:.0f} s "
+              f"({len(self.all_names) - self.all_names.index(first_after)} after the base backup)", flush=True)
+
+    def walkeeper_config(self, tag: str, extra: str = "", repo: str | None = None) -> Path:
+        from tests.pgharness import WALKEEPER_BIN
+
+        key = self.work / "wk.key"
+        if not key.exists():
+            proc = subprocess.run([str(WALKEEPER_BIN), "key", "generate"], capture_output=True, text=True, check=True)
+            self.pg_write(key, proc.stdout, 0o600)
+        repo = repo or str(self.work / f"repo-{tag}")
+        return self.pg_write(self.work / f"wk-{tag}.toml",
+                             f'repo = "{repo}"\n[encryption]\nkey_file = "{key}"\n{extra}\n')
+
+    def tools(self) -> None:
+        from tests.pgharness import WALKEEPER_BIN
+
+        wk = str(WALKEEPER_BIN)
+        arch = self.work / "cp-archive"
+        arch.mkdir()
+        self.h.give_to_pg(arch)
+        tools: list[tuple[str, str, str, Path | None, dict[str, str]]] = [
+            ("cp (baseline)", f"test ! -f {arch}/%f && cp %p {arch}/%f", f"cp {arch}/%f %p", arch, {}),
+        ]
+        one = self.walkeeper_config("one", "[archive]\npush_ahead = 0\n[restore]\nprefetch = 0")
+        tools.append(("walkeeper, 1 segment/call", f"{wk} --config {one} wal-push %p",
+                      f"{wk} --config {one} wal-fetch %f %p", self.work / "repo-one", {}))
+        default = self.walkeeper_config("default")
+        tools.append(("walkeeper defaults (push-ahead, prefetch)", f"{wk} --config {default} wal-push %p",
+                      f"{wk} --config {default} wal-fetch %f %p", self.work / "repo-default", {}))
+        for level in [int(x) for x in self.args.levels.split(",") if x]:
+            cfg = self.walkeeper_config(f"l{level}", f"[compression]\nlevel = {level}")
+            tools.append((f"walkeeper defaults, zstd level {level}", f"{wk} --config {cfg} wal-push %p",
+                          f"{wk} --config {cfg} wal-fetch %f %p", self.work / f"repo-l{level}", {}))
+        if not self.args.no_peers:
+            tools += self.pgbackrest_tools()
+        if self.args.s3:
+            tools += self.s3_tools(wk)
+        python = Path(sys.executable)
+        tools.insert(1, (f"(bare interpreter: {python.name} -c pass)", f"{python} -c pass", "", None, {}))
+        for label, push, fetch, store, env in tools:
+            print(f"running {label} ...", flush=True)
+            a = self.call_driver({"action": "archive", "datadir": str(self.src.datadir), "names": self.names,
+                                  "cmd": push, "env": env})
+            ratio = (len(self.names) * SEG / self.stored_bytes(store)) if store else None
+            r = self.call_driver({"action": "restore", "restore_dir": str(self.restore_dir(str(len(self.rows)))),
+                                  "names": self.names, "cmd": fetch, "env": env, "sha": self.sha,
+                                  "datadir": str(self.src.datadir)}) if fetch else None
+            self.rows.append({"label": label, "archive": a, "restore": r, "ratio": ratio})
+            time.sleep(0.5)
+
+    def pgbackrest_tools(self) -> list[tuple[str, str, str, Path | None, dict[str, str]]]:
+        if not shutil.which("pgbackrest"):
+            print("pgBackRest not installed (apt-get install -y pgbackrest): skipped", flush=True)
+            return []
+        out = []
+        for tag, cipher, asyn in (("zst", False, False), ("zst-aes", True, False), ("zst-aes-async", True, True)):
+            repo = self.work / f"pgbr-{tag}"
+            spool = self.work / f"pgbr-spool-{tag}"
+            for d in (repo, spool, self.work / f"pgbr-lock-{tag}"):
+                d.mkdir()
+                self.h.give_to_pg(d)
+            lines = [f"repo1-path={repo}", "compress-type=zst", "log-level-console=warn", "log-level-file=off",
+                     f"lock-path={self.work}/pgbr-lock-{tag}", f"spool-path={spool}"]
+            if cipher:
+                lines += ["repo1-cipher-type=aes-256-cbc", "repo1-cipher-pass=bench-passphrase-0123456789"]
+            if asyn:
+                lines += ["archive-async=y", "process-max=2", "archive-get-queue-max=268435456"]
+            conf = self.pg_write(self.work / f"pgbr-{tag}.conf",
+                                 "[global]\n" + "\n".join(lines) + f"\n[bench]\npg1-path={self.src.datadir}\n")
+            self.h.run_pg(["pgbackrest", f"--config={conf}", "--stanza=bench", "--no-online", "stanza-create"])
+            base = f"pgbackrest --config={conf} --stanza=bench"
+            label = "pgBackRest zst" + (" + aes-256-cbc" if cipher else "") + (" async (process-max 2)" if asyn else "")
+            # archive-get runs with pg1-path = the restore directory (where %p is)
+            out.append((label, f"{base} archive-push %p", f"{base} --pg1-path=$PWD archive-get %f %p", repo, {}))
+        return out
+
+    def start_moto(self) -> str:
+        port = self.h.free_port()
+        moto = Path(sys.executable).parent / "moto_server"
+        proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        import urllib.request
+
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        return f"http://127.0.0.1:{port}"
+
+    def s3_tools(self, wk: str) -> list[tuple[str, str, str, Path | None, dict[str, str]]]:
+        try:
+            import boto3
+        except ImportError:
+            print("--s3: boto3 not installed: skipped", flush=True)
+            return []
+        endpoint = self.start_moto()
+        env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(env)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        out = []
+        if (Path(__file__).resolve().parent.parent / "walkeeper" / "storage" / "s3.py").exists():
+            s3.create_bucket(Bucket="wk-bench")
+            cfg = self.walkeeper_config("s3", f'[s3]\nendpoint_url = "{endpoint}"\nregion = "us-east-1"',
+                                        repo="s3://wk-bench/wal")
+            out.append(("walkeeper defaults, S3 (moto, loopback)", f"{wk} --config {cfg} wal-push %p",
+                        f"{wk} --config {cfg} wal-fetch %f %p", None, env))
+        else:
+            print("--s3: walkeeper's S3 backend (walkeeper/storage/s3.py, issue 4) does not exist yet: skipped")
+        barman = Path("/opt/barman-venv/bin/barman-cloud-wal-archive")
+        if barman.exists():
+            s3.create_bucket(Bucket="barman-bench")
+            opts = f"--endpoint-url {endpoint} s3://barman-bench/barman bench"
+            out.append(("barman-cloud --zstd, S3 (moto, loopback)",
+                        f"{barman} --zstd {opts} %p", f"{barman.parent}/barman-cloud-wal-restore {opts} %f %p",
+                        None, env))
+        else:
+            print("barman-cloud not installed (python3 -m venv /opt/barman-venv && "
+                  "/opt/barman-venv/bin/pip install 'barman[cloud]'): skipped", flush=True)
+        return out
+
+    def pitr(self) -> None:
+        """Replay everything after the base backup, from the cp archive and from walkeeper (defaults)."""
+        from tests.pgharness import WALKEEPER_BIN
+
+        rest = [n for n in self.all_names if n not in self.names]
+        arch = self.work / "cp-archive"
+        default = self.work / "wk-default.toml"
+        for cmd in (f"test ! -f {arch}/%f && cp %p {arch}/%f", f"{WALKEEPER_BIN} --config {default} wal-push %p"):
+            self.call_driver({"action": "archive", "datadir": str(self.src.datadir), "names": rest, "cmd": cmd})
+        self.pitr_rows = []
+        for label, cmd in (("cp archive", f"cp {arch}/%f %p"),
+                           ("walkeeper defaults", f"{WALKEEPER_BIN} --config {default} wal-fetch %f %p")):
+            target = self.h.Cluster(self.work / f"pitr-{len(self.pitr_rows)}")
+            shutil.copytree(self.backup, target.datadir, symlinks=True)
+            self.h.give_to_pg(target.datadir)
+            target.configure({**target.base_settings(), "archive_mode": "off", "restore_command": cmd,
+                              "fsync": "off", "recovery_target_action": "promote"})
+            (target.datadir / "recovery.signal").touch()
+            self.h.give_to_pg(target.datadir)
+            t0 = time.perf_counter()
+            target.start(wait=False)
+            deadline = time.time() + 1800
+            while time.time() < deadline:
+                if not (target.datadir / "recovery.signal").exists() and \
+                        target.psql("select pg_is_in_recovery()", check=False) == "f":
+                    break
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            got = target.psql("select sum(delta), count(*) from pgbench_history")
+            replayed = target.log().count("restored log file")
+            target.stop()
+            if got != self.expected:
+                raise SystemExit(f"PITR from {label} ended with {got}, expected {self.expected}")
+            self.pitr_rows.append((label, elapsed, replayed))
+            shutil.rmtree(target.datadir, ignore_errors=True)
+
+    def report(self) -> None:
+        load = os.getloadavg()
+        lines = [f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at "
+                 f"the end; {len(self.names)} segments of 16 MiB pgbench WAL per tool; one call per segment, "
+                 "serially, as postgres", "",
+                 "| tool | direction | seg/s | MiB/s | p50 ms/call | max ms/call | CPU s (calls) | peak RSS MiB "
+                 "| ratio |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in self.rows:
+            for direction in ("archive", "restore"):
+                data = row[direction]
+                if data is None:
+                    continue
+                calls = data["calls"]
+                walls = [c[0] for c in calls]
+                total = data["total"]
+                n = len(calls)
+                ratio = f"{row['ratio']:.2f}" if row["ratio"] and direction == "archive" else ""
+                lines.append(
+                    f"| {row['label']} | {direction} | {n / total:.1f} | {n * 16 / total:.0f} | "
+                    f"{statistics.median(walls) * 1000:.0f} | {max(walls) * 1000:.0f} | "
+                    f"{sum(c[1] for c in calls):.2f} | {max(c[2] for c in calls) / 1024:.0f} | {ratio} |")
+        if getattr(self, "pitr_rows", None):
+            lines += ["", "| PITR replay from a base backup | segments restored | seconds | vs cp |",
+                      "|---|---:|---:|---:|"]
+            base = self.pitr_rows[0][1]
+            for label, elapsed, replayed in self.pitr_rows:
+                lines.append(f"| {label} | {replayed} | {elapsed:.1f} | {elapsed / base:.2f} |")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

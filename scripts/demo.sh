@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end on the embedded default (a local repository): a throwaway PostgreSQL cluster archives
-# through walkeeper, is destroyed, and is rebuilt from a base backup + WAL fetched by walkeeper.
+# through walkeeper, is backed up with walkeeper, suffers an accident and loses its data directory,
+# and is brought back with walkeeper pitr to the moment before the accident.
 #   bash scripts/demo.sh            (as root on a fresh Debian machine; installs what it needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,34 +57,36 @@ wait_archived() {
     echo "timed out waiting for $1 to be archived" >&2; tail -20 "$DEMO/pgdata.log" >&2; exit 1
 }
 
-say "3. a base backup (pg_basebackup -X none: the WAL it needs must come from the archive)"
-wait_archived "$(psql_ 'select pg_walfile_name(pg_switch_wal())')"
-as_pg "$PG_BIN/pg_basebackup" -h "$DEMO" -p "$PORT" -D "$DEMO/backup" -X none -c fast
+export WALKEEPER_CONFIG=$DEMO/walkeeper.toml   # runuser keeps the environment
 
-say "4. writes after the backup"
+say "3. walkeeper backup: pg_basebackup streamed, compressed and encrypted into the repository"
+as_pg "$WK" backup -h "$DEMO" -p "$PORT" -U postgres --fast-checkpoint --label demo
+
+say "4. writes after the backup, then the moment T1 we will want back"
 psql_ "create table demo(id int primary key, at timestamptz default now())" >/dev/null
 psql_ "insert into demo(id) select generate_series(1, 10000)" >/dev/null
 as_pg "$PG_BIN/pgbench" -h "$DEMO" -p "$PORT" -n -t 500 postgres | grep -E "^(number of transactions actually|tps)"
 EXPECTED=$(psql_ "select count(*) || ' rows, balance ' || (select sum(abalance) from pgbench_accounts) from demo")
-echo "state: $EXPECTED"
-wait_archived "$(psql_ 'select pg_walfile_name(pg_switch_wal())')"
-as_pg "$WK" --config "$DEMO/walkeeper.toml" wal-list
+T1=$(psql_ "select now()")
+echo "T1 = $T1; state: $EXPECTED"
+sleep 1
 
-say "5. disaster: the cluster is stopped and its data directory deleted"
+say "5. the accident after T1: more writes, then a dropped table"
+psql_ "insert into demo(id) select generate_series(10001, 20000)" >/dev/null
+psql_ "drop table pgbench_accounts" >/dev/null
+wait_archived "$(psql_ 'select pg_walfile_name(pg_switch_wal())')"
+as_pg "$WK" wal-list
+
+say "6. disaster: the cluster is stopped and its data directory deleted"
 as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
 rm -rf "$PGDATA"
 
-say "6. rebuilt from the backup + restore_command = '$WK --config $DEMO/walkeeper.toml wal-fetch %f %p'"
-as_pg cp -a "$DEMO/backup" "$DEMO/restored"
-as_pg tee -a "$DEMO/restored/postgresql.conf" >/dev/null <<CONF
-archive_mode = off
-restore_command = '$WK --config $DEMO/walkeeper.toml wal-fetch %f %p'
-CONF
-as_pg touch "$DEMO/restored/recovery.signal"
+say "7. walkeeper pitr --target-time '$T1': choose the backup, check the WAL, restore, write recovery settings"
+as_pg "$WK" pitr --pgdata "$DEMO/restored" --target-time "$T1" --target-action promote
 as_pg "$PG_BIN/pg_ctl" -D "$DEMO/restored" -l "$DEMO/restored.log" -w start >/dev/null
 for _ in $(seq 1 300); do [ "$(psql_ 'select pg_is_in_recovery()')" = f ] && break; sleep 0.2; done
-grep -c 'restored log file .* from archive' "$DEMO/restored.log" | sed 's/^/segments restored through walkeeper: /'
+grep -c 'restored log file .* from archive' "$DEMO/restored.log" | sed 's/^/segments restored through walkeeper wal-fetch: /'
 GOT=$(psql_ "select count(*) || ' rows, balance ' || (select sum(abalance) from pgbench_accounts) from demo")
 echo "state: $GOT"
 if [ "$GOT" != "$EXPECTED" ]; then echo "MISMATCH: expected $EXPECTED" >&2; exit 1; fi
-say "OK: the rebuilt cluster holds exactly the state written after the backup (demo files in $DEMO)"
+say "OK: the cluster is back exactly as it was at T1, before the accident (demo files in $DEMO)"

@@ -8,6 +8,7 @@ working directory and %p relative to it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -326,6 +327,22 @@ def test_spool_file_of_another_system_is_not_served(setup: Setup, archived: tupl
     control.write_bytes(bytes(raw))
     proc = fetch(setup, names[1])
     assert "fast path" not in proc.stderr and "failed verification" in proc.stderr
+
+
+def test_spool_file_from_before_a_reboot_is_not_served(setup: Setup, archived: tuple[Path, list[str]]) -> None:
+    """After a crash a spool file may never have reached the disk whole: its record names the boot."""
+    data, names = archived
+    assert fetch(setup, names[0]).returncode == 0
+    wait_for(lambda: spool_has(setup, names[1]))
+    (meta,) = list((setup.work / "spool").glob(f"*/{names[1]}.meta"))
+    doc = json.loads(meta.read_text())
+    assert doc["boot_id"]
+    doc["boot_id"] = "00000000-0000-0000-0000-000000000000"
+    meta.write_text(json.dumps(doc))
+    proc = fetch(setup, names[1])
+    assert proc.returncode == 0 and "failed verification" in proc.stderr, proc.stderr
+    assert (setup.work / "restore" / "pg_wal" / "RECOVERYXLOG").read_bytes() == \
+        (data / "pg_wal" / names[1]).read_bytes()
 
 
 def test_two_fetches_at_once(setup: Setup, archived: tuple[Path, list[str]]) -> None:

@@ -240,6 +240,15 @@ def read_json(path: str) -> dict[str, object] | None:
     return doc if isinstance(doc, dict) and doc.get("v") == RECORD_VERSION else None
 
 
+def boot_id() -> str:
+    """This boot's id: spool files written before a crash (maybe never flushed) are never served after it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def record_matches(record: dict[str, object] | None, name: str, repo: str, st: os.stat_result) -> bool:
     if record is None or record.get("name") != name or record.get("repo") != repo:
         return False
@@ -339,8 +348,8 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     try:
         st = os.fstat(fd)
         head = os.pread(fd, 64, 0)
-        good = record_matches(meta, name, settings.repo, st) and segment_header_fits(
-            name, head, st.st_size, pg_control_sysid(cwd))
+        good = (record_matches(meta, name, settings.repo, st) and meta.get("boot_id") == boot_id()
+                and segment_header_fits(name, head, st.st_size, pg_control_sysid(cwd)))
         if not good:
             # Corrupted, replaced or not ours: never serve it; the full path fetches directly.
             for stale in (source, meta_path):

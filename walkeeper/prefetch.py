@@ -100,7 +100,7 @@ class Prefetcher:
 
         fastpath.write_json_atomically(final + fastpath.META_SUFFIX, {
             "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo,
-            "sha256": hashlib.sha256(data).hexdigest(), **fastpath.identity(st),
+            "sha256": hashlib.sha256(data).hexdigest(), "boot_id": fastpath.boot_id(), **fastpath.identity(st),
         })
         with contextlib.suppress(FileNotFoundError):
             os.unlink(final + fastpath.MISSING_SUFFIX)

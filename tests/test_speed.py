@@ -468,3 +468,27 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
         restored.stop()
     wait_for(lambda: not prefetcher_pids(setup), timeout=15)
     assert spool_files(setup) == []
+
+
+# -- the fast path reads the configuration as walkeeper.config does -----------------------------------------
+
+
+@pytest.mark.parametrize("env", [{}, {"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0", "WALKEEPER_RESTORE_PREFETCH": "3",
+                                      "WALKEEPER_REPO": "/elsewhere"}])
+@pytest.mark.parametrize("body", ["", "[archive]\npush_ahead = 4\nstatus_dir = \"st\"\n"
+                                      "[restore]\nprefetch = 9\nspool_dir = \"/abs/spool\"\n"])
+def test_fast_path_settings_match_the_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    env: dict[str, str], body: str) -> None:
+    from walkeeper import fastpath
+    from walkeeper.config import load_config
+
+    monkeypatch.setenv("WALKEEPER_STATE_ROOT", str(tmp_path / "state"))
+    config_file = tmp_path / "wk.toml"
+    config_file.write_text(f'repo = "/some/repo"\n{body}')
+    for _ in range(2):  # parsed, then from the cache
+        fast = fastpath.load_settings(str(config_file), None, env)
+        full = load_config(str(config_file), env=env)
+        assert (fast.repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == (
+            full.repo, full.archive.push_ahead, full.restore.prefetch, full.archive.status_dir, full.restore.spool_dir)
+    config_file.write_text('repo = "/changed"\n')  # a changed file is read again
+    assert fastpath.load_settings(str(config_file), None, {}).repo == "/changed"

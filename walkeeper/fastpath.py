@@ -330,6 +330,8 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     if settings.prefetch <= 0:
         return None
     cwd = os.getcwd()
+    if not any(os.path.exists(os.path.join(cwd, f)) for f in ("recovery.signal", "standby.signal")):
+        return None  # prefetch serves recoveries only (the prefetcher stops when these files go)
     spool = spool_dir(settings.spool_dir, settings.repo, cwd)
     source = os.path.join(spool, name)
     meta_path = source + META_SUFFIX

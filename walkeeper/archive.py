@@ -78,6 +78,8 @@ def ready_files(pg_wal: Path) -> list[str]:
 
 def push_with_ahead(config: Config, repo: Repository, path: Path) -> PushResult:
     pg_wal = path.parent
+    if not [name for name in ready_files(pg_wal) if name != path.name]:
+        return push_file(repo, path)  # nothing else waiting (the usual case on a quiet server)
     try:
         status = fastpath.status_dir(config.archive.status_dir, config.repo, os.getcwd())
     except OSError as exc:

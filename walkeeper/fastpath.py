@@ -175,19 +175,21 @@ def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str,
 # -- where state lives ---------------------------------------------------------------------------------
 
 
-def state_root() -> str:
+def state_root(*, create: bool = True) -> str:
     """``/var/tmp/walkeeper-<uid>``: private (0700, ours, not a link), on disk, outside every data directory.
 
     /var/tmp rather than /tmp: the spool holds up to spool_max_mb of WAL and /tmp is often a tmpfs.
     Outside the data directory so that base backups, pg_rewind and pg_wal cleanup never see it.
     """
     root = os.path.join(os.environ.get("WALKEEPER_STATE_ROOT", "/var/tmp"), f"walkeeper-{os.getuid()}")
-    return ensure_private_dir(root)
+    return ensure_private_dir(root, create=create)
 
 
-def ensure_private_dir(path: str) -> str:
-    with contextlib.suppress(FileExistsError):
-        os.makedirs(path, mode=0o700)
+def ensure_private_dir(path: str, *, create: bool = True) -> str:
+    """``path``, a private directory; FileNotFoundError when it does not exist and ``create`` is false."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(path, mode=0o700)
     st = os.lstat(path)
     if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise PermissionError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700")
@@ -199,10 +201,11 @@ def instance_key(repo: str, datadir: str) -> str:
     return _sha256_hex(f"{repo}\0{os.path.realpath(datadir)}".encode())[:16]
 
 
-def status_dir(configured: str | None, repo: str, datadir: str) -> str:
+def status_dir(configured: str | None, repo: str, datadir: str, *, create: bool = True) -> str:
     if configured:
-        return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)))
-    return ensure_private_dir(os.path.join(state_root(), f"archive-{instance_key(repo, datadir)}"))
+        return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)), create=create)
+    return ensure_private_dir(os.path.join(state_root(create=create), f"archive-{instance_key(repo, datadir)}"),
+                              create=create)
 
 
 def spool_dir(configured: str | None, repo: str, datadir: str) -> str:
@@ -301,7 +304,7 @@ def try_wal_push(argv: list[str]) -> int | None:
     name = os.path.basename(path)
     if settings.push_ahead <= 0 or not WAL_NAME_RE.match(name):
         return None
-    status = status_dir(settings.status_dir, settings.repo, os.getcwd())
+    status = status_dir(settings.status_dir, settings.repo, os.getcwd(), create=False)  # none: nothing pushed
     record_path = os.path.join(status, name)
     record = read_json(record_path)
     if record is None:

@@ -492,3 +492,20 @@ def test_fast_path_settings_match_the_configuration(tmp_path: Path, monkeypatch:
             full.repo, full.archive.push_ahead, full.restore.prefetch, full.archive.status_dir, full.restore.spool_dir)
     config_file.write_text('repo = "/changed"\n')  # a changed file is read again
     assert fastpath.load_settings(str(config_file), None, {}).repo == "/changed"
+
+
+def test_state_inside_the_data_directory_is_refused(setup: Setup, wal_source: Path) -> None:
+    """A spool or status directory inside the data directory would end up in base backups and pg_rewind."""
+    data = copy_datadir(wal_source, setup.work / "data")
+    setup.extra_config = (f'[archive]\nstatus_dir = "{data}/wk-status"\n'
+                          f'[restore]\nspool_dir = "{data}/pg_wal/wk-spool"\n')
+    setup.write_config()
+    names = ready(data)
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[0]}", cwd=data)
+    assert proc.returncode == 0 and "inside the data directory" in proc.stderr, proc.stderr
+    assert not (data / "wk-status").exists()
+    (data / "recovery.signal").touch()
+    give_to_pg(data)
+    out = setup.wk("-v", "wal-fetch", names[0], "pg_wal/RECOVERYXLOG", cwd=data)
+    assert out.returncode == 0 and "inside the data directory" in out.stderr, out.stderr
+    assert not (data / "pg_wal" / "wk-spool").exists()

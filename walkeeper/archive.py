@@ -81,6 +81,8 @@ def push_with_ahead(config: Config, repo: Repository, path: Path) -> PushResult:
     if not [name for name in ready_files(pg_wal) if name != path.name]:
         return push_file(repo, path)  # nothing else waiting (the usual case on a quiet server)
     try:
+        if config.archive.status_dir:
+            outside_data_directory(config.archive.status_dir, os.getcwd(), "[archive] status_dir")
         status = fastpath.status_dir(config.archive.status_dir, config.repo, os.getcwd())
     except OSError as exc:
         log.warning("push-ahead disabled: status directory unusable (%s)", exc)
@@ -102,6 +104,13 @@ def push_with_ahead(config: Config, repo: Repository, path: Path) -> PushResult:
         done = sum(1 for f in ahead if f.result())
     log.info("pushed %d of %d segments ahead", done, len(pending))
     return result
+
+
+def outside_data_directory(path: str, datadir: str, setting: str) -> None:
+    """Refuse state inside the data directory: base backups, pg_rewind and WAL recycling would see it."""
+    real, data = os.path.realpath(path), os.path.realpath(datadir)
+    if os.path.exists(os.path.join(data, "PG_VERSION")) and (real == data or real.startswith(data + os.sep)):
+        raise PermissionError(f"{setting} {path} is inside the data directory {data}; choose a directory outside it")
 
 
 def _has_valid_record(status: str, file: Path, repo_url: str) -> bool:
@@ -199,6 +208,8 @@ def start_prefetch(config: Config, name: str) -> bool:
     datadir = os.getcwd()
     if not fastpath.SEGMENT_RE.match(name) or not recovering(datadir):
         return False
+    if config.restore.spool_dir:
+        outside_data_directory(config.restore.spool_dir, datadir, "[restore] spool_dir")
     spool = fastpath.spool_dir(config.restore.spool_dir, config.repo, datadir)
     fastpath.write_json_atomically(os.path.join(spool, fastpath.REQUEST_FILE),
                                    {"v": fastpath.RECORD_VERSION, "name": name, "served": True})

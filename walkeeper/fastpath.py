@@ -208,10 +208,11 @@ def status_dir(configured: str | None, repo: str, datadir: str, *, create: bool 
                               create=create)
 
 
-def spool_dir(configured: str | None, repo: str, datadir: str) -> str:
+def spool_dir(configured: str | None, repo: str, datadir: str, *, create: bool = True) -> str:
     if configured:
-        return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)))
-    return ensure_private_dir(os.path.join(state_root(), f"spool-{instance_key(repo, datadir)}"))
+        return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)), create=create)
+    return ensure_private_dir(os.path.join(state_root(create=create), f"spool-{instance_key(repo, datadir)}"),
+                              create=create)
 
 
 # -- file identity records ---------------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     cwd = os.getcwd()
     if not any(os.path.exists(os.path.join(cwd, f)) for f in ("recovery.signal", "standby.signal")):
         return None  # prefetch serves recoveries only (the prefetcher stops when these files go)
-    spool = spool_dir(settings.spool_dir, settings.repo, cwd)
+    spool = spool_dir(settings.spool_dir, settings.repo, cwd, create=False)  # made by the full path
     source = os.path.join(spool, name)
     meta_path = source + META_SUFFIX
     request = os.path.join(spool, REQUEST_FILE)

@@ -509,3 +509,77 @@ def test_state_inside_the_data_directory_is_refused(setup: Setup, wal_source: Pa
     out = setup.wk("-v", "wal-fetch", names[0], "pg_wal/RECOVERYXLOG", cwd=data)
     assert out.returncode == 0 and "inside the data directory" in out.stderr, out.stderr
     assert not (data / "pg_wal" / "wk-spool").exists()
+
+
+def test_postgres_timeline_switch_while_prefetching(setup: Setup) -> None:
+    """A real fork: recovery to the end of the latest timeline passes the switch point while the prefetcher
+    holds the old timeline's later segments; only the new timeline's WAL may be replayed."""
+    configure(setup, "push_ahead = 8", "prefetch = 8\nidle_timeout = 30")
+    wk = walkeeper_cmd(setup.config)
+    primary = Cluster(setup.work / "primary").initdb()
+    primary.configure({**primary.base_settings(), "archive_mode": "on", "wal_level": "replica",
+                       "archive_command": f"{wk} wal-push %p"})
+    primary.start()
+    backup = setup.work / "backup"
+    try:
+        primary.psql("create table marks(note text)")
+        primary.wait_archived(primary.switch_wal())
+        run_pg([PG_BIN / "pg_basebackup", "-D", backup, "-X", "none", "-c", "fast", *primary.conninfo()])
+        for i in range(3):
+            primary.psql(f"insert into marks values ('before-{i}')")
+            primary.psql(f"create table fill{i} as select g, md5(g::text) from generate_series(1, 60000) g")
+            primary.switch_wal()
+        primary.psql("select pg_create_restore_point('fork')")
+        for i in range(4):  # timeline 1 goes on after the fork point: these must never be replayed below
+            primary.psql(f"insert into marks values ('tl1-after-fork-{i}')")
+            primary.psql(f"create table late{i} as select g, md5(g::text) from generate_series(1, 60000) g")
+            primary.switch_wal()
+        primary.wait_archived(primary.switch_wal())
+    finally:
+        primary.stop()
+
+    def restore(name: str, settings: dict[str, str | int]) -> Cluster:
+        cluster = Cluster(setup.work / name)
+        shutil.copytree(backup, cluster.datadir, symlinks=True)
+        give_to_pg(cluster.datadir)
+        cluster.configure({**cluster.base_settings(), "restore_command": f"{wk} -v wal-fetch %f %p", **settings})
+        (cluster.datadir / "recovery.signal").touch()
+        give_to_pg(cluster.datadir)
+        cluster.start()
+        cluster.wait_recovery_done(timeout=180)
+        return cluster
+
+    # The fork: recover to the restore point, promote to timeline 2, write and archive there.
+    fork = restore("fork", {"recovery_target_name": "fork", "recovery_target_action": "promote",
+                            "archive_mode": "on", "wal_level": "replica", "archive_command": f"{wk} wal-push %p"})
+    try:
+        assert fork.psql("select count(*) from marks where note like 'tl1-after%'") == "0"
+        fork.psql("insert into marks values ('tl2')")
+        fork.psql("create table tl2fill as select g, md5(g::text) from generate_series(1, 60000) g")
+        fork.wait_archived(fork.switch_wal())
+        tl = fork.psql("select timeline_id from pg_control_checkpoint()")
+        assert int(tl) >= 2
+    finally:
+        fork.stop()
+    wait_for(lambda: not prefetcher_pids(setup), timeout=40)
+
+    # Recovery to the latest timeline through the prefetcher.
+    final = restore("final", {"archive_mode": "off", "recovery_target_timeline": "latest"})
+    try:
+        notes = final.psql("select string_agg(note, ',' order by note) from marks")
+        assert notes == "before-0,before-1,before-2,tl2", notes
+        log = final.log()
+        assert "from the prefetch spool (fast path)" in log, log[-4000:]
+        restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', log)
+        assert any(n.startswith("00000002") for n in restored), restored
+        # The prefetcher did hold timeline 1 past the fork (segments PostgreSQL took from timeline 2).
+        from walkeeper.fastpath import instance_key
+
+        spool_log = setup.work / "spool" / instance_key(str(setup.repo), str(final.datadir)) / "prefetch.log"
+        prefetched = set(re.findall(r"prefetched ([0-9A-F]{24})", spool_log.read_text()))
+        overtaken = {n for n in prefetched if n.startswith("00000001") and "00000002" + n[8:] in restored}
+        assert overtaken, (sorted(prefetched), restored)
+    finally:
+        final.stop()
+    wait_for(lambda: not prefetcher_pids(setup), timeout=40)
+    assert spool_files(setup) == []

@@ -107,6 +107,8 @@ class Prefetcher:
         with self.lock:
             if name not in self.wanted:  # moved on meanwhile: do not leave it behind
                 self._discard(name)
+                return
+        log.info("prefetched %s", name)
 
     # -- the loop ----------------------------------------------------------------------------------------
 

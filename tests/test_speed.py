@@ -538,13 +538,19 @@ def test_postgres_timeline_switch_while_prefetching(setup: Setup) -> None:
     finally:
         primary.stop()
 
-    def restore(name: str, settings: dict[str, str | int]) -> Cluster:
+    def restore(name: str, settings: dict[str, str | int], *, warm: bool = False) -> Cluster:
         cluster = Cluster(setup.work / name)
         shutil.copytree(backup, cluster.datadir, symlinks=True)
         give_to_pg(cluster.datadir)
         cluster.configure({**cluster.base_settings(), "restore_command": f"{wk} -v wal-fetch %f %p", **settings})
         (cluster.datadir / "recovery.signal").touch()
         give_to_pg(cluster.datadir)
+        if warm:  # the prefetcher runs ahead on timeline 1 (past the fork) before PostgreSQL asks anything
+            start = re.search(r"START WAL LOCATION: .*\(file ([0-9A-F]{24})\)",
+                              (cluster.datadir / "backup_label").read_text()).group(1)
+            assert setup.wk("wal-fetch", start, "pg_wal/PROBE", cwd=cluster.datadir).returncode == 0
+            (cluster.datadir / "pg_wal" / "PROBE").unlink()
+            wait_for(lambda: len(spool_files(setup)) >= 8, timeout=60)
         cluster.start()
         cluster.wait_recovery_done(timeout=180)
         return cluster
@@ -564,7 +570,7 @@ def test_postgres_timeline_switch_while_prefetching(setup: Setup) -> None:
     wait_for(lambda: not prefetcher_pids(setup), timeout=40)
 
     # Recovery to the latest timeline through the prefetcher.
-    final = restore("final", {"archive_mode": "off", "recovery_target_timeline": "latest"})
+    final = restore("final", {"archive_mode": "off", "recovery_target_timeline": "latest"}, warm=True)
     try:
         notes = final.psql("select string_agg(note, ',' order by note) from marks")
         assert notes == "before-0,before-1,before-2,tl2", notes

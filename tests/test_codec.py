@@ -157,3 +157,9 @@ def test_key_never_in_repr_or_errors(tmp_path) -> None:  # type: ignore[no-untyp
     assert key not in str(info.value)
     path.chmod(0o600)
     assert key not in repr(Keyring.from_file(path))
+
+
+def test_a_wrong_precomputed_digest_cannot_produce_a_readable_object() -> None:
+    blob, _ = encode_bytes(settings(), "obj", sample(5000), sha256="00" * 32)
+    with pytest.raises(IntegrityError, match="checksum"):
+        decode_bytes(KEY_A, blob)

@@ -224,10 +224,11 @@ class Repository:
         existing = self.stored_sha256(key)
         if existing is not None:
             return self._duplicate(name, existing, new_sha, len(data))
-        blob, sha = encode_bytes(self.codec, name.name, data)
-        # Check what we wrote before claiming success: decrypt and verify in memory.
-        _header, plain = decode_bytes(self.keyring, blob, expected_name=name.name)
-        if hashlib.sha256(plain).hexdigest() != new_sha:
+        blob, sha = encode_bytes(self.codec, name.name, data, sha256=new_sha)
+        # Check what we wrote before claiming success: decrypt and verify in memory. The decoder
+        # itself checks the plaintext against the digest in the trailer and header (new_sha).
+        header, plain = decode_bytes(self.keyring, blob, expected_name=name.name)
+        if header.sha256 != new_sha or len(plain) != len(data):
             raise IntegrityError(f"self-check failed for {name.name}: the encoded object does not decode back")
         try:
             self.storage.put(key, blob, overwrite=False, metadata={"sha256": sha, "size": str(len(data))})

@@ -116,6 +116,10 @@ class Encoder:
         self.plain_size = 0
         self.stored_size = 0
         self._hash = hashlib.sha256()
+        # A digest the caller already computed saves hashing the data again in encode_all;
+        # if it were wrong, the decoder's trailer check would reject the object.
+        self._known_digest = bytes.fromhex(sha256) if sha256 is not None else None
+        self._final_digest: bytes | None = None
 
     def _frame(self, payload: bytes, flags: int) -> bytes:
         if self._aead is not None:
@@ -129,12 +133,14 @@ class Encoder:
         for start in range(0, len(compressed), FRAME_SIZE):
             yield self._frame(compressed[start:start + FRAME_SIZE], 0)
 
-    def _trailer(self) -> bytes:
-        return self._frame(_TRAILER.pack(self._hash.digest(), self.plain_size), FLAG_LAST)
+    def _trailer(self, digest: bytes) -> bytes:
+        self._final_digest = digest
+        return self._frame(_TRAILER.pack(digest, self.plain_size), FLAG_LAST)
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        """The plaintext SHA-256 recorded in the trailer (once the object has been encoded)."""
+        return self._final_digest.hex() if self._final_digest is not None else self._hash.hexdigest()
 
     def encode_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """Yield the object's bytes: header, data frames, trailer."""
@@ -151,14 +157,18 @@ class Encoder:
                 del pending[:FRAME_SIZE]
         pending += compressor.flush()
         yield from self._frames(bytes(pending))
-        yield self._trailer()
+        yield self._trailer(self._hash.digest())
 
     def encode_all(self, data: bytes) -> bytes:
         """Encode an in-memory object in one go (the WAL fast path)."""
-        self._hash.update(data)
+        if self._known_digest is None:
+            self._hash.update(data)
+            digest = self._hash.digest()
+        else:
+            digest = self._known_digest
         self.plain_size = len(data)
         self.stored_size = len(self.header)
-        parts = [self.header, *self._frames(self.settings.compression.compress_all(data)), self._trailer()]
+        parts = [self.header, *self._frames(self.settings.compression.compress_all(data)), self._trailer(digest)]
         return b"".join(parts)
 
 
@@ -294,10 +304,13 @@ class Decoder:
         self.sha256 = digest.hexdigest()
 
 
-def encode_bytes(settings: CodecSettings, name: str, data: bytes, *,
+def encode_bytes(settings: CodecSettings, name: str, data: bytes, *, sha256: str | None = None,
                  extra: dict[str, Any] | None = None) -> tuple[bytes, str]:
-    """Encode a whole in-memory object; returns (object bytes, plaintext sha256)."""
-    sha = hashlib.sha256(data).hexdigest()
+    """Encode a whole in-memory object; returns (object bytes, plaintext sha256).
+
+    Pass ``sha256`` when the caller has already hashed ``data`` (WAL push does, for its duplicate check).
+    """
+    sha = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
     encoder = Encoder(settings, name, sha256=sha, size=len(data), extra=extra)
     return encoder.encode_all(data), sha
 

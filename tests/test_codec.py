@@ -163,3 +163,41 @@ def test_a_wrong_precomputed_digest_cannot_produce_a_readable_object() -> None:
     blob, _ = encode_bytes(settings(), "obj", sample(5000), sha256="00" * 32)
     with pytest.raises(IntegrityError, match="checksum"):
         decode_bytes(KEY_A, blob)
+
+
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "none"])
+def test_self_check_accepts_only_an_object_that_decodes_to_the_same_bytes(cipher: str) -> None:
+    import hashlib
+
+    from walkeeper.codec import check_round_trip
+
+    codec = settings(cipher=cipher)
+    data = sample(300_000)
+    sha = hashlib.sha256(data).hexdigest()
+    blob, _ = encode_bytes(codec, "obj", data, sha256=sha)
+    keyring = KEY_A if cipher != "none" else None
+    check_round_trip(keyring, blob, name="obj", plain=data, sha256=sha)  # a good object passes
+    other = bytearray(data)
+    other[123_456] ^= 1
+    with pytest.raises(IntegrityError, match="self-check"):
+        check_round_trip(keyring, blob, name="obj", plain=bytes(other), sha256=sha)
+    with pytest.raises(IntegrityError, match="checksum"):  # a digest that is not the data's
+        bad, _ = encode_bytes(codec, "obj", data, sha256="00" * 32)
+        check_round_trip(keyring, bad, name="obj", plain=data, sha256=sha)
+    with pytest.raises(IntegrityError):
+        check_round_trip(keyring, blob[:-40], name="obj", plain=data, sha256=sha)
+    with pytest.raises(IntegrityError, match="swapped"):
+        check_round_trip(keyring, blob, name="other", plain=data, sha256=sha)
+
+
+def test_one_shot_decode_refuses_a_stream_that_claims_more_than_its_trailer() -> None:
+    import zstandard
+
+    from walkeeper.codec.compress import decompress_all
+
+    big = zstandard.ZstdCompressor().compress(b"x" * 100_000)
+    with pytest.raises(IntegrityError, match="claims 100000 bytes"):
+        decompress_all("zstd", big, 1000)
+    with pytest.raises(IntegrityError, match="corrupted or truncated"):
+        decompress_all("zstd", big[:-4], 100_000)
+    assert decompress_all("zstd", big, 100_000) == b"x" * 100_000

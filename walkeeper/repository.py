@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from walkeeper.codec import CodecSettings, Keyring, decode_bytes, encode_bytes, read_header
+from walkeeper.codec import CodecSettings, Keyring, check_round_trip, decode_bytes, encode_bytes, read_header
 from walkeeper.codec.compress import Compression
 from walkeeper.config import Config
 from walkeeper.errors import (
@@ -225,11 +225,8 @@ class Repository:
         if existing is not None:
             return self._duplicate(name, existing, new_sha, len(data))
         blob, sha = encode_bytes(self.codec, name.name, data, sha256=new_sha)
-        # Check what we wrote before claiming success: decrypt and verify in memory. The decoder
-        # itself checks the plaintext against the digest in the trailer and header (new_sha).
-        header, plain = decode_bytes(self.keyring, blob, expected_name=name.name)
-        if header.sha256 != new_sha or len(plain) != len(data):
-            raise IntegrityError(f"self-check failed for {name.name}: the encoded object does not decode back")
+        # Check what we wrote before claiming success: it must decrypt and decompress back to ``data``.
+        check_round_trip(self.keyring, blob, name=name.name, plain=data, sha256=new_sha)
         try:
             self.storage.put(key, blob, overwrite=False, metadata={"sha256": sha, "size": str(len(data))})
         except AlreadyExists:

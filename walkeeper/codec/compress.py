@@ -79,6 +79,26 @@ class Compression:
         return zstandard.ZstdCompressor(level=self.level, threads=self.threads).compress(data)
 
 
+def decompress_all(method: str, data: bytes, size: int) -> bytes:
+    """One-shot decompression of a whole in-memory object whose trailer says it is ``size`` bytes.
+
+    The caller still checks length and digest: this only refuses to allocate more than ``size``.
+    """
+    if method == "none":
+        return data
+    if method != "zstd":
+        raise IntegrityError(f"object uses unknown compression {method!r}")
+    import zstandard
+
+    try:
+        declared = zstandard.frame_content_size(data)
+        if declared > size:
+            raise IntegrityError(f"compressed data claims {declared} bytes, but the object records {size}")
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"compressed data is corrupted or truncated ({exc})") from None
+
+
 def decompressor(method: str) -> StreamDecompressor:
     factories: dict[str, Callable[[], StreamDecompressor]] = {"zstd": _ZstdDecompressor, "none": _Identity}
     try:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from walkeeper.codec.compress import Compression, decompressor
+from walkeeper.codec.compress import Compression, StreamDecompressor, decompress_all, decompressor
 from walkeeper.codec.keys import Keyring
 from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
 
@@ -232,6 +232,7 @@ class Decoder:
         self.header: ObjectHeader | None = None
         self.sha256: str | None = None
         self.size = 0
+        self.trailer: tuple[bytes, int] | None = None
 
     def _open_aead(self, header: ObjectHeader) -> Any:
         if header.cipher == "none":
@@ -249,7 +250,12 @@ class Decoder:
 
         return AESGCM(self.keyring.object_key(header.key_id, header.salt))
 
-    def decode(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+    def payloads(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        """The authenticated payloads of the data frames: the compressed stream, in order.
+
+        Once the iteration ends, ``trailer`` holds the recorded (SHA-256, size) of the plaintext; checking
+        the plaintext against it is the caller's part (``decode`` and ``decode_bytes`` do).
+        """
         header = read_header(read)
         self.header = header
         if self.expected_name is not None and header.name != self.expected_name:
@@ -259,8 +265,6 @@ class Decoder:
         aead = self._open_aead(header)
         if aead is not None:
             from cryptography.exceptions import InvalidTag
-        inflate = decompressor(header.compression)
-        digest = hashlib.sha256()
         index = 0
         while True:
             frame_head = read(_FRAME.size)
@@ -283,25 +287,46 @@ class Decoder:
             index += 1
             if flags & FLAG_LAST:
                 break
+            yield payload
+        if len(payload) != _TRAILER.size:
+            raise IntegrityError("object is corrupted: bad trailer")
+        if read(1):
+            raise IntegrityError("object has data after its final frame: corrupted")
+        self.trailer = _TRAILER.unpack(payload)
+
+    def check(self, digest: bytes, size: int) -> None:
+        """Compare the plaintext's digest and size with the trailer and the header."""
+        assert self.header is not None and self.trailer is not None
+        want_digest, want_size = self.trailer
+        if want_size != size or want_digest != digest:
+            raise IntegrityError(
+                f"object {self.header.name} does not match its checksum (sha256 {digest.hex()}, "
+                f"recorded {want_digest.hex()})"
+            )
+        if self.header.sha256 is not None and self.header.sha256 != digest.hex():
+            raise IntegrityError(f"object {self.header.name} does not match the checksum in its header")
+        self.size = size
+        self.sha256 = digest.hex()
+
+    def decode(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        """Plaintext chunk by chunk, in bounded memory (backups, dumps)."""
+        inflate: StreamDecompressor | None = None
+        digest = hashlib.sha256()
+        size = 0
+        for payload in self.payloads(read):
+            if inflate is None:
+                assert self.header is not None
+                inflate = decompressor(self.header.compression)
             plain = inflate.decompress(payload)
             if plain:
                 digest.update(plain)
-                self.size += len(plain)
+                size += len(plain)
                 yield plain
+        assert self.header is not None
+        if inflate is None:
+            inflate = decompressor(self.header.compression)
         inflate.finish()
-        if len(payload) != _TRAILER.size:
-            raise IntegrityError("object is corrupted: bad trailer")
-        want_digest, want_size = _TRAILER.unpack(payload)
-        if read(1):
-            raise IntegrityError("object has data after its final frame: corrupted")
-        if want_size != self.size or want_digest != digest.digest():
-            raise IntegrityError(
-                f"object {header.name} does not match its checksum (sha256 {digest.hexdigest()}, "
-                f"recorded {want_digest.hex()})"
-            )
-        if header.sha256 is not None and header.sha256 != digest.hexdigest():
-            raise IntegrityError(f"object {header.name} does not match the checksum in its header")
-        self.sha256 = digest.hexdigest()
+        self.check(digest.digest(), size)
 
 
 def encode_bytes(settings: CodecSettings, name: str, data: bytes, *, sha256: str | None = None,
@@ -328,8 +353,29 @@ class _BytesReader:
 
 def decode_bytes(keyring: Keyring | None, data: bytes, *,
                  expected_name: str | None = None) -> tuple[ObjectHeader, bytes]:
-    """Decode and verify a whole in-memory object."""
+    """Decode and verify a whole in-memory object (a WAL file): one-shot, so the plaintext is allocated once."""
     decoder = Decoder(keyring, expected_name=expected_name)
-    plain = b"".join(decoder.decode(_BytesReader(data).read))
-    assert decoder.header is not None
+    compressed = b"".join(decoder.payloads(_BytesReader(data).read))
+    assert decoder.header is not None and decoder.trailer is not None
+    plain = decompress_all(decoder.header.compression, compressed, decoder.trailer[1])
+    del compressed
+    decoder.check(hashlib.sha256(plain).digest(), len(plain))
     return decoder.header, plain
+
+
+def check_round_trip(keyring: Keyring | None, blob: bytes, *, name: str, plain: bytes, sha256: str) -> None:
+    """Prove that ``blob`` decodes to exactly ``plain`` before it is stored (wal-push's self-check).
+
+    A byte comparison with the original replaces a second SHA-256 pass: if the decoded bytes equal
+    ``plain`` and the trailer and header record ``sha256`` (the caller's digest of ``plain``), a later
+    full decode will verify.
+    """
+    decoder = Decoder(keyring, expected_name=name)
+    compressed = b"".join(decoder.payloads(_BytesReader(blob).read))
+    assert decoder.header is not None and decoder.trailer is not None
+    decoded = decompress_all(decoder.header.compression, compressed, decoder.trailer[1])
+    del compressed
+    if decoded != plain:
+        raise IntegrityError(f"self-check failed for {name}: the encoded object does not decode back to the file")
+    del decoded
+    decoder.check(bytes.fromhex(sha256), len(plain))

@@ -8,7 +8,6 @@ working directory and %p relative to it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import pytest
 
 from tests.conftest import Setup
 from tests.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, pg_workdir, run_pg, walkeeper_cmd
+from walkeeper import fastpath
 
 pytestmark = pytest.mark.postgres
 HEAVY = ("click", "zstandard", "cryptography", "boto3", "botocore")
@@ -63,8 +63,14 @@ def configure(setup: Setup, archive: str = "", restore: str = "") -> None:
 
 
 def status_records(setup: Setup) -> list[str]:
+    """The push-ahead records (named like the WAL file); markers, locks and logs are not records."""
     base = setup.work / "status"
-    return sorted(p.name for p in base.glob("*/*") if not p.name.startswith("."))
+    return sorted(p.name for p in base.glob("*/*") if fastpath.is_wal_name(p.name))
+
+
+def pusher_pids(setup: Setup) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"walkeeper.pusher {setup.work}/status"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
 
 
 def stored(setup: Setup, name: str) -> bool:
@@ -106,7 +112,7 @@ def test_fast_paths_import_no_heavy_module(setup: Setup, wal_source: Path) -> No
 
     # The full path does import them: the check above can fail.
     proc = entry("wal-push", f"pg_wal/{first}", cwd=data)
-    assert proc.returncode == 0 and "zstandard" in imported_modules(proc)
+    assert proc.returncode == 0 and "click" in imported_modules(proc)
 
     # wal-fetch from the prefetch spool.
     restore = copy_datadir(wal_source, setup.work / "restore")
@@ -126,14 +132,16 @@ def test_fast_paths_import_no_heavy_module(setup: Setup, wal_source: Path) -> No
 
 
 def test_push_ahead_then_fast_path_for_each_later_call(setup: Setup, wal_source: Path) -> None:
-    configure(setup, "push_ahead = 16\nworkers = 2")
+    configure(setup, "push_ahead = 16\nworkers = 2\nidle_timeout = 2")
     data = copy_datadir(wal_source, setup.work / "data")
     names = ready(data)
     assert len(names) >= 6
     proc = setup.wk("-v", "wal-push", f"pg_wal/{names[0]}", cwd=data)
     assert proc.returncode == 0, proc.stderr
+    assert stored(setup, names[0])
+    # The background pusher stores the others and records each one, never the starting call's own file.
+    wait_for(lambda: status_records(setup) == names[1:])
     assert all(stored(setup, n) for n in names), "every .ready segment is stored ahead"
-    assert status_records(setup) == names[1:], "a record for each pushed-ahead segment, none for the own one"
     for name in names[1:]:
         proc = setup.wk("-v", "wal-push", f"pg_wal/{name}", cwd=data)
         assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
@@ -142,6 +150,26 @@ def test_push_ahead_then_fast_path_for_each_later_call(setup: Setup, wal_source:
     assert status_records(setup) == []
     for name in names:
         assert fetch_bytes(setup, name) == (data / "pg_wal" / name).read_bytes()
+    wait_for(lambda: not pusher_pids(setup), timeout=20)  # it stops by itself with nothing to push
+
+
+def test_fast_path_waits_for_the_segment_the_pusher_is_storing(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16\nworkers = 1\nidle_timeout = 2")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    slow = {"WALKEEPER_TEST_PUSH_AHEAD_DELAY": "1.5"}  # inherited by the pusher: each push ends 1.5 s late
+    assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data, env=slow).returncode == 0
+    wait_for(lambda: any(p.name == f"{names[1]}.pushing" for p in (setup.work / "status").glob("*/*")))
+    assert names[1] not in status_records(setup)
+    start = time.monotonic()
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data)
+    waited = time.monotonic() - start
+    # Answered from the pusher's record once it was written: not pushed a second time, not early.
+    assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+    assert "already archived" not in proc.stderr and waited > 0.3
+    assert fetch_bytes(setup, names[1]) == (data / "pg_wal" / names[1]).read_bytes()
+    for pid in pusher_pids(setup):
+        os.kill(pid, signal.SIGTERM)
 
 
 def test_changed_file_is_not_taken_for_pushed(setup: Setup, wal_source: Path) -> None:
@@ -149,6 +177,7 @@ def test_changed_file_is_not_taken_for_pushed(setup: Setup, wal_source: Path) ->
     data = copy_datadir(wal_source, setup.work / "data")
     names = ready(data)
     assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data).returncode == 0
+    wait_for(lambda: names[1] in status_records(setup))  # pushed ahead and recorded, then changed
     victim = data / "pg_wal" / names[1]
     with open(victim, "r+b") as handle:  # same size, same inode: only mtime/ctime tell
         handle.seek(100_000)
@@ -164,6 +193,7 @@ def test_segment_pushed_twice(setup: Setup, wal_source: Path) -> None:
     names = ready(data)
     for _ in range(2):
         assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data).returncode == 0
+    wait_for(lambda: names[1] in status_records(setup))
     # A fast-path answer, then PostgreSQL asks again (crash before .done): the full path says yes.
     assert "fast path" in setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data).stderr
     proc = setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data)
@@ -175,21 +205,26 @@ def test_worker_killed_mid_push_leaves_no_record(setup: Setup, wal_source: Path)
     configure(setup, "push_ahead = 16\nworkers = 2")
     data = copy_datadir(wal_source, setup.work / "data")
     names = ready(data)
-    cmd = as_pg([str(WALKEEPER_BIN), "--config", str(setup.config), "wal-push", f"pg_wal/{names[0]}"])
-    env = {**os.environ, "WALKEEPER_TEST_PUSH_AHEAD_DELAY": "60"}
-    proc = subprocess.Popen(cmd, cwd=data, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The pusher stores each object, then stalls before writing its record; it is killed there.
+    slow = {"WALKEEPER_TEST_PUSH_AHEAD_DELAY": "60"}
+    assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data, env=slow).returncode == 0
     try:
-        # Two workers: the own segment, then pushed-ahead ones that store and then stall before recording.
         wait_for(lambda: sum(stored(setup, n) for n in names) >= 3, timeout=60)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        for pid in pusher_pids(setup):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not pusher_pids(setup))
     assert status_records(setup) == [], "a killed push leaves no record"
+    markers = [p.name for p in (setup.work / "status").glob("*/*.pushing")]
+    assert f"{names[1]}.pushing" in markers, "the killed pusher left its markers behind"
     leftovers = [p for p in setup.repo.rglob("*") if p.is_file() and p.name.startswith(".")]
-    for name in names:  # PostgreSQL's own calls: full path, all succeed, nothing lost
-        proc2 = setup.wk("-v", "wal-push", f"pg_wal/{name}", cwd=data, env={"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0"})
-        assert proc2.returncode == 0 and "fast path" not in proc2.stderr, proc2.stderr
+    # PostgreSQL's next call: a dead pusher's marker is not waited for; the full path pushes (or finds) it.
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[1]}", cwd=data, env={"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0"})
+    assert proc.returncode == 0 and "fast path" not in proc.stderr, proc.stderr
+    for name in names:  # PostgreSQL's own calls, push-ahead on again: all succeed, nothing lost
+        assert setup.wk("wal-push", f"pg_wal/{name}", cwd=data).returncode == 0
+        (data / "pg_wal" / "archive_status" / f"{name}.ready").rename(
+            data / "pg_wal" / "archive_status" / f"{name}.done")
     for name in names:
         assert fetch_bytes(setup, name) == (data / "pg_wal" / name).read_bytes()
     assert all(p.name.startswith(".") for p in leftovers)  # at most hidden temp files, never a partial object
@@ -208,6 +243,8 @@ def test_repository_failing_reports_nothing_archived(setup: Setup, wal_source: P
         for name in names[1:3]:
             proc = setup.wk("wal-push", f"pg_wal/{name}", cwd=data)
             assert proc.returncode != 0 and proc.returncode <= 125, proc.stderr
+        # The pusher the calls started has tried the others too, and failed.
+        wait_for(lambda: "push-ahead of" in "".join(p.read_text() for p in (setup.work / "status").glob("*/push.log")))
         # Only names[0] (stored before the outage) may carry a record.
         assert set(status_records(setup)) <= {names[0]} and stored(setup, names[0])
         assert not any(stored(setup, n) for n in names[1:])
@@ -335,10 +372,11 @@ def test_spool_file_from_before_a_reboot_is_not_served(setup: Setup, archived: t
     assert fetch(setup, names[0]).returncode == 0
     wait_for(lambda: spool_has(setup, names[1]))
     (meta,) = list((setup.work / "spool").glob(f"*/{names[1]}.meta"))
-    doc = json.loads(meta.read_text())
-    assert doc["boot_id"]
+    doc = fastpath.read_record(str(meta))
+    assert doc and doc["boot_id"]
     doc["boot_id"] = "00000000-0000-0000-0000-000000000000"
-    meta.write_text(json.dumps(doc))
+    fastpath.write_record(str(meta), doc)
+    give_to_pg(meta)
     proc = fetch(setup, names[1])
     assert proc.returncode == 0 and "failed verification" in proc.stderr, proc.stderr
     assert (setup.work / "restore" / "pg_wal" / "RECOVERYXLOG").read_bytes() == \

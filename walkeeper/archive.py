@@ -12,8 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,14 +54,21 @@ def wal_push(config: Config, path: str) -> PushResult:
     repo = open_repository(config)
     wal_path = Path(path)
     if config.archive.push_ahead > 0 and (wal_path.parent / "archive_status").is_dir():
-        return push_with_ahead(config, repo, wal_path)
+        try:
+            if config.archive.status_dir:
+                outside_data_directory(config.archive.status_dir, os.getcwd(), "[archive] status_dir")
+            status = fastpath.status_dir(config.archive.status_dir, config.repo, os.getcwd())
+        except OSError as exc:
+            log.warning("push-ahead disabled: status directory unusable (%s)", exc)
+        else:
+            return push_with_pusher(config, repo, wal_path, status)
     return push_file(repo, wal_path)
 
 
 # -- push-ahead ------------------------------------------------------------------------------------------
-# One wal-push call also pushes the other segments PostgreSQL has marked .ready, in parallel, and
-# records each success (after the durable store) in the status directory. PostgreSQL's own later
-# call for such a segment is answered by walkeeper.fastpath from that record.
+# A full-path wal-push starts the background pusher (walkeeper.pusher) when other segments wait as
+# .ready, then pushes its own file. The pusher records each success (after the durable store) in the
+# status directory; PostgreSQL's later call for such a file is answered by walkeeper.fastpath.
 
 
 def ready_files(pg_wal: Path) -> list[str]:
@@ -72,38 +77,48 @@ def ready_files(pg_wal: Path) -> list[str]:
         names = [n[:-6] for n in os.listdir(pg_wal / "archive_status") if n.endswith(".ready")]
     except OSError:
         return []
-    names = [n for n in names if fastpath.WAL_NAME_RE.match(n)]
+    names = [n for n in names if fastpath.is_wal_name(n)]
     return sorted(names, key=lambda n: (not n.endswith(".history"), n))
 
 
-def push_with_ahead(config: Config, repo: Repository, path: Path) -> PushResult:
-    pg_wal = path.parent
-    if not [name for name in ready_files(pg_wal) if name != path.name]:
-        return push_file(repo, path)  # nothing else waiting (the usual case on a quiet server)
+def push_with_pusher(config: Config, repo: Repository, path: Path, status: str) -> PushResult:
+    """Push PostgreSQL's own file, marked as being pushed by this process so the pusher leaves it alone."""
+    marker = os.path.join(status, path.name + fastpath.PUSHING_SUFFIX)
     try:
-        if config.archive.status_dir:
-            outside_data_directory(config.archive.status_dir, os.getcwd(), "[archive] status_dir")
-        status = fastpath.status_dir(config.archive.status_dir, config.repo, os.getcwd())
-    except OSError as exc:
-        log.warning("push-ahead disabled: status directory unusable (%s)", exc)
+        fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": path.name, "pid": os.getpid()})
+    except (OSError, ValueError) as exc:
+        log.warning("cannot mark %s as being pushed: %s", path.name, exc)
+    try:
+        try:
+            start_pusher(config, status, path)
+        except Exception as exc:  # push-ahead only ever saves time; the own file is what counts
+            log.warning("push-ahead not started: %s", exc)
         return push_file(repo, path)
-    pending = []
-    for name in ready_files(pg_wal):
-        if len(pending) >= config.archive.push_ahead:
-            break
-        if name == path.name or _has_valid_record(status, pg_wal / name, config.repo):
-            continue
-        pending.append(name)
-    _prune_status(status, pg_wal)
-    if not pending:
-        return push_file(repo, path)
-    with ThreadPoolExecutor(max_workers=max(1, config.archive.workers), thread_name_prefix="push") as pool:
-        own = pool.submit(push_file, repo, path)
-        ahead = [pool.submit(_push_ahead_one, repo, pg_wal / name, status, config.repo) for name in pending]
-        result = own.result()  # raises for PostgreSQL's own segment; the pool still finishes the others
-        done = sum(1 for f in ahead if f.result())
-    log.info("pushed %d of %d segments ahead", done, len(pending))
-    return result
+    finally:
+        fastpath.remove_file(marker)
+
+
+def start_pusher(config: Config, status: str, own: Path) -> bool:
+    """Start the background pusher unless one serves this status directory or nothing else waits."""
+    others = [n for n in ready_files(own.parent) if n != own.name and not os.path.exists(os.path.join(status, n))]
+    if not others or fastpath.holder_alive(status, fastpath.PUSH_LOCK_FILE, fastpath.PUSH_STARTING_FILE):
+        return False
+    datadir = os.getcwd()
+    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):
+        pass  # lets the next wal-push see this pusher while its interpreter starts
+    return _spawn(["walkeeper.pusher", status, datadir, config.source or "", config.repo, own.name], datadir,
+                  os.path.join(status, "push.log"))
+
+
+def _spawn(module_args: list[str], cwd: str, log_path: str) -> bool:
+    """Start ``python -m MODULE ARGS`` detached from the calling process (its own session, no stdin)."""
+    log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    with log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", *module_args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=log_file, start_new_session=True, close_fds=True,
+        )
+    return True
 
 
 def outside_data_directory(path: str, datadir: str, setting: str) -> None:
@@ -111,51 +126,6 @@ def outside_data_directory(path: str, datadir: str, setting: str) -> None:
     real, data = os.path.realpath(path), os.path.realpath(datadir)
     if os.path.exists(os.path.join(data, "PG_VERSION")) and (real == data or real.startswith(data + os.sep)):
         raise PermissionError(f"{setting} {path} is inside the data directory {data}; choose a directory outside it")
-
-
-def _has_valid_record(status: str, file: Path, repo_url: str) -> bool:
-    try:
-        st = os.stat(file)
-    except OSError:
-        return False
-    return fastpath.record_matches(fastpath.read_json(os.path.join(status, file.name)), file.name, repo_url, st)
-
-
-def _prune_status(status: str, pg_wal: Path) -> None:
-    """Forget records of files PostgreSQL has removed or recycled (their segment is archived)."""
-    try:
-        entries = os.listdir(status)
-    except OSError:
-        return
-    for name in entries:
-        if name.startswith(fastpath.TEMP_PREFIX) or not (pg_wal / name).exists():
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(status, name))
-
-
-def _push_ahead_one(repo: Repository, file: Path, status: str, repo_url: str) -> bool:
-    """Push one .ready file; record it only once it is durably stored and the file did not change."""
-    try:
-        before = os.stat(file)
-        result = push_file(repo, file)
-        delay = os.environ.get("WALKEEPER_TEST_PUSH_AHEAD_DELAY")  # fault-injection tests only
-        if delay:
-            time.sleep(float(delay))
-        after = os.stat(file)
-    except Exception as exc:  # PostgreSQL's own call will push it again and report the error
-        log.warning("push-ahead of %s failed (PostgreSQL's own call will retry it): %s", file.name, exc)
-        return False
-    if fastpath.identity(before) != fastpath.identity(after):
-        log.warning("%s changed while it was pushed ahead; not recording it", file.name)
-        return False
-    record = {"v": fastpath.RECORD_VERSION, "name": file.name, "repo": repo_url, "sha256": result.sha256,
-              **fastpath.identity(after)}
-    try:
-        fastpath.write_json_atomically(os.path.join(status, file.name), record)
-    except OSError as exc:
-        log.warning("cannot record %s as pushed ahead: %s", file.name, exc)
-        return False
-    return True
 
 
 def write_file_atomically(dest: Path, data: bytes) -> None:
@@ -206,25 +176,19 @@ def recovering(datadir: str) -> bool:
 def start_prefetch(config: Config, name: str) -> bool:
     """Tell the prefetcher where recovery is, and start it unless one already serves this spool."""
     datadir = os.getcwd()
-    if not fastpath.SEGMENT_RE.match(name) or not recovering(datadir):
+    if not fastpath.is_segment_name(name) or not recovering(datadir):
         return False
     if config.restore.spool_dir:
         outside_data_directory(config.restore.spool_dir, datadir, "[restore] spool_dir")
     spool = fastpath.spool_dir(config.restore.spool_dir, config.repo, datadir)
-    fastpath.write_json_atomically(os.path.join(spool, fastpath.REQUEST_FILE),
-                                   {"v": fastpath.RECORD_VERSION, "name": name, "served": True})
+    fastpath.write_record(os.path.join(spool, fastpath.REQUEST_FILE),
+                          {"v": fastpath.RECORD_VERSION, "name": name, "served": 1})
     if prefetcher_running(spool):
         return False
     with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):
         pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
-    log_file = open(os.path.join(spool, "prefetch.log"), "ab")  # noqa: SIM115 - handed to the child
-    with log_file:
-        subprocess.Popen(
-            [sys.executable, "-m", "walkeeper.prefetch", spool, datadir, config.source or "", config.repo],
-            cwd=datadir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            start_new_session=True, close_fds=True,
-        )
-    return True
+    return _spawn(["walkeeper.prefetch", spool, datadir, config.source or "", config.repo], datadir,
+                  os.path.join(spool, "prefetch.log"))
 
 
 def prefetcher_running(spool: str) -> bool:

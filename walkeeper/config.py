@@ -77,9 +77,10 @@ class SshConfig:
 class ArchiveConfig:
     """[archive]: wal-push behaviour (push-ahead: README "Speed")."""
 
-    push_ahead: int = 16  # other .ready segments one call also pushes (0 = off)
-    workers: int = 2  # segments compressed/encrypted/stored in parallel by one call
+    push_ahead: int = 16  # .ready segments the background pusher stores ahead of PostgreSQL's calls (0 = off)
+    workers: int = 2  # segments the pusher compresses/encrypts/stores in parallel
     status_dir: str | None = None  # records of pushed-ahead segments; default under /var/tmp/walkeeper-<uid>
+    idle_timeout: float = 10.0  # the pusher exits after this many seconds with nothing to push
 
 
 @dataclass(frozen=True)

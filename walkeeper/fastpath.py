@@ -3,12 +3,13 @@
 Imported by the console entry point before anything heavy: it must never import click, zstandard,
 cryptography, boto3 or any other walkeeper module that does (tests/test_speed.py checks this).
 
-wal-push fast path: an earlier wal-push pushed this file ahead and, *after* the object was durably
-stored, wrote a status record naming the pg_wal file's identity (device, inode, size, mtime_ns,
-ctime_ns) and its SHA-256. The fast path answers 0 only if the file PostgreSQL names now has exactly
-that identity. ctime cannot be set from user space and changes on every write, chmod, utime and
-rename, so an unchanged identity means the bytes are the ones that were hashed and stored; re-hashing
-16 MiB would cost ~15 ms here (no SHA extensions), as much as the interpreter start itself.
+wal-push fast path: the background pusher (walkeeper.pusher) pushed this file ahead and, *after* the
+object was durably stored, wrote a status record naming the pg_wal file's identity (device, inode,
+size, mtime_ns, ctime_ns) and its SHA-256. The fast path answers 0 only if the file PostgreSQL names
+now has exactly that identity. ctime cannot be set from user space and changes on every write, chmod,
+utime and rename, so an unchanged identity means the bytes are the ones that were hashed and stored;
+re-hashing 16 MiB would cost ~15 ms here, as much as the interpreter start itself. While the live
+pusher is still pushing the file (NAME.pushing), the fast path waits for its record.
 
 wal-fetch fast path: the prefetcher wrote a verified segment into the spool and then a meta record
 with the same identity of the spool file. The fast path serves it only when the name (and so the
@@ -18,34 +19,54 @@ to the full path, which fetches directly from the repository.
 
 Whenever anything is unexpected the fast path returns None and the full CLI runs: the fast paths may
 only ever answer "yes, done"; every failure is reported by the full path.
+
+Every import here is paid by every archive_command and restore_command call: json, re and
+contextlib alone cost ~7 ms, as much again as the rest of the fast path, so records are
+``key=value`` lines and names are checked by hand.
 """
+
+# ruff: noqa: SIM105  - try/except/pass instead of contextlib.suppress: see above (import cost)
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
 import stat as stat_mod
 import struct
 import sys
 
-SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-WAL_NAME_RE = re.compile(
-    r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$"
-)
-RECORD_VERSION = 1
+RECORD_VERSION = "2"  # key=value records; version 1 (JSON) records are ignored, so the full path answers
 REQUEST_FILE = "request"
 LOCK_FILE = "prefetch.lock"
 STARTING_FILE = "prefetch.starting"  # written by the wal-fetch that spawns a prefetcher, removed by it
+PUSH_LOCK_FILE = "push.lock"  # held by the live background pusher
+PUSH_STARTING_FILE = "push.starting"  # written by the wal-push that spawns a pusher, removed by it
 STARTING_GRACE = 10.0
 META_SUFFIX = ".meta"
 MISSING_SUFFIX = ".missing"  # the prefetcher could not get this one: the full path must answer
+PUSHING_SUFFIX = ".pushing"  # a process (pid inside) is pushing this file now
 TEMP_PREFIX = ".tmp-"
+_HEX = frozenset("0123456789ABCDEF")
 # uint16 magic, uint16 info, uint32 tli, uint64 pageaddr, uint32 rem_len, (pad 4), uint64 sysid, uint32 seg_size
 _LONG_HEADER = struct.Struct("<HHIQI4xQI")
 _KNOWN_MAGICS = {0xD101, 0xD106, 0xD10D, 0xD110, 0xD113, 0xD116, 0xD118}
 _GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose"}
+
+
+def is_segment_name(name: str) -> bool:
+    return len(name) == 24 and _HEX.issuperset(name)
+
+
+def is_wal_name(name: str) -> bool:
+    """A name archive_command may be given: segment, .partial, .backup or .history (as walkeeper.wal says)."""
+    if len(name) == 24:
+        return _HEX.issuperset(name)
+    if name.endswith(".partial"):
+        return is_segment_name(name[:-8])
+    if name.endswith(".history"):
+        return len(name) == 16 and _HEX.issuperset(name[:8])
+    if name.endswith(".backup"):
+        return len(name) == 40 and is_segment_name(name[:24]) and name[24] == "." and _HEX.issuperset(name[25:33])
+    return False
 
 
 # -- settings (the few the fast paths need), read exactly as walkeeper.config reads them ---------------
@@ -107,39 +128,39 @@ def _sha256_hex(data: bytes) -> str:
     return sha256(data).hexdigest()
 
 
-def _read_config_file(path: str) -> dict[str, object]:
+def _read_config_file(path: str) -> dict[str, str]:
     """The few fast-path values of a config file, through a cache keyed on the file's identity.
 
-    tomllib costs ~7 ms to import; the cache (JSON, in the private state root) is rewritten
+    tomllib costs ~7 ms to import; the cache (a record in the private state root) is rewritten
     whenever the file's inode, size, mtime or ctime change.
     """
     st = os.stat(path)
-    ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    cache = os.path.join(state_root(), f"config-{_sha256_hex(os.path.abspath(path).encode())[:16]}.json")
-    cached = read_json(cache)
-    if cached and cached.get("path") == os.path.abspath(path) and cached.get("ident") == ident:
-        values = cached.get("values")
-        if isinstance(values, dict):
-            return values
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    absolute = os.path.abspath(path)
+    cache = os.path.join(state_root(), f"config-{_sha256_hex(absolute.encode())[:16]}")
+    cached = read_record(cache)
+    if cached and cached.get("path") == absolute and cached.get("ident") == ident:
+        return cached
     import tomllib
 
     with open(path, "rb") as handle:
         data = tomllib.load(handle)
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.dirname(absolute)
     archive = data.get("archive", {})
     restore = data.get("restore", {})
-    values: dict[str, object] = {"repo": data.get("repo", "")}
+    values: dict[str, str] = {"repo": str(data.get("repo", ""))}
     if "push_ahead" in archive:
-        values["push_ahead"] = _coerce_int(archive["push_ahead"])
+        values["push_ahead"] = str(_coerce_int(archive["push_ahead"]))
     if "prefetch" in restore:
-        values["prefetch"] = _coerce_int(restore["prefetch"])
+        values["prefetch"] = str(_coerce_int(restore["prefetch"]))
     for table, key in ((archive, "status_dir"), (restore, "spool_dir")):
         value = table.get(key)
         if value:
             values[key] = value if os.path.isabs(value) else os.path.realpath(os.path.join(base, value))
-    with contextlib.suppress(OSError):
-        write_json_atomically(cache, {"v": RECORD_VERSION, "path": os.path.abspath(path), "ident": ident,
-                                      "values": values})
+    try:
+        write_record(cache, {"v": RECORD_VERSION, "path": absolute, "ident": ident, **values})
+    except (OSError, ValueError):
+        pass  # not cacheable (a value with a newline): read the file next time too
     return values
 
 
@@ -150,11 +171,11 @@ def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str,
     path = config_path or env.get("WALKEEPER_CONFIG") or None
     if path:
         values = _read_config_file(path)
-        s.repo = values.get("repo", "")  # type: ignore[assignment]
-        s.push_ahead = int(values.get("push_ahead", s.push_ahead))  # type: ignore[call-overload]
-        s.prefetch = int(values.get("prefetch", s.prefetch))  # type: ignore[call-overload]
-        s.status_dir = values.get("status_dir")  # type: ignore[assignment]
-        s.spool_dir = values.get("spool_dir")  # type: ignore[assignment]
+        s.repo = values.get("repo", "")
+        s.push_ahead = int(values.get("push_ahead", s.push_ahead))
+        s.prefetch = int(values.get("prefetch", s.prefetch))
+        s.status_dir = values.get("status_dir")
+        s.spool_dir = values.get("spool_dir")
     if "WALKEEPER_ARCHIVE_PUSH_AHEAD" in env:
         s.push_ahead = int(env["WALKEEPER_ARCHIVE_PUSH_AHEAD"])
     if "WALKEEPER_RESTORE_PREFETCH" in env:
@@ -188,8 +209,10 @@ def state_root(*, create: bool = True) -> str:
 def ensure_private_dir(path: str, *, create: bool = True) -> str:
     """``path``, a private directory; FileNotFoundError when it does not exist and ``create`` is false."""
     if create:
-        with contextlib.suppress(FileExistsError):
+        try:
             os.makedirs(path, mode=0o700)
+        except FileExistsError:
+            pass
     st = os.lstat(path)
     if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise PermissionError(f"{path} must be a directory owned by uid {os.getuid()} with mode 0700")
@@ -218,30 +241,56 @@ def spool_dir(configured: str | None, repo: str, datadir: str, *, create: bool =
 # -- file identity records ---------------------------------------------------------------------------------
 
 
-def identity(st: os.stat_result) -> dict[str, int]:
-    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "ctime_ns": st.st_ctime_ns}
+def identity(st: os.stat_result) -> dict[str, str]:
+    return {"dev": str(st.st_dev), "ino": str(st.st_ino), "size": str(st.st_size),
+            "mtime_ns": str(st.st_mtime_ns), "ctime_ns": str(st.st_ctime_ns)}
 
 
-def write_json_atomically(path: str, doc: dict[str, object]) -> None:
+def write_record(path: str, doc: dict[str, object]) -> None:
+    """Write ``key=value`` lines to a temp name and rename it into place (readers see all or nothing)."""
+    lines = []
+    for key, value in doc.items():
+        text = str(value)
+        if "\n" in text or "=" in key or "\n" in key:
+            raise ValueError(f"record field {key!r} cannot hold a newline")
+        lines.append(f"{key}={text}\n")
     tmp = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(doc, handle)
+        try:
+            os.write(fd, "".join(lines).encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
-def read_json(path: str) -> dict[str, object] | None:
+def read_record(path: str) -> dict[str, str] | None:
+    """A record of this version, or None (missing, half-written by a crash, or of another version)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
-    except (FileNotFoundError, ValueError):
+            text = handle.read()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("v") == RECORD_VERSION else None
+    doc = {}
+    for line in text.split("\n"):
+        if line:
+            key, sep, value = line.partition("=")
+            if not sep:
+                return None
+            doc[key] = value
+    return doc if doc.get("v") == RECORD_VERSION else None
+
+
+def remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def boot_id() -> str:
@@ -253,7 +302,7 @@ def boot_id() -> str:
         return ""
 
 
-def record_matches(record: dict[str, object] | None, name: str, repo: str, st: os.stat_result) -> bool:
+def record_matches(record: dict[str, str] | None, name: str, repo: str, st: os.stat_result) -> bool:
     if record is None or record.get("name") != name or record.get("repo") != repo:
         return False
     return all(record.get(k) == v for k, v in identity(st).items())
@@ -273,7 +322,7 @@ def pg_control_sysid(datadir: str) -> int | None:
 
 def segment_header_fits(name: str, head: bytes, size: int, sysid: int | None) -> bool:
     """The first page header belongs to segment ``name`` of system ``sysid`` and the file is whole."""
-    if len(head) < _LONG_HEADER.size or not SEGMENT_RE.match(name):
+    if len(head) < _LONG_HEADER.size or not is_segment_name(name):
         return False
     magic, info, tli, pageaddr, _rem, file_sysid, seg_size = _LONG_HEADER.unpack_from(head)
     if magic not in _KNOWN_MAGICS or not info & 0x0002 or seg_size != size or size & (size - 1):
@@ -303,23 +352,57 @@ def try_wal_push(argv: list[str]) -> int | None:
     settings = load_settings(config, repo, os.environ)
     settings.verbose = verbose
     name = os.path.basename(path)
-    if settings.push_ahead <= 0 or not WAL_NAME_RE.match(name):
+    if settings.push_ahead <= 0 or not is_wal_name(name):
         return None
     status = status_dir(settings.status_dir, settings.repo, os.getcwd(), create=False)  # none: nothing pushed
     record_path = os.path.join(status, name)
-    record = read_json(record_path)
+    record = read_record(record_path)
     if record is None:
-        return None
+        record = wait_for_pusher(status, name, settings.wait_timeout)
+        if record is None:
+            return None
     st = os.stat(path)
     if not record_matches(record, name, settings.repo, st):
         _say(settings, f"{name}: push-ahead record does not match the file any more; pushing it again")
         return None
     # PostgreSQL marks the file .done when we return 0; a crash before that makes it call again,
     # and then the full path finds the identical object in the repository.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(record_path)
+    remove_file(record_path)
     _say(settings, f"{name} was already pushed ahead (fast path)")
     return 0
+
+
+def pushing_pid(status: str, name: str) -> int | None:
+    """The pid in NAME.pushing if that process is alive: someone is pushing ``name`` right now."""
+    marker = read_record(os.path.join(status, name + PUSHING_SUFFIX))
+    if marker is None:
+        return None
+    try:
+        pid = int(marker.get("pid", ""))
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass  # alive, another user's (cannot be: the directory is private), still alive
+    return pid
+
+
+def wait_for_pusher(status: str, name: str, timeout: float) -> dict[str, str] | None:
+    """The record of ``name`` once the live pusher has stored it; None when it will not (full path then)."""
+    import time
+
+    if not holder_alive(status, PUSH_LOCK_FILE) or pushing_pid(status, name) is None:
+        return None
+    record_path = os.path.join(status, name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.003)
+        record = read_record(record_path)
+        if record is not None:
+            return record
+        if not os.path.exists(record_path + PUSHING_SUFFIX):
+            return read_record(record_path)  # done (the record is written before the marker goes) or failed
+    return None
 
 
 def try_wal_fetch(argv: list[str]) -> int | None:
@@ -327,7 +410,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     if parsed is None or len(parsed[3]) != 2:
         return None
     config, repo, verbose, (name, dest) = parsed
-    if not SEGMENT_RE.match(name):
+    if not is_segment_name(name):
         return None
     settings = load_settings(config, repo, os.environ)
     settings.verbose = verbose
@@ -341,8 +424,8 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     meta_path = source + META_SUFFIX
     request = os.path.join(spool, REQUEST_FILE)
     # Tell the prefetcher where recovery is (and that this one is not served yet, so it keeps or fetches it).
-    write_json_atomically(request, {"v": RECORD_VERSION, "name": name, "served": False})
-    meta = read_json(meta_path)
+    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 0})
+    meta = read_record(meta_path)
     if meta is None:
         meta = wait_for_prefetcher(spool, name, settings.wait_timeout)
         if meta is None:
@@ -359,8 +442,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
         if not good:
             # Corrupted, replaced or not ours: never serve it; the full path fetches directly.
             for stale in (source, meta_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stale)
+                remove_file(stale)
             _say(settings, f"{name}: prefetched file failed verification; discarded, fetching directly")
             return None
         dest_abs = os.path.join(cwd, dest)
@@ -371,35 +453,34 @@ def try_wal_fetch(argv: list[str]) -> int | None:
                 return None  # taken by a concurrent call: fetch directly
         else:
             _copy_into_place(fd, st.st_size, dest_abs)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(source)
+            remove_file(source)
     finally:
         os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(meta_path)
-    write_json_atomically(request, {"v": RECORD_VERSION, "name": name, "served": True})
+    remove_file(meta_path)
+    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 1})
     _say(settings, f"restored {name} from the prefetch spool (fast path)")
     return 0
 
 
-def prefetcher_alive(spool: str, *, starting: bool = False) -> bool:
-    """True while a prefetcher holds the spool's lock (probing with a shared lock never takes it from one).
+def holder_alive(directory: str, lock_file: str, starting_file: str | None = None) -> bool:
+    """True while a background process (prefetcher, pusher) holds its lock in ``directory``.
 
-    With ``starting``, also while one was spawned less than STARTING_GRACE seconds ago and has not
-    taken the lock yet (its interpreter is still starting).
+    Probing with a shared lock never takes it from one. With ``starting_file``, also while one was
+    spawned less than STARTING_GRACE seconds ago and has not taken the lock yet (its interpreter is
+    still starting).
     """
     import fcntl
 
-    if starting:
+    if starting_file:
         try:
             import time
 
-            if time.time() - os.stat(os.path.join(spool, STARTING_FILE)).st_mtime < STARTING_GRACE:
+            if time.time() - os.stat(os.path.join(directory, starting_file)).st_mtime < STARTING_GRACE:
                 return True
         except FileNotFoundError:
             pass
     try:
-        fd = os.open(os.path.join(spool, LOCK_FILE), os.O_RDONLY)
+        fd = os.open(os.path.join(directory, lock_file), os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
@@ -411,7 +492,11 @@ def prefetcher_alive(spool: str, *, starting: bool = False) -> bool:
     return False
 
 
-def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, object] | None:
+def prefetcher_alive(spool: str, *, starting: bool = False) -> bool:
+    return holder_alive(spool, LOCK_FILE, STARTING_FILE if starting else None)
+
+
+def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, str] | None:
     """The meta record of ``name`` once a live prefetcher has it; None when it cannot (full path then)."""
     import time
 
@@ -423,7 +508,7 @@ def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, obje
     next_probe = time.monotonic() + 0.2
     while time.monotonic() < deadline:
         time.sleep(0.003)
-        meta = read_json(meta_path)
+        meta = read_record(meta_path)
         if meta is not None:
             return meta
         if os.path.exists(miss_path):
@@ -450,8 +535,7 @@ def _copy_into_place(fd: int, size: int, dest: str) -> None:
             os.close(out)
         os.replace(tmp, dest)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        remove_file(tmp)
 
 
 def try_fast_path(argv: list[str]) -> int | None:

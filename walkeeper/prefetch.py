@@ -67,14 +67,14 @@ class Prefetcher:
         names = set()
         for entry in os.listdir(self.spool):
             base = entry.split(".", 1)[0]
-            if fastpath.SEGMENT_RE.match(base):
+            if fastpath.is_segment_name(base):
                 names.add(base)
         return names
 
     def clear(self, *, temps_only: bool = False) -> None:
         for entry in os.listdir(self.spool):
             if entry.startswith(fastpath.TEMP_PREFIX) or (not temps_only and (
-                    fastpath.SEGMENT_RE.match(entry.split(".", 1)[0]))):
+                    fastpath.is_segment_name(entry.split(".", 1)[0]))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.spool, entry))
 
@@ -98,7 +98,7 @@ class Prefetcher:
         st = os.stat(final)
         # The repository verified the bytes (AEAD, SHA-256, size, page header); from here on the file's
         # identity (inode, size, mtime, ctime) and the boot id show that nobody has touched it since.
-        fastpath.write_json_atomically(final + fastpath.META_SUFFIX, {
+        fastpath.write_record(final + fastpath.META_SUFFIX, {
             "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo,
             "boot_id": fastpath.boot_id(), **fastpath.identity(st),
         })
@@ -155,11 +155,10 @@ class Prefetcher:
                         seen = None
                     if seen != last_seen:
                         last_seen, last_activity = seen, now
-                        record = fastpath.read_json(request_path)
-                        if record and isinstance(record.get("name"), str) and \
-                                fastpath.SEGMENT_RE.match(record["name"]):
+                        record = fastpath.read_record(request_path)
+                        if record and fastpath.is_segment_name(record.get("name", "")):
                             requested = record["name"]
-                            served = record.get("served") is not False
+                            served = record.get("served") != "0"
                     if now - last_activity > idle:
                         log.info("no request for %.0f s; stopping", idle)
                         break

@@ -1,0 +1,181 @@
+"""The background pusher of wal-push: stores the .ready files PostgreSQL has not asked for yet.
+
+Started (detached) by a full-path wal-push when other segments are waiting in
+``pg_wal/archive_status/*.ready``; ``python -m walkeeper.pusher STATUS DATADIR CONFIG REPO [OWN]``
+(OWN: the file the starting call pushes itself, never pushed again by this pusher). One
+per status directory: it holds an exclusive flock on STATUS/push.lock and exits at once when
+another holds it. It pushes the waiting files in PostgreSQL's order with ``workers`` threads, at
+most ``push_ahead`` of them recorded and not yet asked for, and exits after ``idle_timeout``
+seconds with nothing to push.
+
+For each file: NAME.pushing (its pid) while it works, so that PostgreSQL's call for NAME waits in
+the fast path instead of pushing it a second time; then the durable store; then the record NAME
+(the file's identity and SHA-256) if the file did not change meanwhile; then NAME.pushing goes.
+A failed or killed push leaves no record: PostgreSQL's own call then pushes the file itself and
+reports what went wrong. Running beside PostgreSQL's calls (instead of inside one of them) lets
+the fast-path calls overlap with compression and upload on a second core.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from walkeeper import fastpath
+from walkeeper.archive import push_file, ready_files
+from walkeeper.config import Config, load_config
+from walkeeper.repository import Repository, open_repository
+
+log = logging.getLogger("walkeeper.pusher")
+POLL = 0.01
+RETRY_FAILED = 5.0  # a failed file is tried again after this long (PostgreSQL's own call reports it)
+PRUNE_EVERY = 1.0
+STALE_TEMP = 60.0
+
+
+class Pusher:
+    def __init__(self, config: Config, repo: Repository, status: str, datadir: str,
+                 skip: frozenset[str] = frozenset()) -> None:
+        self.config = config
+        self.repo = repo
+        self.status = status
+        self.pg_wal = Path(datadir) / "pg_wal"
+        self.limit = max(1, config.archive.push_ahead)
+        self.workers = max(1, config.archive.workers)
+        self.inflight: dict[str, Future[bool]] = {}
+        self.retry_at: dict[str, float] = {}
+        self.skip = set(skip)  # the starting call's own file, and every file this pusher has stored
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.status, name)
+
+    def push_one(self, name: str) -> bool:
+        """Push one .ready file; record it only once it is durably stored and the file did not change."""
+        file = self.pg_wal / name
+        marker = self._path(name) + fastpath.PUSHING_SUFFIX
+        try:
+            fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": name, "pid": os.getpid()})
+            before = os.stat(file)
+            result = push_file(self.repo, file)
+            delay = os.environ.get("WALKEEPER_TEST_PUSH_AHEAD_DELAY")  # fault-injection tests only
+            if delay:
+                time.sleep(float(delay))
+            after = os.stat(file)
+            if fastpath.identity(before) != fastpath.identity(after):
+                log.warning("%s changed while it was pushed ahead; not recording it", name)
+                return False
+            fastpath.write_record(self._path(name), {
+                "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo, "sha256": result.sha256,
+                **fastpath.identity(after)})
+            return True
+        except Exception as exc:  # PostgreSQL's own call will push it again and report the error
+            log.warning("push-ahead of %s failed (PostgreSQL's own call will retry it): %s", name, exc)
+            return False
+        finally:
+            fastpath.remove_file(marker)  # after the record: a waiting fast path sees one or the other
+
+    def candidates(self, ready: list[str], recorded: set[str]) -> list[str]:
+        """Waiting files nobody has stored or is storing, within the push-ahead bound, in PostgreSQL's order."""
+        room = self.limit - len(recorded.intersection(ready)) - len(self.inflight)
+        now = time.monotonic()
+        out: list[str] = []
+        for name in ready:
+            if len(out) >= room:
+                break
+            if name in recorded or name in self.inflight or name in self.skip or self.retry_at.get(name, 0) > now:
+                continue
+            pid = fastpath.pushing_pid(self.status, name)
+            if pid is not None and pid != os.getpid():
+                continue  # PostgreSQL's own (full-path) call is pushing it
+            out.append(name)
+        return out
+
+    def recorded(self) -> set[str]:
+        return {n for n in os.listdir(self.status) if fastpath.is_wal_name(n)}
+
+    def prune(self) -> None:
+        """Forget records of files PostgreSQL has removed or recycled, markers of dead pushes, old temps."""
+        now = time.time()
+        for entry in os.listdir(self.status):
+            path = self._path(entry)
+            if entry.startswith(fastpath.TEMP_PREFIX):
+                try:
+                    if now - os.stat(path).st_mtime > STALE_TEMP:
+                        fastpath.remove_file(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            base = entry[:-len(fastpath.PUSHING_SUFFIX)] if entry.endswith(fastpath.PUSHING_SUFFIX) else entry
+            if fastpath.is_wal_name(base) and not (self.pg_wal / base).exists():
+                fastpath.remove_file(path)
+
+    def reap(self) -> bool:
+        """Collect finished pushes; True if any finished."""
+        finished = False
+        for name, future in list(self.inflight.items()):
+            if future.done():
+                del self.inflight[name]
+                finished = True
+                if future.result():
+                    # PostgreSQL's fast-path call removes the record a moment before it renames .ready
+                    # to .done: never push the file again in that moment.
+                    self.skip.add(name)
+                else:
+                    self.retry_at[name] = time.monotonic() + RETRY_FAILED
+        return finished
+
+    def run(self) -> None:
+        idle = self.config.archive.idle_timeout
+        last_work = time.monotonic()
+        next_prune = 0.0
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="push") as pool:
+            while self.pg_wal.is_dir():
+                now = time.monotonic()
+                if now >= next_prune:
+                    self.prune()
+                    next_prune = now + PRUNE_EVERY
+                if self.reap():
+                    last_work = now
+                if len(self.inflight) < self.workers:
+                    todo = self.candidates(ready_files(self.pg_wal), self.recorded())
+                    for name in todo[:self.workers - len(self.inflight)]:
+                        self.inflight[name] = pool.submit(self.push_one, name)
+                        last_work = now
+                if self.inflight:
+                    last_work = now
+                elif now - last_work > idle:
+                    log.info("nothing to push for %.0f s; stopping", idle)
+                    break
+                time.sleep(POLL)
+
+
+def main(argv: list[str]) -> int:
+    status, datadir, config_path, repo_url, *own = argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper pusher[%(process)d]: %(message)s")
+    fd = os.open(os.path.join(status, fastpath.PUSH_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    for attempt in range(50):  # a wal-push probing the lock holds it for microseconds
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 49:
+                return 0  # another pusher serves this status directory
+            time.sleep(0.01)
+    try:
+        config = load_config(config_path or None, repo=repo_url)
+        pusher = Pusher(config, open_repository(config), status, datadir, frozenset(own))
+    finally:
+        fastpath.remove_file(os.path.join(status, fastpath.PUSH_STARTING_FILE))
+    log.info("pushing ahead from %s (up to %d, %d workers)", pusher.pg_wal, pusher.limit, pusher.workers)
+    pusher.run()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -16,7 +16,8 @@ Run as root from the repository root (PostgreSQL runs as the postgres user)::
    walkeeper with its defaults, timed from pg_ctl start to the end of recovery.
 
 CPU and peak RSS are those of the calls (wait4 of each ``sh -c``); background helpers that detach
-(pgBackRest's async process, walkeeper's prefetcher) are not in the CPU column.
+(pgBackRest's async process, walkeeper's pusher and prefetcher) are not in the CPU column. walkeeper's
+helpers log their peak RSS when they stop; a second table lists it.
 """
 
 from __future__ import annotations
@@ -231,8 +232,38 @@ class Bench:
             proc = subprocess.run([str(WALKEEPER_BIN), "key", "generate"], capture_output=True, text=True, check=True)
             self.pg_write(key, proc.stdout, 0o600)
         repo = repo or str(self.work / f"repo-{tag}")
+        # State inside the work directory, so that the helpers' logs (with their peak RSS) can be read;
+        # short idle timeouts, so that they have exited when the report is written.
+        state = self.work / f"wk-state-{tag}"
+        state.mkdir(mode=0o700, exist_ok=True)
+        self.h.give_to_pg(state)
+        archive = f'[archive]\nstatus_dir = "{state}"\nidle_timeout = 3\n'
+        restore = f'[restore]\nspool_dir = "{state}"\nidle_timeout = 3\n'
+        for section in ("[archive]\n", "[restore]\n"):
+            if section in extra:
+                extra = extra.replace(section, archive if section == "[archive]\n" else restore)
+            else:
+                extra += "\n" + (archive if section == "[archive]\n" else restore)
         return self.pg_write(self.work / f"wk-{tag}.toml",
                              f'repo = "{repo}"\n[encryption]\nkey_file = "{key}"\n{extra}\n')
+
+    def helper_rss(self, label: str) -> str:
+        """Peak RSS of walkeeper's detached pusher and prefetcher for one row, from their logs."""
+        tag = self.tags.get(label)
+        if tag is None:
+            return ""
+        state = self.work / f"wk-state-{tag}"
+        deadline = time.time() + 30
+        while time.time() < deadline and subprocess.run(["pgrep", "-f", str(state)],
+                                                         capture_output=True).returncode == 0:
+            time.sleep(0.2)
+        peaks = {"pusher": 0, "prefetch": 0}
+        for log in state.rglob("*.log"):
+            kind = "pusher" if log.name == "push.log" else "prefetch"
+            for line in log.read_text(errors="replace").splitlines():
+                if "peak RSS" in line:
+                    peaks[kind] = max(peaks[kind], int(line.rsplit("peak RSS ", 1)[1].split()[0]))
+        return f"pusher {peaks['pusher']}, prefetcher {peaks['prefetch']}"
 
     def tools(self) -> None:
         from tests.pgharness import WALKEEPER_BIN
@@ -244,14 +275,17 @@ class Bench:
         tools: list[tuple[str, str, str, Path | None, dict[str, str]]] = [
             ("cp (baseline)", f"test ! -f {arch}/%f && cp %p {arch}/%f", f"cp {arch}/%f %p", arch, {}),
         ]
+        self.tags: dict[str, str] = {}
         one = self.walkeeper_config("one", "[archive]\npush_ahead = 0\n[restore]\nprefetch = 0")
         tools.append(("walkeeper, 1 segment/call", f"{wk} --config {one} wal-push %p",
                       f"{wk} --config {one} wal-fetch %f %p", self.work / "repo-one", {}))
         default = self.walkeeper_config("default")
+        self.tags["walkeeper defaults (push-ahead, prefetch)"] = "default"
         tools.append(("walkeeper defaults (push-ahead, prefetch)", f"{wk} --config {default} wal-push %p",
                       f"{wk} --config {default} wal-fetch %f %p", self.work / "repo-default", {}))
         for level in [int(x) for x in self.args.levels.split(",") if x]:
             cfg = self.walkeeper_config(f"l{level}", f"[compression]\nlevel = {level}")
+            self.tags[f"walkeeper defaults, zstd level {level}"] = f"l{level}"
             tools.append((f"walkeeper defaults, zstd level {level}", f"{wk} --config {cfg} wal-push %p",
                           f"{wk} --config {cfg} wal-fetch %f %p", self.work / f"repo-l{level}", {}))
         if not self.args.no_peers:
@@ -328,6 +362,7 @@ class Bench:
             s3.create_bucket(Bucket="wk-bench")
             cfg = self.walkeeper_config("s3", f'[s3]\nendpoint_url = "{endpoint}"\nregion = "us-east-1"',
                                         repo="s3://wk-bench/wal")
+            self.tags["walkeeper defaults, S3 (moto, loopback)"] = "s3"
             out.append(("walkeeper defaults, S3 (moto, loopback)", f"{wk} --config {cfg} wal-push %p",
                         f"{wk} --config {cfg} wal-fetch %f %p", None, env))
         else:
@@ -401,6 +436,11 @@ class Bench:
                     f"| {row['label']} | {direction} | {n / total:.1f} | {n * 16 / total:.0f} | "
                     f"{statistics.median(walls) * 1000:.0f} | {max(walls) * 1000:.0f} | "
                     f"{sum(c[1] for c in calls):.2f} | {max(c[2] for c in calls) / 1024:.0f} | {ratio} |")
+        helpers = [(row["label"], self.helper_rss(str(row["label"]))) for row in self.rows]
+        helpers = [(label, text) for label, text in helpers if text]
+        if helpers:
+            lines += ["", "| walkeeper's detached helpers | peak RSS MiB |", "|---|---|"]
+            lines += [f"| {label} | {text} |" for label, text in helpers]
         if getattr(self, "pitr_rows", None):
             lines += ["", "| PITR replay from a base backup | segments restored | seconds | vs cp |",
                       "|---|---:|---:|---:|"]

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -216,7 +217,7 @@ def main(argv: list[str]) -> int:
             os.unlink(os.path.join(spool, fastpath.STARTING_FILE))
     log.info("prefetching into %s for %s (depth %d)", spool, datadir, prefetcher.depth)
     prefetcher.run()
-    log.info("stopped")
+    log.info("stopped (peak RSS %d MiB)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import resource
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -173,7 +174,7 @@ def main(argv: list[str]) -> int:
         fastpath.remove_file(os.path.join(status, fastpath.PUSH_STARTING_FILE))
     log.info("pushing ahead from %s (up to %d, %d workers)", pusher.pg_wal, pusher.limit, pusher.workers)
     pusher.run()
-    log.info("stopped")
+    log.info("stopped (peak RSS %d MiB)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     return 0
 
 

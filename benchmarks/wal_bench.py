@@ -10,7 +10,8 @@ Run as root from the repository root (PostgreSQL runs as the postgres user)::
 2. For every tool, a driver running as postgres calls the archive command exactly as PostgreSQL
    does: via ``sh -c``, one call per segment, serially, working directory = the data directory,
    ``%p`` = ``pg_wal/NAME``, and renames ``.ready`` to ``.done`` after each success. Then the restore
-   command, ``%p`` = ``pg_wal/RECOVERYXLOG`` in a directory with recovery.signal. Every restored
+   command, ``%p`` = ``pg_wal/RECOVERYXLOG`` (removed before each call, as PostgreSQL does) in a directory
+   with recovery.signal. Every restored
    file is compared with the original (outside the timing).
 3. A PITR of ``--pitr-segments`` segments from a base backup, from a plain ``cp`` archive and from
    walkeeper with its defaults, timed from pg_ctl start to the end of recovery.
@@ -82,6 +83,9 @@ def drive(spec_path: str) -> None:
         calls = []
         for name in spec["names"]:
             cmd = spec["cmd"].replace("%p", "pg_wal/RECOVERYXLOG").replace("%f", name)
+            # PostgreSQL removes RECOVERYXLOG before each call (RestoreArchivedFile); replacing an existing
+            # file instead would make ext4 (auto_da_alloc) start writing the new one back at once.
+            (target / "pg_wal" / "RECOVERYXLOG").unlink(missing_ok=True)
             code, wall, cpu, rss = run_call(cmd, str(target), env)
             if code != 0:
                 raise SystemExit(f"restore command failed ({code}) for {name}: {cmd}")
@@ -112,6 +116,13 @@ def main() -> None:
     if args.drive:
         drive(args.drive)
         return
+    installed = subprocess.run([str(Path(sys.executable).parent / "python"), "-c",
+                                "import walkeeper, sys; sys.stdout.write(walkeeper.__file__)"],
+                               capture_output=True, text=True, cwd="/").stdout
+    if "site-packages" not in installed or list(Path(installed).parents[1].glob("__editable__*")):
+        raise SystemExit(f"walkeeper is not installed as a regular package in {sys.prefix} ({installed or 'missing'}):"
+                         " an editable install adds an import hook to every call. Run: "
+                         f"{sys.prefix}/bin/pip install .")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     Bench(args).run()
 
@@ -257,13 +268,16 @@ class Bench:
         while time.time() < deadline and subprocess.run(["pgrep", "-f", str(state)],
                                                          capture_output=True).returncode == 0:
             time.sleep(0.2)
-        peaks = {"pusher": 0, "prefetch": 0}
+        peaks = {"pusher": 0, "prefetcher": 0}
+        cpu = {"pusher": 0.0, "prefetcher": 0.0}
         for log in state.rglob("*.log"):
-            kind = "pusher" if log.name == "push.log" else "prefetch"
+            kind = "pusher" if log.name == "push.log" else "prefetcher"
             for line in log.read_text(errors="replace").splitlines():
-                if "peak RSS" in line:
-                    peaks[kind] = max(peaks[kind], int(line.rsplit("peak RSS ", 1)[1].split()[0]))
-        return f"pusher {peaks['pusher']}, prefetcher {peaks['prefetch']}"
+                if "peak RSS" in line:  # "stopped (peak RSS 80 MiB, CPU 3.10 s)"
+                    rss, _, used = line.rsplit("peak RSS ", 1)[1].partition(", CPU ")
+                    peaks[kind] = max(peaks[kind], int(rss.split()[0]))
+                    cpu[kind] += float(used.split()[0])
+        return " | ".join(f"{peaks[k]} | {cpu[k]:.2f}" for k in ("pusher", "prefetcher"))
 
     def tools(self) -> None:
         from tests.pgharness import WALKEEPER_BIN
@@ -439,7 +453,8 @@ class Bench:
         helpers = [(row["label"], self.helper_rss(str(row["label"]))) for row in self.rows]
         helpers = [(label, text) for label, text in helpers if text]
         if helpers:
-            lines += ["", "| walkeeper's detached helpers | peak RSS MiB |", "|---|---|"]
+            lines += ["", "| walkeeper's detached helpers | pusher peak RSS MiB | pusher CPU s "
+                      "| prefetcher peak RSS MiB | prefetcher CPU s |", "|---|---:|---:|---:|---:|"]
             lines += [f"| {label} | {text} |" for label, text in helpers]
         if getattr(self, "pitr_rows", None):
             lines += ["", "| PITR replay from a base backup | segments restored | seconds | vs cp |",

@@ -217,7 +217,8 @@ def main(argv: list[str]) -> int:
             os.unlink(os.path.join(spool, fastpath.STARTING_FILE))
     log.info("prefetching into %s for %s (depth %d)", spool, datadir, prefetcher.depth)
     prefetcher.run()
-    log.info("stopped (peak RSS %d MiB)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    log.info("stopped (peak RSS %d MiB, CPU %.2f s)", usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
     return 0
 
 

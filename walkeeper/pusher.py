@@ -174,7 +174,8 @@ def main(argv: list[str]) -> int:
         fastpath.remove_file(os.path.join(status, fastpath.PUSH_STARTING_FILE))
     log.info("pushing ahead from %s (up to %d, %d workers)", pusher.pg_wal, pusher.limit, pusher.workers)
     pusher.run()
-    log.info("stopped (peak RSS %d MiB)", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    log.info("stopped (peak RSS %d MiB, CPU %.2f s)", usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
     return 0
 
 

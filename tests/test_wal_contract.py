@@ -310,3 +310,20 @@ def test_env_overrides_config(setup: Setup) -> None:
     assert push(setup, name, data, env={"WALKEEPER_REPO": str(other)}).returncode == 0
     assert (other / "wal" / "00000001" / name).exists() and not setup.repo.exists()
     assert os.path.exists(other / "walkeeper.json")
+
+
+@pytest.mark.parametrize("self_check", ["true", "false"])
+def test_self_check_setting_keeps_the_contract(setup: Setup, self_check: str) -> None:
+    """[archive] self_check only decides whether the object is decoded before it is stored."""
+    name, seg = make_segment(1, 5, sysid=SYSID)
+    env = {"WALKEEPER_ARCHIVE_SELF_CHECK": self_check}
+    assert push(setup, name, seg, env=env).returncode == 0
+    assert push(setup, name, seg, env=env).returncode == 0  # identical re-push
+    other = bytearray(seg)
+    other[9000] ^= 1
+    proc = push(setup, name, bytes(other), env=env)
+    assert proc.returncode == 6 and "different content" in proc.stderr
+    proc, dest = fetch(setup, name)
+    assert proc.returncode == 0 and dest.read_bytes() == seg
+    bad = push(setup, name, seg, env={"WALKEEPER_ARCHIVE_SELF_CHECK": "maybe"})
+    assert bad.returncode == 3 and "SELF_CHECK" in bad.stderr

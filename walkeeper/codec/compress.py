@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,6 +95,28 @@ def decompress_all(method: str, data: bytes, size: int) -> bytes:
         if declared > size:
             raise IntegrityError(f"compressed data claims {declared} bytes, but the object records {size}")
         return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"compressed data is corrupted or truncated ({exc})") from None
+
+
+def decompress_chunks(method: str, data: bytes, size: int, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+    """The decompressed ``data`` in pieces of at most ``chunk`` bytes, never more than ``size`` in all."""
+    if method == "none":
+        for start in range(0, len(data), chunk):
+            yield data[start:start + chunk]
+        return
+    if method != "zstd":
+        raise IntegrityError(f"object uses unknown compression {method!r}")
+    import zstandard
+
+    total = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            while piece := reader.read(chunk):
+                total += len(piece)
+                if total > size:
+                    raise IntegrityError(f"compressed data holds more than the {size} bytes the object records")
+                yield piece
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"compressed data is corrupted or truncated ({exc})") from None
 

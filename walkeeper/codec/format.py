@@ -22,7 +22,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from walkeeper.codec.compress import Compression, StreamDecompressor, decompress_all, decompressor
+from walkeeper.codec.compress import (
+    Compression,
+    StreamDecompressor,
+    decompress_all,
+    decompress_chunks,
+    decompressor,
+)
 from walkeeper.codec.keys import Keyring
 from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
 
@@ -368,14 +374,18 @@ def check_round_trip(keyring: Keyring | None, blob: bytes, *, name: str, plain: 
 
     A byte comparison with the original replaces a second SHA-256 pass: if the decoded bytes equal
     ``plain`` and the trailer and header record ``sha256`` (the caller's digest of ``plain``), a later
-    full decode will verify.
+    full decode will verify. Decoded in chunks and compared as it goes, so no second copy of
+    ``plain`` is ever held.
     """
     decoder = Decoder(keyring, expected_name=name)
     compressed = b"".join(decoder.payloads(_BytesReader(blob).read))
     assert decoder.header is not None and decoder.trailer is not None
-    decoded = decompress_all(decoder.header.compression, compressed, decoder.trailer[1])
-    del compressed
-    if decoded != plain:
-        raise IntegrityError(f"self-check failed for {name}: the encoded object does not decode back to the file")
-    del decoded
+    pos = 0
+    for chunk in decompress_chunks(decoder.header.compression, compressed, decoder.trailer[1]):
+        if not plain.startswith(chunk, pos):  # a memcmp in place: no copy of the slice
+            raise IntegrityError(f"self-check failed for {name}: the encoded object does not decode back to the file")
+        pos += len(chunk)
+    if pos != len(plain):
+        raise IntegrityError(f"self-check failed for {name}: the encoded object decodes to {pos} bytes, "
+                             f"the file has {len(plain)}")
     decoder.check(bytes.fromhex(sha256), len(plain))

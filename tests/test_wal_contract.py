@@ -327,3 +327,23 @@ def test_self_check_setting_keeps_the_contract(setup: Setup, self_check: str) ->
     assert proc.returncode == 0 and dest.read_bytes() == seg
     bad = push(setup, name, seg, env={"WALKEEPER_ARCHIVE_SELF_CHECK": "maybe"})
     assert bad.returncode == 3 and "SELF_CHECK" in bad.stderr
+
+
+def test_push_without_looking_first_never_overwrites(backend_setup: Setup) -> None:
+    """The pusher stores without a prior HEAD/stat: the no-clobber store still decides, on every backend."""
+    from walkeeper.config import load_config
+    from walkeeper.errors import ConflictError
+    from walkeeper.repository import open_repository
+    from walkeeper.wal import parse_wal_name
+
+    repo = open_repository(load_config(str(backend_setup.config)))
+    name, seg = make_segment(1, 7, sysid=SYSID)
+    repo.ensure_identity(SYSID, len(seg), None)
+    first = repo.push_wal(parse_wal_name(name), seg, look_first=False)
+    again = repo.push_wal(parse_wal_name(name), seg, look_first=False)
+    assert first.stored and not again.stored and again.sha256 == first.sha256
+    other = bytearray(seg)
+    other[9000] ^= 1
+    with pytest.raises(ConflictError, match="different content"):
+        repo.push_wal(parse_wal_name(name), bytes(other), look_first=False)
+    assert repo.fetch_wal(parse_wal_name(name)) == seg

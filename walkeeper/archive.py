@@ -38,8 +38,8 @@ def read_wal_file(path: Path) -> bytes:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def push_file(repo: Repository, path: Path) -> PushResult:
-    """Validate one WAL file and store it: the body of archive_command."""
+def push_file(repo: Repository, path: Path, *, look_first: bool = True) -> PushResult:
+    """Validate one WAL file and store it: the body of archive_command (``look_first``: see push_wal)."""
     name = parse_wal_name(path.name)
     data = read_wal_file(path)
     if name.is_segment_like:
@@ -47,7 +47,7 @@ def push_file(repo: Repository, path: Path) -> PushResult:
         repo.ensure_identity(header.system_identifier, header.segment_size, header.pg_version)
     else:
         repo.ensure_identity(None, None, None)
-    return repo.push_wal(name, data)
+    return repo.push_wal(name, data, look_first=look_first)
 
 
 def wal_push(config: Config, path: str) -> PushResult:

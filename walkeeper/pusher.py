@@ -62,7 +62,7 @@ class Pusher:
         try:
             fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": name, "pid": os.getpid()})
             before = os.stat(file)
-            result = push_file(self.repo, file)
+            result = push_file(self.repo, file, look_first=False)  # files ahead are rarely stored already
             delay = os.environ.get("WALKEEPER_TEST_PUSH_AHEAD_DELAY")  # fault-injection tests only
             if delay:
                 time.sleep(float(delay))

@@ -218,11 +218,16 @@ class Repository:
             raise IntegrityError(f"stored object {key} records no checksum")
         return header.sha256
 
-    def push_wal(self, name: WalName, data: bytes) -> PushResult:
-        """Store one WAL file durably; identical re-push is a no-op, different content is refused."""
+    def push_wal(self, name: WalName, data: bytes, *, look_first: bool = True) -> PushResult:
+        """Store one WAL file durably; identical re-push is a no-op, different content is refused.
+
+        ``look_first`` checks for a stored object before encoding (cheap re-pushes after a crash);
+        without it the no-clobber store finds out (one request less per object on S3). Either way
+        nothing stored is ever overwritten.
+        """
         key = wal_key(name)
         new_sha = hashlib.sha256(data).hexdigest()
-        existing = self.stored_sha256(key)
+        existing = self.stored_sha256(key) if look_first else None
         if existing is not None:
             return self._duplicate(name, existing, new_sha, len(data))
         blob, sha = encode_bytes(self.codec, name.name, data, sha256=new_sha)

@@ -122,7 +122,7 @@ def build_codec(config: Config) -> CodecSettings:
 class Repository:
     """WAL objects, repository identity and (later) backups, over one Storage."""
 
-    def __init__(self, storage: Storage, codec: CodecSettings | None = None, *, self_check: bool = True) -> None:
+    def __init__(self, storage: Storage, codec: CodecSettings | None = None, *, self_check: bool = False) -> None:
         self.storage = storage
         self._codec = codec
         self.self_check = self_check

@@ -389,3 +389,17 @@ def test_tablespaces_are_staged_and_mapped(setup: Setup) -> None:
             == str(moved)
     finally:
         cluster.stop()
+
+
+def test_whole_second_mtimes_count_as_anywhere_in_their_second() -> None:
+    """S3 lists LastModified in whole seconds; a segment stored 0.4 s after the target lists before it."""
+    from datetime import UTC, datetime
+
+    from walkeeper.pitr import archived_after
+
+    target = datetime(2026, 11, 21, 12, 0, 0, 300000, tzinfo=UTC)
+    second = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert archived_after(second, target)  # S3: stored somewhere in 12:00:00.000-.999
+    assert not archived_after(second - 1, target)  # 11:59:59.x: surely before
+    assert not archived_after(second + 0.2, target)  # a precise (local) mtime before the target
+    assert archived_after(second + 0.4, target)

@@ -314,10 +314,23 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
         if last is not None and segno >= last:
             return segment_name(tli_for(first), first, size), name, count
         if target.kind == "time" and target.time is not None and \
-                datetime.fromtimestamp(mtime, UTC) > target.time and segno > (parse_lsn(backup.stop_lsn) - 1) // size:
+                archived_after(mtime, target.time) and segno > (parse_lsn(backup.stop_lsn) - 1) // size:
             # The first segment archived after the target time holds (or passes) the target.
             return segment_name(tli_for(first), first, size), name, count
         segno += 1
+
+
+def archived_after(mtime: float, moment: datetime) -> bool:
+    """Whether an object stored at ``mtime`` may have been stored after ``moment``.
+
+    S3 reports LastModified in whole seconds: an object stored at 12:00:00.700 lists as 12:00:00, before
+    a target of 12:00:00.300. A whole-second mtime therefore counts as anywhere in its second. Erring
+    this way is safe: if the archive really ends before the target, PostgreSQL itself stops with
+    "recovery ended before configured recovery target was reached" instead of ending recovery early.
+    """
+    if mtime == int(mtime):
+        mtime += 1
+    return datetime.fromtimestamp(mtime, UTC) > moment
 
 
 def _gap(name: str, backup: BackupMeta, target: Target) -> GapError:

@@ -492,6 +492,25 @@ def holder_alive(directory: str, lock_file: str, starting_file: str | None = Non
     return False
 
 
+def take_exclusive_lock(directory: str, lock_file: str) -> int | None:
+    """The descriptor holding the exclusive flock that makes a helper the only one for ``directory``.
+
+    None when another helper holds it. The descriptor stays open for the helper's lifetime.
+    """
+    import fcntl
+    import time
+
+    fd = os.open(os.path.join(directory, lock_file), os.O_RDWR | os.O_CREAT, 0o600)
+    for _ in range(50):  # a call probing with holder_alive holds it for microseconds
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            time.sleep(0.01)
+    os.close(fd)
+    return None
+
+
 def prefetcher_alive(spool: str, *, starting: bool = False) -> bool:
     return holder_alive(spool, LOCK_FILE, STARTING_FILE if starting else None)
 

@@ -14,7 +14,6 @@ seconds without a request.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import resource
@@ -197,15 +196,8 @@ class Prefetcher:
 def main(argv: list[str]) -> int:
     spool, datadir, config_path, repo_url = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper prefetch[%(process)d]: %(message)s")
-    fd = os.open(os.path.join(spool, fastpath.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    for attempt in range(50):  # a wal-fetch probing the lock holds it for microseconds
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if attempt == 49:
-                return 0  # another prefetcher serves this spool
-            time.sleep(0.01)
+    if fastpath.take_exclusive_lock(spool, fastpath.LOCK_FILE) is None:
+        return 0  # another prefetcher serves this spool
     try:
         config = load_config(config_path or None, repo=repo_url)
         repo = open_repository(config)

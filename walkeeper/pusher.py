@@ -18,7 +18,6 @@ the fast-path calls overlap with compression and upload on a second core.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import resource
@@ -158,15 +157,8 @@ class Pusher:
 def main(argv: list[str]) -> int:
     status, datadir, config_path, repo_url, *own = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper pusher[%(process)d]: %(message)s")
-    fd = os.open(os.path.join(status, fastpath.PUSH_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    for attempt in range(50):  # a wal-push probing the lock holds it for microseconds
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if attempt == 49:
-                return 0  # another pusher serves this status directory
-            time.sleep(0.01)
+    if fastpath.take_exclusive_lock(status, fastpath.PUSH_LOCK_FILE) is None:
+        return 0  # another pusher serves this status directory
     try:
         config = load_config(config_path or None, repo=repo_url)
         pusher = Pusher(config, open_repository(config), status, datadir, frozenset(own))

@@ -172,6 +172,28 @@ def test_fast_path_waits_for_the_segment_the_pusher_is_storing(setup: Setup, wal
         os.kill(pid, signal.SIGTERM)
 
 
+def test_call_waiting_for_a_pusher_that_dies_pushes_the_file_itself(setup: Setup, wal_source: Path) -> None:
+    configure(setup, "push_ahead = 16\nworkers = 1")
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    slow = {"WALKEEPER_TEST_PUSH_AHEAD_DELAY": "60"}  # stores names[1], then stalls before its record
+    assert setup.wk("wal-push", f"pg_wal/{names[0]}", cwd=data, env=slow).returncode == 0
+    wait_for(lambda: stored(setup, names[1]) and any(
+        p.name == f"{names[1]}.pushing" for p in (setup.work / "status").glob("*/*")))
+    cmd = as_pg([str(WALKEEPER_BIN), "--config", str(setup.config), "-v", "wal-push", f"pg_wal/{names[1]}"])
+    call = subprocess.Popen(cmd, cwd=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert call.poll() is None, "the call waits for the pusher's record"
+    for pid in pusher_pids(setup):
+        os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    _out, err = call.communicate(timeout=20)
+    # Not 30 s of waiting for a dead pusher, and not a fast-path "yes": the full path finds the object.
+    assert call.returncode == 0 and time.monotonic() - start < 5, err
+    assert "fast path" not in err and "already archived with identical content" in err, err
+    assert names[1] not in status_records(setup)
+
+
 def test_changed_file_is_not_taken_for_pushed(setup: Setup, wal_source: Path) -> None:
     configure(setup, "push_ahead = 16")
     data = copy_datadir(wal_source, setup.work / "data")

@@ -115,6 +115,7 @@ def start_pusher(config: Config, status: str, own: Path) -> bool:
 # time per 30 segments in the pusher, 0.2-0.4 s with these settings (same peak RSS).
 _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 128 * 1024 * 1024
+LOG_MAX = 1024 * 1024
 
 
 def _spawn(module_args: list[str], cwd: str, log_path: str) -> bool:
@@ -123,6 +124,9 @@ def _spawn(module_args: list[str], cwd: str, log_path: str) -> bool:
     A fresh interpreter rather than a fork of this one: forking saved ~0.1 s of CPU per helper
     (measured), not worth a helper that ``ps`` shows as "wal-fetch" and that shares the caller's sockets.
     """
+    with contextlib.suppress(OSError):
+        if os.stat(log_path).st_size > LOG_MAX:
+            os.replace(log_path, log_path + ".1")  # keep one older log: each helper appends a few lines
     log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     with log_file:
         subprocess.Popen(

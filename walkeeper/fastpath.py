@@ -252,7 +252,7 @@ def write_record(path: str, doc: dict[str, object]) -> None:
     for key, value in doc.items():
         text = str(value)
         if "\n" in text or "=" in key or "\n" in key:
-            raise ValueError(f"record field {key!r} cannot hold a newline")
+            raise ValueError(f"record field {key!r} must fit on one line (and its name hold no '=')")
         lines.append(f"{key}={text}\n")
     tmp = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
     try:
@@ -383,7 +383,7 @@ def pushing_pid(status: str, name: str) -> int | None:
     except (ValueError, ProcessLookupError):
         return None
     except PermissionError:
-        pass  # alive, another user's (cannot be: the directory is private), still alive
+        pass  # a live process of another user: alive all the same
     return pid
 
 
@@ -395,6 +395,7 @@ def wait_for_pusher(status: str, name: str, timeout: float) -> dict[str, str] | 
         return None
     record_path = os.path.join(status, name)
     deadline = time.monotonic() + timeout
+    next_probe = time.monotonic() + 0.2
     while time.monotonic() < deadline:
         time.sleep(0.003)
         record = read_record(record_path)
@@ -402,6 +403,10 @@ def wait_for_pusher(status: str, name: str, timeout: float) -> dict[str, str] | 
             return record
         if not os.path.exists(record_path + PUSHING_SUFFIX):
             return read_record(record_path)  # done (the record is written before the marker goes) or failed
+        if time.monotonic() > next_probe:
+            if pushing_pid(status, name) is None:
+                return None  # the pusher died with the file half done: the full path pushes it
+            next_probe = time.monotonic() + 0.2
     return None
 
 

@@ -110,6 +110,11 @@ def test_pitr_story(backend_setup: Setup) -> None:
         marks["lsn"] = primary.psql("select pg_current_wal_insert_lsn()")
 
         pgbench(primary, 100)
+        marks["xid"] = primary.psql(
+            "with ins as (insert into notes(note) values ('at the XID') returning 1) select txid_current() from ins")
+        states["xid"] = primary.psql(STATE_SQL)
+
+        pgbench(primary, 100)
         primary.psql("drop table pgbench_history")  # the accident
         archive_everything(primary)
     finally:
@@ -134,6 +139,7 @@ def test_pitr_story(backend_setup: Setup) -> None:
         ("time", ["--target-time", marks["time"]]),
         ("name", ["--target-name", "before-the-accident"]),
         ("lsn", ["--target-lsn", marks["lsn"]]),
+        ("xid", ["--target-xid", marks["xid"]]),
         ("immediate", ["--target-immediate"]),
     ]
     for kind, args in cases:

@@ -434,13 +434,8 @@ class Bench:
         self.pitr_rows = []
         for label, cmd in (("cp archive", f"cp {arch}/%f %p"),
                            ("walkeeper defaults", f"{WALKEEPER_BIN} --config {default} wal-fetch %f %p")):
-            target = self.h.Cluster(self.work / f"pitr-{len(self.pitr_rows)}")
-            shutil.copytree(self.backup, target.datadir, symlinks=True)
-            self.h.give_to_pg(target.datadir)
-            target.configure({**target.base_settings(), "archive_mode": "off", "restore_command": cmd,
-                              "fsync": "off", "recovery_target_action": "promote"})
-            (target.datadir / "recovery.signal").touch()
-            self.h.give_to_pg(target.datadir)
+            target = self.h.Cluster.from_backup(self.backup, self.work / f"pitr-{len(self.pitr_rows)}", cmd,
+                                                {"fsync": "off", "recovery_target_action": "promote"})
             t0 = time.perf_counter()
             target.start(wait=False)
             deadline = time.time() + 1800

@@ -84,6 +84,19 @@ class Cluster:
         self.sockdir = self.datadir.parent / f"sock-{self.port}"
         self.logfile = self.datadir.parent / f"{self.datadir.name}.log"
 
+    @classmethod
+    def from_backup(cls, backup: Path, datadir: Path, restore_command: str,
+                    settings: dict[str, str | int] | None = None) -> Cluster:
+        """A copy of a plain-format base backup set up to recover through ``restore_command`` (not started)."""
+        cluster = cls(datadir)
+        shutil.copytree(backup, cluster.datadir, symlinks=True)
+        give_to_pg(cluster.datadir)
+        cluster.configure({**cluster.base_settings(), "archive_mode": "off", "restore_command": restore_command,
+                           **(settings or {})})
+        (cluster.datadir / "recovery.signal").touch()
+        give_to_pg(cluster.datadir)
+        return cluster
+
     def initdb(self, *extra: str) -> Cluster:
         run_pg([PG_BIN / "initdb", "-D", self.datadir, "-A", "trust", "-U", PG_USER, "--no-sync", *extra])
         return self

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from tests.conftest import Setup
-from tests.pgharness import PG_BIN, Cluster, give_to_pg, run_pg, walkeeper_cmd
+from tests.pgharness import PG_BIN, Cluster, run_pg, walkeeper_cmd
 
 pytestmark = pytest.mark.postgres
 
@@ -59,13 +59,7 @@ def test_postgres_archives_and_replays_through_walkeeper(setup: Setup) -> None:
 
     # Rebuild from the backup + archive only; the original data directory is gone.
     shutil.rmtree(primary.datadir)
-    restored = Cluster(setup.work / "restored")
-    shutil.copytree(backup, restored.datadir, symlinks=True)
-    give_to_pg(restored.datadir)
-    restored.configure({**restored.base_settings(), "archive_mode": "off",
-                        "restore_command": f"{walkeeper_cmd(setup.config)} wal-fetch %f %p"})
-    (restored.datadir / "recovery.signal").touch()
-    give_to_pg(restored.datadir)
+    restored = Cluster.from_backup(backup, setup.work / "restored", f"{walkeeper_cmd(setup.config)} wal-fetch %f %p")
     restored.start()
     try:
         restored.wait_recovery_done()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Setup
-from tests.pgharness import PG_BIN, Cluster, free_port, give_to_pg, run_pg, walkeeper_cmd
+from tests.pgharness import PG_BIN, Cluster, free_port, run_pg, walkeeper_cmd
 from tests.servers import S3Server, SshServer
 from walkeeper.config import load_config
 from walkeeper.errors import FATAL_BASE, NotFound, StorageError, TransientError
@@ -119,13 +119,7 @@ def test_postgres_archives_to_remote_target_and_recovers(backend_setup: Setup) -
     assert last <= tl1["last"] and tl1["gaps"] == []
 
     shutil.rmtree(primary.datadir)
-    restored = Cluster(setup.work / "restored")
-    shutil.copytree(backup, restored.datadir, symlinks=True)
-    give_to_pg(restored.datadir)
-    restored.configure({**restored.base_settings(), "archive_mode": "off",
-                        "restore_command": f"{walkeeper_cmd(setup.config)} wal-fetch %f %p"})
-    (restored.datadir / "recovery.signal").touch()
-    give_to_pg(restored.datadir)
+    restored = Cluster.from_backup(backup, setup.work / "restored", f"{walkeeper_cmd(setup.config)} wal-fetch %f %p")
     restored.start()
     try:
         restored.wait_recovery_done()

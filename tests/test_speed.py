@@ -510,13 +510,8 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
         primary.stop()
 
     # PITR-style replay through the prefetcher.
-    restored = Cluster(setup.work / "restored")
-    shutil.copytree(backup, restored.datadir, symlinks=True)
-    give_to_pg(restored.datadir)
-    restored.configure({**restored.base_settings(), "archive_mode": "off",
-                        "restore_command": f"{walkeeper_cmd(setup.config)} -v wal-fetch %f %p"})
-    (restored.datadir / "recovery.signal").touch()
-    give_to_pg(restored.datadir)
+    restored = Cluster.from_backup(backup, setup.work / "restored",
+                                   f"{walkeeper_cmd(setup.config)} -v wal-fetch %f %p")
     restored.start()
     try:
         restored.wait_recovery_done(timeout=180)
@@ -599,12 +594,7 @@ def test_postgres_timeline_switch_while_prefetching(setup: Setup) -> None:
         primary.stop()
 
     def restore(name: str, settings: dict[str, str | int], *, warm: bool = False) -> Cluster:
-        cluster = Cluster(setup.work / name)
-        shutil.copytree(backup, cluster.datadir, symlinks=True)
-        give_to_pg(cluster.datadir)
-        cluster.configure({**cluster.base_settings(), "restore_command": f"{wk} -v wal-fetch %f %p", **settings})
-        (cluster.datadir / "recovery.signal").touch()
-        give_to_pg(cluster.datadir)
+        cluster = Cluster.from_backup(backup, setup.work / name, f"{wk} -v wal-fetch %f %p", settings)
         if warm:  # the prefetcher runs ahead on timeline 1 (past the fork) before PostgreSQL asks anything
             start = re.search(r"START WAL LOCATION: .*\(file ([0-9A-F]{24})\)",
                               (cluster.datadir / "backup_label").read_text()).group(1)

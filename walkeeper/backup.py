@@ -55,6 +55,7 @@ from walkeeper.errors import (
     WalkeeperError,
 )
 from walkeeper.repository import Repository, open_repository, wal_key
+from walkeeper.units import human_bytes
 from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,9 @@ class Progress:
     def _show(self, now: float) -> None:
         elapsed = max(now - self.start, 1e-6)
         rate = self.done / elapsed
-        text = f"\r{self.what}: {human(self.done)} at {human(rate)}/s"
+        text = f"\r{self.what}: {human_bytes(self.done)} at {human_bytes(rate)}/s"
         if self.total and rate > 0 and self.done < self.total:
-            text += f", ~{human(self.total)} total, ETA {int((self.total - self.done) / rate)}s"
+            text += f", ~{human_bytes(self.total)} total, ETA {int((self.total - self.done) / rate)}s"
         sys.stderr.write(text.ljust(78))
         sys.stderr.flush()
 
@@ -171,14 +172,6 @@ class Progress:
         if self.enabled:
             self._show(time.monotonic())
             sys.stderr.write("\n")
-
-
-def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 # -- reading a tar as it streams by --------------------------------------------------------------

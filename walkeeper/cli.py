@@ -261,7 +261,8 @@ def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | 
     """Take a base backup with pg_basebackup, streamed into the repository."""
     from dataclasses import asdict
 
-    from walkeeper.backup import BackupOptions, ConnOptions, human, take_backup
+    from walkeeper.backup import BackupOptions, ConnOptions, take_backup
+    from walkeeper.units import human_bytes as human
 
     options = BackupOptions(conn=ConnOptions(host, port, user, dbname), label=label,
                             fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout)
@@ -288,9 +289,9 @@ def backups_group(ctx: click.Context, as_json: bool) -> None:
 def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from walkeeper.backup import human
     from walkeeper.catalog import Catalog
     from walkeeper.repository import open_repository
+    from walkeeper.units import human_bytes as human
 
     catalog = Catalog(open_repository(app.config))
     backups = catalog.backups()
@@ -347,7 +348,8 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
 @handle_errors()
 def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...]) -> None:
     """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
-    from walkeeper.backup import human, restore
+    from walkeeper.backup import restore
+    from walkeeper.units import human_bytes as human
 
     result = restore(app.config, backup_id, pgdata, tablespace_map)
     click.echo(f"restored backup {result.backup.id} into {result.pgdata}: {result.files} files, "
@@ -478,7 +480,8 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
     from walkeeper.repository import open_repository
-    from walkeeper.status import cluster_status, human_age, human_bytes, repository_status
+    from walkeeper.status import cluster_status, human_age, repository_status
+    from walkeeper.units import human_bytes
 
     doc = repository_status(open_repository(app.config))
     if cluster:
@@ -575,7 +578,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
     """Remove expired backups and the WAL and restore points no retained backup needs."""
     from walkeeper.repository import open_repository
     from walkeeper.retention import expire
-    from walkeeper.status import human_bytes
+    from walkeeper.units import human_bytes
 
     if keep is None and keep_days is None:
         keep, keep_days = app.config.retention.keep, app.config.retention.keep_days

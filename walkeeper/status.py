@@ -23,6 +23,7 @@ from walkeeper.config import Config
 from walkeeper.errors import ConfigError, PostgresError
 from walkeeper.inventory import Inventory, read_inventory
 from walkeeper.repository import Repository
+from walkeeper.units import human_bytes
 from walkeeper.wal import parse_lsn, parse_wal_name, segment_of_lsn
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -49,14 +50,6 @@ def human_age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # -- repository ------------------------------------------------------------------------------------

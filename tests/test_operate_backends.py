@@ -143,6 +143,19 @@ def only_timeline(doc: dict) -> dict:
     return tl
 
 
+def check_line(setup: Setup, *args: str) -> tuple[int, str, dict[str, float]]:
+    """`walkeeper check` (monitoring plugin) with a Prometheus textfile: exit code, its line, the metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    target = setup.work / "walkeeper.prom"
+    proc = setup.wk("check", "--prometheus", target, *args)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, (proc.stdout, proc.stderr)
+    metrics = {s.name: s.value for f in text_string_to_metric_families(target.read_text()) for s in f.samples
+               if not s.labels.get("event")}
+    return proc.returncode, lines[0], metrics
+
+
 # -- 1. a whole run ---------------------------------------------------------------------------------
 
 def test_whole_run_verifies_and_is_reported(backend_setup: Setup) -> None:
@@ -179,6 +192,12 @@ def test_whole_run_verifies_and_is_reported(backend_setup: Setup) -> None:
     text = ok(setup.wk("wal-list")).stdout
     assert f"timeline 1: {first} .. {last}, 6 segments" in text and "GAP" not in text
 
+    code, line, metrics = check_line(setup, "--max-wal-age", "1h")
+    assert code == 0 and line.startswith("WALKEEPER OK - last WAL "), line
+    assert f"({last})" in line and f"repository_bytes={sum(stored.values())}B" in line, line
+    assert metrics["walkeeper_up"] == 1 and metrics["walkeeper_wal_gaps"] == 0
+    assert metrics["walkeeper_repository_bytes"] == sum(stored.values())
+
 
 # -- 2. a deleted segment ---------------------------------------------------------------------------
 
@@ -214,6 +233,9 @@ def test_deleted_segment_is_a_gap_everywhere(backend_setup: Setup) -> None:
         assert (tl["first"], tl["last"], tl["segments"]) == (seg(1, 1), seg(1, 6), 5)
         assert tl["gaps"] == [{"from": missing, "to": missing}]
     assert status_json(setup)["gaps"] == 1
+    code, line, metrics = check_line(setup, "--max-wal-age", "1h")
+    assert code == 1 and line.startswith("WALKEEPER WARNING - 1 gap(s) in the WAL archive"), line
+    assert metrics["walkeeper_wal_gaps"] == 1 and metrics["walkeeper_check_status"] == 1
 
     # Pushing the segment again closes the gap: the same commands agree that the archive is whole.
     push_segments(setup, 1, [4])
@@ -272,6 +294,26 @@ def test_swapped_segment_and_corrupted_backup_data_are_caught(backend_setup: Set
     assert "swapped" in problems[key_of(seg(1, 3))]["message"]
 
 
+def test_interrupted_backup_is_listed_as_incomplete_and_only_warned_about(backend_setup: Setup) -> None:
+    setup = backend_setup
+    push_segments(setup, 1, range(1, 4))
+    now = time.time()
+    data_key, meta_key = add_backup(setup, "20260101T000000Z", 1, 1, ended=now - 7200)
+    add_backup(setup, "20260102T000000Z", 2, 2, ended=now - 60)
+    delete_object(setup, meta_key)  # what an interrupted backup (or expire) leaves: data, no metadata
+    assert data_key in listing(setup)
+    doc = status_json(setup)
+    assert [b["id"] for b in doc["backups"]] == ["20260102T000000Z"]
+    assert doc["incomplete_backups"] == ["20260101T000000Z"]
+    assert "incomplete backup 20260101T000000Z (not usable)" in ok(setup.wk("status", "--no-cluster")).stdout
+    proc = ok(setup.wk("verify"))  # README: a warning, not a failure
+    assert "WARNING: backup 20260101T000000Z has data but no metadata" in proc.stdout, proc.stdout
+    code, doc = run_json(setup, "verify")
+    assert code == 0 and doc["ok"] and doc["backups"] == ["20260102T000000Z"]
+    [warning] = doc["problems"]
+    assert warning["kind"] == "incomplete-backup" and warning["severity"] == "warning"
+
+
 # -- 4. expire --------------------------------------------------------------------------------------
 
 def removal_keys(stdout: str, verb: str) -> list[str]:
@@ -281,7 +323,7 @@ def removal_keys(stdout: str, verb: str) -> list[str]:
 
 def test_expire_removes_exactly_what_readme_says(backend_setup: Setup) -> None:
     setup = backend_setup
-    push_segments(setup, 1, range(1, 10))
+    push_segments(setup, 1, range(1, 8))
     label = f"{seg(1, 2)}.00000028.backup"
     assert push(setup, label, b"START WAL LOCATION: 0/200028\n").returncode == 0
 
@@ -292,14 +334,14 @@ def test_expire_removes_exactly_what_readme_says(backend_setup: Setup) -> None:
     assert listing(setup) == before
 
     now = time.time()
-    old = add_backup(setup, "20260101T000000Z", 2, 3, ended=now - 3 * 86400)
-    add_backup(setup, "20260102T000000Z", 5, 6, ended=now - 2 * 86400)
-    add_backup(setup, "20260103T000000Z", 8, 8, ended=now - 86400)
+    old = add_backup(setup, "20260101T000000Z", 2, 2, ended=now - 3 * 86400)
+    add_backup(setup, "20260102T000000Z", 4, 4, ended=now - 2 * 86400)
+    add_backup(setup, "20260103T000000Z", 6, 6, ended=now - 86400)
     old_point = add_restore_point(setup, "before-cutoff", 3)
-    new_point = add_restore_point(setup, "after-cutoff", 6)
+    new_point = add_restore_point(setup, "after-cutoff", 5)
     before = listing(setup)
-    # --keep 2 keeps the two newest backups; everything before the older one's start (segment 5) goes.
-    expected = {*old, old_point, key_of(label), *(key_of(seg(1, s)) for s in range(1, 5))}
+    # --keep 2 keeps the two newest backups; everything before the older one's start (segment 4) goes.
+    expected = {*old, old_point, key_of(label), *(key_of(seg(1, s)) for s in range(1, 4))}
     assert expected <= set(before)
 
     proc = ok(setup.wk("expire", "--keep", "2", "--dry-run"))
@@ -307,13 +349,15 @@ def test_expire_removes_exactly_what_readme_says(backend_setup: Setup) -> None:
     planned = removal_keys(proc.stdout, "would remove")
     assert set(planned) == expected and len(planned) == len(expected), proc.stdout
     assert planned[0] == "backups/20260101T000000Z/backup.json"  # metadata first
+    for key in expected:  # one line per object, with its stored size
+        assert f"would remove {key} ({before[key]} bytes)" in proc.stdout.splitlines(), key
     assert [k for k in planned if k.startswith("wal/")] == [  # WAL oldest first
-        key_of(seg(1, 1)), key_of(seg(1, 2)), key_of(label), key_of(seg(1, 3)), key_of(seg(1, 4))]
+        key_of(seg(1, 1)), key_of(seg(1, 2)), key_of(label), key_of(seg(1, 3))]
     freed = sum(before[k] for k in expected)
     assert f"would remove {len(expected)} object(s)" in proc.stdout and f"({freed} bytes)" in proc.stdout
     code, doc = run_json(setup, "expire", "--keep", "2", "--dry-run")
     assert code == 0 and doc["dry_run"] and set(doc["objects"]) == expected and doc["bytes_freed"] == freed
-    assert doc["expired_backups"] == ["20260101T000000Z"] and doc["first_wal_kept"] == seg(1, 5)
+    assert doc["expired_backups"] == ["20260101T000000Z"] and doc["first_wal_kept"] == seg(1, 4)
     assert listing(setup) == before
 
     proc = ok(setup.wk("expire", "--keep", "2"))
@@ -328,15 +372,15 @@ def test_expire_removes_exactly_what_readme_says(backend_setup: Setup) -> None:
     assert [b["id"] for b in doc["backups"]] == ["20260102T000000Z", "20260103T000000Z"]
     assert doc["restore_points"] == 1 and doc["oldest_recovery_point"]["backup"] == "20260102T000000Z"
     tl = only_timeline(doc)
-    assert (tl["first"], tl["last"], tl["segments"], tl["gaps"]) == (seg(1, 5), seg(1, 9), 5, [])
+    assert (tl["first"], tl["last"], tl["segments"], tl["gaps"]) == (seg(1, 4), seg(1, 7), 4, [])
     # Idempotent, and the newest backup and the WAL after it never go (keep-days window of an hour).
     code, doc = run_json(setup, "expire", "--keep", "2")
     assert code == 0 and doc["objects"] == []
     code, doc = run_json(setup, "expire", "--keep-days", "0.04")
     assert code == 0 and doc["kept_backups"] == ["20260103T000000Z"]
-    assert doc["first_wal_kept"] == seg(1, 8)
+    assert doc["first_wal_kept"] == seg(1, 6)
     left = listing(setup)
-    assert {k for k in left if k.startswith("wal/")} == {key_of(seg(1, s)) for s in (8, 9)}
-    assert not any(k.startswith("restore-points/") for k in left)  # the point at segment 6 was before 8
+    assert {k for k in left if k.startswith("wal/")} == {key_of(seg(1, s)) for s in (6, 7)}
+    assert not any(k.startswith("restore-points/") for k in left)  # the point at segment 5 was before 6
     assert setup.wk("expire", "--keep", "0").returncode == 3  # a rule that drops everything is refused
     assert listing(setup) == left

@@ -49,6 +49,17 @@ class TcpForwarder:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._lose: list[bytes] = []  # request markers whose answer is lost once each
+        self.lost = 0
+
+    def lose_answer_once(self, marker: bytes) -> None:
+        """The next request containing ``marker`` reaches the server, but its answer never reaches the client.
+
+        The client's connection is cut instead, as when a network drops between a server's commit and
+        its reply.
+        """
+        with self._lock:
+            self._lose.append(marker)
 
     def start(self) -> TcpForwarder:
         listener = socket.socket()
@@ -94,12 +105,25 @@ class TcpForwarder:
                     upstream.close()
                     return
                 self._conns |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            cut = threading.Event()  # set when this connection's next answer is to be lost
+            threading.Thread(target=self._pipe, args=(client, upstream, cut, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, cut, False), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, cut: threading.Event, requests: bool) -> None:
         try:
             while data := src.recv(65536):
+                if requests and self._lose:
+                    with self._lock:
+                        marker = next((m for m in self._lose if m in data), None)
+                        if marker is not None:
+                            self._lose.remove(marker)
+                            cut.set()
+                if not requests and cut.is_set():
+                    self.lost += 1
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_RDWR)  # the server answered; the client never hears it
+                    dst.close()
+                    return
                 dst.sendall(data)
         except OSError:
             pass

@@ -70,6 +70,43 @@ def test_s3_missing_bucket_is_an_error_not_not_found(s3_server: S3Server, tmp_pa
     assert not isinstance(caught.value, NotFound)
 
 
+def test_s3_multipart_completion_whose_answer_is_lost(s3_server: S3Server, tmp_path: Path) -> None:
+    """moto completes the upload but the answer never arrives: the retry meets NoSuchUpload (or If-None-Match),
+    and the put still succeeds because the stored object is exactly our parts; a different object does not."""
+    import os
+
+    url = s3_server.url()
+    store = open_with(tmp_path, url, s3_server.config_toml())
+    data = os.urandom(11 * 1024 * 1024 + 7)  # three parts of the 5 MiB test chunk
+    # CompleteMultipartUpload is the POST of the key with ?uploadId= (parts are PUTs, the start is ?uploads).
+    complete = f"POST /{url[len('s3://'):]}/backups/b1/base.tar?uploadId=".encode()
+    s3_server.forwarder.lose_answer_once(complete)
+    lost_before = s3_server.forwarder.lost
+    store.put("backups/b1/base.tar", iter([data[i:i + 1_000_000] for i in range(0, len(data), 1_000_000)]),
+              overwrite=False)
+    assert s3_server.forwarder.lost == lost_before + 1, "the completion's answer was really lost"
+    assert store.get("backups/b1/base.tar") == data
+    # moto, like AWS, answers a repeated completion with success; MinIO and others say NoSuchUpload, and
+    # then the object's multipart ETag decides. Check that arithmetic against the real server's ETag.
+    import hashlib
+
+    chunk = 5 * 1024 * 1024
+    part_etags = {i + 1: f'"{hashlib.md5(data[o:o + chunk]).hexdigest()}"'
+                  for i, o in enumerate(range(0, len(data), chunk))}
+    inner = getattr(store, "inner", store)
+    full = inner.prefix + "backups/b1/base.tar"
+    assert inner._holds_exactly("backups/b1/base.tar", full, part_etags)
+    assert not inner._holds_exactly("backups/b1/base.tar", full, {**part_etags, 2: part_etags[1]})
+
+    # The same loss when another object already holds the key: refused, nothing overwritten.
+    other = os.urandom(11 * 1024 * 1024)
+    s3_server.forwarder.lose_answer_once(complete)
+    with pytest.raises(StorageError):
+        store.put("backups/b1/base.tar", iter([other[:6 * 1024 * 1024], other[6 * 1024 * 1024:]]),
+                  overwrite=False)
+    assert store.get("backups/b1/base.tar") == data
+
+
 def test_boto3_is_imported_only_for_s3() -> None:
     code = ("import sys, tempfile; from walkeeper import archive, repository, cli; "
             "from walkeeper.storage import open_storage; open_storage(tempfile.mkdtemp()).list(); "

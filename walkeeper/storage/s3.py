@@ -16,7 +16,9 @@ backend checks with HEAD first, which is best effort (a writer racing between HE
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +40,7 @@ from walkeeper.storage.retry import RetryPolicy
 
 T = TypeVar("T")
 MIN_PART = 5 * 1024 * 1024  # S3's smallest allowed part (except the last)
+log = logging.getLogger(__name__)
 MAX_SINGLE_PUT = 5 * 1024**3
 _TRANSIENT_CODES = {
     "RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling", "ThrottlingException",
@@ -255,12 +258,35 @@ class S3Storage:
             args = dict(Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload=completion)
             if not overwrite and self._conditional:
                 args["IfNoneMatch"] = "*"
-            self._call("completing upload of", key, lambda: self._client.complete_multipart_upload(**args))
+            try:
+                self._retrying(lambda: self._call("completing upload of", key, lambda: (
+                    self._client.complete_multipart_upload(**args))))
+            except (StorageError, NotFound):
+                # An earlier attempt (ours or botocore's own retry) may have completed the upload and lost
+                # only the answer: the upload is then gone (NoSuchUpload) or the key taken (If-None-Match).
+                if not self._holds_exactly(key, full, parts):
+                    raise
+                log.info("completing %s: an earlier attempt had completed it; the stored object is ours", key)
         except BaseException:
             # Never leave parts behind (they cost money and are invisible to readers anyway).
             with contextlib.suppress(Exception):
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             raise
+
+    def _holds_exactly(self, key: str, full: str, parts: dict[int, str]) -> bool:
+        """Whether the stored object is the multipart upload of exactly these parts (by its ETag).
+
+        S3, MinIO and moto give a completed multipart object the ETag md5(part digests) + "-" + count;
+        a store that does not (SSE-KMS) simply never matches, and the completion error stands.
+        """
+        digest = hashlib.md5(usedforsecurity=False)
+        for number in sorted(parts):
+            digest.update(bytes.fromhex(parts[number].strip('"')))
+        try:
+            head = self._call("checking", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full))
+        except StorageError:
+            return False
+        return str(head.get("ETag", "")).strip('"') == f"{digest.hexdigest()}-{len(parts)}"
 
     def _upload_part(self, key: str, full: str, upload_id: str, number: int, body: bytes,
                      parts: dict[int, str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -136,6 +137,12 @@ def _spawn(module_args: list[str], cwd: str, log_path: str) -> bool:
                  **os.environ},
         )
     return True
+
+
+def log_helper_stopped(log: logging.Logger) -> None:
+    """A helper's last log line; benchmarks/wal_bench.py reads the peak RSS and CPU from it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    log.info("stopped (peak RSS %d MiB, CPU %.2f s)", usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
 
 
 def outside_data_directory(path: str, datadir: str, setting: str) -> None:

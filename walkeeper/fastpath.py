@@ -33,6 +33,7 @@ import os
 import stat as stat_mod
 import struct
 import sys
+from _collections_abc import Callable  # already loaded by os; collections.abc would import collections (~1 ms)
 
 RECORD_VERSION = "2"  # key=value records; version 1 (JSON) records are ignored, so the full path answers
 REQUEST_FILE = "request"
@@ -389,23 +390,36 @@ def pushing_pid(status: str, name: str) -> int | None:
 
 def wait_for_pusher(status: str, name: str, timeout: float) -> dict[str, str] | None:
     """The record of ``name`` once the live pusher has stored it; None when it will not (full path then)."""
-    import time
-
     if not holder_alive(status, PUSH_LOCK_FILE) or pushing_pid(status, name) is None:
         return None
     record_path = os.path.join(status, name)
+    # Marker gone: done (the record is written before the marker goes) or failed. Pusher dead with the
+    # file half done: the full path pushes it.
+    return _poll_record(record_path, timeout, lambda: not os.path.exists(record_path + PUSHING_SUFFIX),
+                        lambda: pushing_pid(status, name) is not None, reread_when_over=True)
+
+
+def _poll_record(path: str, timeout: float, over: Callable[[], bool], alive: Callable[[], bool], *,
+                 reread_when_over: bool) -> dict[str, str] | None:
+    """Poll (every 3 ms) for the record a background helper writes at ``path``.
+
+    None once ``timeout`` passes, or ``alive()`` (probed every 0.2 s) says the helper is gone; when
+    ``over()`` says it will write nothing more, the record if it is there now (``reread_when_over``) or None.
+    """
+    import time
+
     deadline = time.monotonic() + timeout
     next_probe = time.monotonic() + 0.2
     while time.monotonic() < deadline:
         time.sleep(0.003)
-        record = read_record(record_path)
+        record = read_record(path)
         if record is not None:
             return record
-        if not os.path.exists(record_path + PUSHING_SUFFIX):
-            return read_record(record_path)  # done (the record is written before the marker goes) or failed
+        if over():
+            return read_record(path) if reread_when_over else None
         if time.monotonic() > next_probe:
-            if pushing_pid(status, name) is None:
-                return None  # the pusher died with the file half done: the full path pushes it
+            if not alive():
+                return None
             next_probe = time.monotonic() + 0.2
     return None
 
@@ -522,26 +536,12 @@ def prefetcher_alive(spool: str, *, starting: bool = False) -> bool:
 
 def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, str] | None:
     """The meta record of ``name`` once a live prefetcher has it; None when it cannot (full path then)."""
-    import time
-
-    meta_path = os.path.join(spool, name + META_SUFFIX)
     miss_path = os.path.join(spool, name + MISSING_SUFFIX)
     if not prefetcher_alive(spool, starting=True):
         return None
-    deadline = time.monotonic() + timeout
-    next_probe = time.monotonic() + 0.2
-    while time.monotonic() < deadline:
-        time.sleep(0.003)
-        meta = read_record(meta_path)
-        if meta is not None:
-            return meta
-        if os.path.exists(miss_path):
-            return None  # not in the archive (yet), or it failed: the full path answers
-        if time.monotonic() > next_probe:
-            if not prefetcher_alive(spool, starting=True):
-                return None
-            next_probe = time.monotonic() + 0.2
-    return None
+    # NAME.missing: not in the archive (yet), or it failed: the full path answers.
+    return _poll_record(os.path.join(spool, name + META_SUFFIX), timeout, lambda: os.path.exists(miss_path),
+                        lambda: prefetcher_alive(spool, starting=True), reread_when_over=False)
 
 
 def _copy_into_place(fd: int, size: int, dest: str) -> None:

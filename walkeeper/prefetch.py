@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from walkeeper import fastpath
-from walkeeper.archive import recovering
+from walkeeper.archive import log_helper_stopped, recovering
 from walkeeper.config import Config, load_config
 from walkeeper.errors import GapError, NotFound
 from walkeeper.repository import Repository, open_repository
@@ -209,8 +208,7 @@ def main(argv: list[str]) -> int:
             os.unlink(os.path.join(spool, fastpath.STARTING_FILE))
     log.info("prefetching into %s for %s (depth %d)", spool, datadir, prefetcher.depth)
     prefetcher.run()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    log.info("stopped (peak RSS %d MiB, CPU %.2f s)", usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
+    log_helper_stopped(log)
     return 0
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from walkeeper import fastpath
-from walkeeper.archive import push_file, ready_files
+from walkeeper.archive import log_helper_stopped, push_file, ready_files
 from walkeeper.config import Config, load_config
 from walkeeper.repository import Repository, open_repository
 
@@ -166,8 +165,7 @@ def main(argv: list[str]) -> int:
         fastpath.remove_file(os.path.join(status, fastpath.PUSH_STARTING_FILE))
     log.info("pushing ahead from %s (up to %d, %d workers)", pusher.pg_wal, pusher.limit, pusher.workers)
     pusher.run()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    log.info("stopped (peak RSS %d MiB, CPU %.2f s)", usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime)
+    log_helper_stopped(log)
     return 0
 
 

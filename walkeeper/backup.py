@@ -139,6 +139,28 @@ def server_info(config: Config, conn: ConnOptions) -> ServerInfo:
         raise PostgresError(f"unexpected answer from the server: {row!r}") from None
 
 
+def server_next_xid(config: Config, conn: ConnOptions, info: ServerInfo) -> int | None:
+    """The server's next transaction id now (64-bit), asked right after pg_basebackup returned.
+
+    It is its snapshot's xmax: no transaction at or above it had ended, so each one's commit comes
+    after the end of the backup, and recovery from the backup can stop at it. The checkpoint's next
+    xid cannot tell that of a transaction that committed while the backup ran. A failed question
+    costs only precision (pitr falls back to the checkpoint's next xid), not the backup.
+    """
+    snapshot = "pg_current_snapshot()" if info.version_num >= 130000 else "txid_current_snapshot()"
+    xmax = "pg_snapshot_xmax" if info.version_num >= 130000 else "txid_snapshot_xmax"
+    try:
+        row = psql(config, conn, f"select (select system_identifier from pg_control_system()), {xmax}({snapshot})")
+        sysid, value = row.split("|")
+        if sysid != info.system_identifier:
+            raise PostgresError(f"the server is now database system {sysid}")
+        return int(value)
+    except (PostgresError, ValueError) as exc:
+        log.warning("could not record the next transaction id after the backup (%s); pitr --target-xid will use "
+                    "the checkpoint's", exc)
+        return None
+
+
 # -- progress -------------------------------------------------------------------------------------
 
 class Progress:
@@ -276,7 +298,46 @@ class BackupFacts:
     stop_timeline: int = 0
     label: str = ""
     system_identifier: int | None = None
+    checkpoint_next_xid: int | None = None
     tablespaces: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ControlFacts:
+    """What walkeeper reads from a ``global/pg_control``."""
+
+    system_identifier: int
+    version: int  # pg_control_version: 1201 (12), 1300 (13-16), 1700 (17), 1800 (18)
+    next_xid: int | None  # checkPointCopy.nextXid, 64-bit (epoch << 32 | xid); None when not readable
+
+
+# ControlFileData (little-endian, natural alignment): system_identifier u64 @0, pg_control_version u32 @8,
+# catalog_version_no u32 @12, state enum @16, time int64 @24, checkPoint u64 @32, checkPointCopy @40.
+# CheckPoint: redo u64 @0, ThisTimeLineID u32 @8, PrevTimeLineID u32 @12, fullPageWrites bool @16
+# (17+: wal_level int @20), nextXid FullTransactionId u64 @24 (PostgreSQL 12+; before: nextXidEpoch u32 @20,
+# nextXid u32 @24). Checked against pg_controldata ("Latest checkpoint's NextXID: epoch:xid") on 15 and 18.
+_CHECKPOINT_COPY = 40
+_NEXT_XID = _CHECKPOINT_COPY + 24
+_FULL_XID_VERSION = 1201  # PostgreSQL 12 made nextXid a FullTransactionId
+
+
+def parse_pg_control(data: bytes) -> ControlFacts:
+    """The system identifier and the checkpoint's next transaction id of a ``global/pg_control``.
+
+    The next xid is None when the fields do not look like a checkpoint (an unknown layout): a wrong
+    number would make ``pitr --target-xid`` choose a backup that cannot reach the target.
+    """
+    if len(data) < _NEXT_XID + 8:
+        raise PostgresError(f"global/pg_control is too short ({len(data)} bytes)")
+    sysid, version = struct.unpack_from("<QI", data)
+    checkpoint, redo, tli = struct.unpack_from("<QQI", data, 32)
+    if version >= _FULL_XID_VERSION:
+        next_xid = struct.unpack_from("<Q", data, _NEXT_XID)[0]
+    else:
+        epoch, xid = struct.unpack_from("<II", data, _CHECKPOINT_COPY + 20)
+        next_xid = epoch << 32 | xid
+    plausible = 900 <= version < 10000 and 0 < redo <= checkpoint and tli >= 1 and next_xid & 0xFFFFFFFF >= 3
+    return ControlFacts(sysid, version, next_xid if plausible else None)
 
 
 def parse_backup_label(text: str, facts: BackupFacts) -> None:
@@ -325,9 +386,11 @@ def collect_facts(captured: dict[str, bytes], stderr: str) -> BackupFacts:
         facts.stop_lsn = parse_lsn(match.group(1))
         facts.stop_timeline = facts.timeline
     control = captured.get(PG_CONTROL)
-    if control is None or len(control) < 8:
+    if control is None:
         raise PostgresError("the backup holds no global/pg_control")
-    facts.system_identifier = struct.unpack_from("<Q", control)[0]
+    parsed = parse_pg_control(control)
+    facts.system_identifier = parsed.system_identifier
+    facts.checkpoint_next_xid = parsed.next_xid
     for line in captured.get("tablespace_map", b"").decode(errors="replace").splitlines():
         oid, _, location = line.partition(" ")
         if oid.isdigit():
@@ -470,6 +533,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                     captured["backup_manifest"] = manifest.read_bytes()
         progress.finish()
         stopped = _utc_now()  # pg_basebackup has returned: the backup ended (WAL may still be in flight)
+        stop_next_xid = server_next_xid(config, options.conn, info)
         facts = collect_facts(captured, stderr)
         if str(facts.system_identifier) != info.system_identifier:
             raise ForeignClusterError(
@@ -493,6 +557,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             plain_size=sum(o.plain_size for o in objects), stored_size=sum(o.stored_size for o in objects),
             objects=objects, tablespaces=facts.tablespaces,
             checkpoint_lsn=format_lsn(facts.checkpoint_lsn) if facts.checkpoint_lsn is not None else None,
+            checkpoint_next_xid=facts.checkpoint_next_xid, stop_next_xid=stop_next_xid,
             host=socket.gethostname(), walkeeper_version=__version__,
         )
         catalog.save_backup(backup)  # last: only now is the backup listed and usable
@@ -761,6 +826,32 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             raise StorageError(f"restore into {pgdata} failed: {exc}; the partial restore was removed") from None
         raise
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
+
+
+def stored_pg_control(repo: Repository, backup: BackupMeta) -> ControlFacts:
+    """``global/pg_control`` of a stored backup, for facts its metadata does not record.
+
+    pg_basebackup sends pg_control last, so the base tar is decoded (not written anywhere) up to
+    its end: as costly as reading the whole backup once.
+    """
+    base = [o for o in backup.objects if o.tablespace_oid is None]
+    if not base:
+        raise IntegrityError(f"backup {backup.id} has no base tar")
+    captured: dict[str, bytes] = {}
+    scanner = TarScanner(captured)
+    decoder = Decoder(repo.keyring, expected_name=base[0].key)
+    with repo.storage.open(base[0].key) as handle:
+        for chunk in decoder.decode(handle.read):
+            scanner.feed(chunk)
+            if PG_CONTROL in captured or scanner.ended:
+                break
+    if PG_CONTROL not in captured:
+        raise IntegrityError(f"backup {backup.id} holds no {PG_CONTROL}")
+    facts = parse_pg_control(captured[PG_CONTROL])
+    if str(facts.system_identifier) != backup.system_identifier:
+        raise IntegrityError(f"backup {backup.id}: its {PG_CONTROL} names system {facts.system_identifier}, "
+                             f"its metadata {backup.system_identifier}")
+    return facts
 
 
 def restore(config: Config, backup_id: str | None, pgdata: str, tablespace_map: Iterable[str] = (),

@@ -78,6 +78,10 @@ class BackupMeta:
     objects: list[BackupObject]
     tablespaces: list[dict[str, str]] = field(default_factory=list)
     checkpoint_lsn: str | None = None
+    # Transaction ids (64-bit: epoch << 32 | xid), for choosing a backup for an xid target; None in
+    # backups taken before walkeeper recorded them (then read from the stored global/pg_control).
+    checkpoint_next_xid: int | None = None  # the next xid of the checkpoint in the backup's pg_control
+    stop_next_xid: int | None = None  # the server's next xid once the backup had ended (snapshot xmax)
     host: str | None = None
     walkeeper_version: str | None = None
     format: int = 1

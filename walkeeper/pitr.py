@@ -215,11 +215,16 @@ def choose_for_xid(marks: list[XidMark], value: int) -> XidChoice:
     before = [m for m in known if m.bound is not None and m.bound <= xid]
     if not before:
         oldest = marks[0]
-        since = f"next xid {format_xid(oldest.bound)}" if oldest.bound is not None else "next xid unknown"
+        if oldest.stop_next_xid is not None:
+            since = f"before the oldest backup ended (the server's next xid then: {format_xid(oldest.stop_next_xid)})"
+        elif oldest.checkpoint_next_xid is not None:
+            since = f"before the oldest backup's checkpoint (its next xid: {format_xid(oldest.checkpoint_next_xid)})"
+        else:
+            since = "before every backup whose next xid is known"
         return XidChoice(oldest.backup, xid, (
-            f"the oldest backup: transaction {shown} began before every backup ({since}); recovery reaches it only "
-            "if it committed after this backup ended, else PostgreSQL stops with 'recovery ended before "
-            "configured recovery target was reached'"), False, tuple(warnings))
+            f"the oldest backup: transaction {shown} began {since}; recovery reaches it only if it committed "
+            "after this backup ended, else PostgreSQL stops with 'recovery ended before configured recovery "
+            "target was reached'"), False, tuple(warnings))
     chosen = before[-1]
     assert chosen.bound is not None
     if xid - chosen.bound >= XID_SPACE:
@@ -515,9 +520,10 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
         if target.kind == "xid" and target.xid is not None:
             mark = XidMark.of(backup)  # --backup: warn from the metadata only (reading pg_control costs a backup)
             if mark.bound is not None and full_xid(target.xid, mark.bound) < mark.bound:
+                when = "ended" if mark.stop_next_xid is not None else "began (its checkpoint)"
                 warnings.append(f"transaction {format_xid(full_xid(target.xid, mark.bound))} began before backup "
-                                f"{backup.id} ended (its next xid: {format_xid(mark.bound)}): if it had committed "
-                                "by then, recovery from this backup cannot stop at it")
+                                f"{backup.id} {when}, next xid {format_xid(mark.bound)}: if it had committed by "
+                                "the end of the backup, recovery from it cannot stop at it")
     if not explicit:
         # 'latest' as PostgreSQL computes it starts from the backup's own timeline.
         tli = latest_timeline(repo, backup.stop_timeline, histories)

@@ -384,6 +384,9 @@ def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) ->
     assert f"backup: {second['id']}" in plan, plan
     plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-xid", str(xid[10]), "--dry-run")).stdout
     assert f"backup: {first['id']}" in plan and "the oldest backup" in plan, plan
+    plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-xid", str(xid[100]), "--backup",
+                       second["id"], "--dry-run")).stdout  # the user's choice stands, with a warning
+    assert f"backup: {second['id']}" in plan and f"began before backup {second['id']} ended" in plan, plan
 
     # Backups taken before walkeeper recorded the fields: read from their stored pg_control.
     from walkeeper.catalog import BACKUP_META, Catalog, backup_key

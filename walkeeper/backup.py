@@ -42,6 +42,7 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.catalog import BackupMeta, BackupObject, Catalog, backup_key
+from walkeeper.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.config import Config
 from walkeeper.errors import (
@@ -123,20 +124,32 @@ class ServerInfo:
     segment_size: int
     tablespaces: int
     size_estimate: int
+    clock_skew: float = 0.0  # this host's clock minus the server's (chronology.clock_skew)
 
 
 def server_info(config: Config, conn: ConnOptions) -> ServerInfo:
+    before = time.time()
     row = psql(config, conn, (
         "select (select system_identifier from pg_control_system()), current_setting('server_version_num'), "
         "(select setting from pg_settings where name = 'wal_segment_size'), "
         "(select count(*) from pg_tablespace where spcname not in ('pg_default', 'pg_global')), "
-        "(select sum(pg_database_size(oid)) from pg_database)"
+        "(select sum(pg_database_size(oid)) from pg_database), extract(epoch from now())"
     ))
+    after = time.time()
     try:
-        sysid, version, segsize, spaces, size = row.split("|")
-        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0))
+        sysid, version, segsize, spaces, size, server_now = row.split("|")
+        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0),
+                          round(clock_skew(before, float(server_now), after), 3))
     except ValueError:
         raise PostgresError(f"unexpected answer from the server: {row!r}") from None
+
+
+def warn_clock_skew(skew: float) -> None:
+    """The host's clock dates the backup (id, times): say so when it disagrees with the server's."""
+    if clock_off(skew):
+        log.warning("this host's clock is %s the server's (select now()): the backup's id and times are "
+                    "off by as much (recorded as clock_skew; 'latest' is chosen by WAL position, not by "
+                    "time); fix the clock (NTP) on this host or the server", describe_skew(skew))
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -421,6 +434,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
     repo.ensure_identity(int(info.system_identifier), info.segment_size, info.version_num // 10000)
     if options.wal not in ("archive", "include"):
         raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
+    warn_clock_skew(info.clock_skew)
 
     started = _utc_now()
     backup_id = catalog.new_backup_id(started.strftime("%Y%m%dT%H%M%SZ"))
@@ -493,7 +507,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             plain_size=sum(o.plain_size for o in objects), stored_size=sum(o.stored_size for o in objects),
             objects=objects, tablespaces=facts.tablespaces,
             checkpoint_lsn=format_lsn(facts.checkpoint_lsn) if facts.checkpoint_lsn is not None else None,
-            host=socket.gethostname(), walkeeper_version=__version__,
+            host=socket.gethostname(), walkeeper_version=__version__, clock_skew=info.clock_skew,
         )
         catalog.save_backup(backup)  # last: only now is the backup listed and usable
         return backup

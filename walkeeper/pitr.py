@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from walkeeper import chronology
 from walkeeper.backup import RestoreResult, restore_backup
 from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.config import Config
@@ -236,13 +237,13 @@ def choose_backup(backups: list[BackupMeta], target: Target, path: list[Timeline
         raise RefusedError(f"no backup lies on the history of timeline {path[-1].timeline}")
     before = [b for b in usable if not _ended_after(b, target)]
     if not before:
-        oldest = min(usable, key=lambda b: parse_lsn(b.stop_lsn))
+        oldest = min(usable, key=chronology.position)
         raise RefusedError(
             f"the target ({target.describe()}) is before the end of every backup: the oldest, {oldest.id}, "
             f"ended at {oldest.stop_time} (LSN {oldest.stop_lsn}); a database cannot be recovered to a moment "
             "before its backup was complete",
         )
-    backup = max(before, key=lambda b: (parse_lsn(b.stop_lsn), b.stop_time))
+    backup = max(before, key=chronology.position)
     if target.kind == "time":
         why = f"the newest backup that ended before {target.value} (ended {backup.stop_time})"
     elif target.kind in ("lsn", "name"):

@@ -54,6 +54,7 @@ from walkeeper.errors import (
     RefusedError,
     StorageError,
     WalkeeperError,
+    running_as,
 )
 from walkeeper.repository import Repository, open_repository, wal_key
 from walkeeper.units import human_bytes
@@ -705,6 +706,47 @@ def _remove_restored(path: Path, existed: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _undo_restore(prepared: list[tuple[Path, bool]]) -> str:
+    """Remove what a failed restore wrote; returns what was done, for the error message."""
+    if not prepared:
+        return "nothing was written"
+    removed, emptied, left = [], [], []
+    for path, existed in reversed(prepared):
+        with contextlib.suppress(OSError):
+            _remove_restored(path, existed)
+        try:
+            clean = not path.exists() if not existed else not any(path.iterdir())
+        except OSError:
+            clean = False
+        (left if not clean else emptied if existed else removed).append(str(path))
+    notes = []
+    if removed:
+        notes.append(f"the partial restore was removed ({', '.join(removed)}, created by this restore, is gone)")
+    if emptied:
+        notes.append(f"the partial restore was removed from {', '.join(emptied)} (empty again, as before)")
+    if left:
+        notes.append(f"the partial restore could not be removed from {', '.join(left)}: remove it by hand")
+    return "; ".join(notes)
+
+
+def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> str:
+    """What went wrong writing ``target`` and what to do, without errno numbers."""
+    import errno
+
+    path = exc.filename or target
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{what} writing {target}: the backup needs {human_bytes(needed)} there; free that much or "
+                f"choose another {option}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        writable = target if target.exists() else target.parent
+        return (f"permission denied writing {path} (running as {running_as()}): make {writable} writable by this "
+                f"user or choose another {option}")
+    if exc.errno == errno.EROFS:
+        return f"{target} is on a read-only file system: choose another {option}"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
                    progress: bool | None = None) -> RestoreResult:
     """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum."""
@@ -734,10 +776,13 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     files = 0
     total = 0
     meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
+    writing = pgdata  # the target being written, for the error message
     try:
         for _obj, target in targets:
+            writing = target
             created.append((target, _prepare_target(target, "target directory")))
         for obj, target in targets:
+            writing = target
             decoder = Decoder(repo.keyring, expected_name=obj.key)
             with repo.storage.open(obj.key) as handle:
                 def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -761,18 +806,20 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                     lines.append(f"{obj.tablespace_oid} {target}\n")
             (pgdata / "tablespace_map").write_text("".join(lines))
         # Last: with pg_control in place the directory becomes startable.
+        writing = pgdata
         control = pgdata / PG_CONTROL
         control.parent.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(control, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(deferred[PG_CONTROL])
     except BaseException as exc:
-        for path, existed in reversed(created):
-            _remove_restored(path, existed)
+        undone = _undo_restore(created)
         if isinstance(exc, WalkeeperError | KeyboardInterrupt):
             raise
         if isinstance(exc, OSError):
-            raise StorageError(f"restore into {pgdata} failed: {exc}; the partial restore was removed") from None
+            option = "--pgdata" if writing == pgdata else "--tablespace-map"
+            needed = sum(o.plain_size for o, t in targets if t == writing)
+            raise StorageError(f"{_restore_os_error(exc, writing, option, needed)}; {undone}") from None
         raise
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.catalog import BackupMeta, BackupObject, Catalog, backup_key
+from walkeeper.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.config import Config
 from walkeeper.errors import (
@@ -53,6 +54,7 @@ from walkeeper.errors import (
     RefusedError,
     StorageError,
     WalkeeperError,
+    running_as,
 )
 from walkeeper.repository import Repository, open_repository, wal_key
 from walkeeper.units import human_bytes
@@ -123,18 +125,22 @@ class ServerInfo:
     segment_size: int
     tablespaces: int
     size_estimate: int
+    clock_skew: float = 0.0  # this host's clock minus the server's (chronology.clock_skew)
 
 
 def server_info(config: Config, conn: ConnOptions) -> ServerInfo:
+    before = time.time()
     row = psql(config, conn, (
         "select (select system_identifier from pg_control_system()), current_setting('server_version_num'), "
         "(select setting from pg_settings where name = 'wal_segment_size'), "
         "(select count(*) from pg_tablespace where spcname not in ('pg_default', 'pg_global')), "
-        "(select sum(pg_database_size(oid)) from pg_database)"
+        "(select sum(pg_database_size(oid)) from pg_database), extract(epoch from now())"
     ))
+    after = time.time()
     try:
-        sysid, version, segsize, spaces, size = row.split("|")
-        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0))
+        sysid, version, segsize, spaces, size, server_now = row.split("|")
+        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0),
+                          round(clock_skew(before, float(server_now), after), 3))
     except ValueError:
         raise PostgresError(f"unexpected answer from the server: {row!r}") from None
 
@@ -159,6 +165,14 @@ def server_next_xid(config: Config, conn: ConnOptions, info: ServerInfo) -> int 
         log.warning("could not record the next transaction id after the backup (%s); pitr --target-xid will use "
                     "the checkpoint's", exc)
         return None
+
+
+def warn_clock_skew(skew: float) -> None:
+    """The host's clock dates the backup (id, times): say so when it disagrees with the server's."""
+    if clock_off(skew):
+        log.warning("this host's clock is %s the server's (select now()): the backup's id and times are "
+                    "off by as much (recorded as clock_skew; 'latest' is chosen by WAL position, not by "
+                    "time); fix the clock (NTP) on this host or the server", describe_skew(skew))
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -484,6 +498,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
     repo.ensure_identity(int(info.system_identifier), info.segment_size, info.version_num // 10000)
     if options.wal not in ("archive", "include"):
         raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
+    warn_clock_skew(info.clock_skew)
 
     started = _utc_now()
     backup_id = catalog.new_backup_id(started.strftime("%Y%m%dT%H%M%SZ"))
@@ -558,7 +573,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             objects=objects, tablespaces=facts.tablespaces,
             checkpoint_lsn=format_lsn(facts.checkpoint_lsn) if facts.checkpoint_lsn is not None else None,
             checkpoint_next_xid=facts.checkpoint_next_xid, stop_next_xid=stop_next_xid,
-            host=socket.gethostname(), walkeeper_version=__version__,
+            host=socket.gethostname(), walkeeper_version=__version__, clock_skew=info.clock_skew,
         )
         catalog.save_backup(backup)  # last: only now is the backup listed and usable
         return backup
@@ -756,6 +771,47 @@ def _remove_restored(path: Path, existed: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _undo_restore(prepared: list[tuple[Path, bool]]) -> str:
+    """Remove what a failed restore wrote; returns what was done, for the error message."""
+    if not prepared:
+        return "nothing was written"
+    removed, emptied, left = [], [], []
+    for path, existed in reversed(prepared):
+        with contextlib.suppress(OSError):
+            _remove_restored(path, existed)
+        try:
+            clean = not path.exists() if not existed else not any(path.iterdir())
+        except OSError:
+            clean = False
+        (left if not clean else emptied if existed else removed).append(str(path))
+    notes = []
+    if removed:
+        notes.append(f"the partial restore was removed ({', '.join(removed)}, created by this restore, is gone)")
+    if emptied:
+        notes.append(f"the partial restore was removed from {', '.join(emptied)} (empty again, as before)")
+    if left:
+        notes.append(f"the partial restore could not be removed from {', '.join(left)}: remove it by hand")
+    return "; ".join(notes)
+
+
+def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> str:
+    """What went wrong writing ``target`` and what to do, without errno numbers."""
+    import errno
+
+    path = exc.filename or target
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{what} writing {target}: the backup needs {human_bytes(needed)} there; free that much or "
+                f"choose another {option}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        writable = target if target.exists() else target.parent
+        return (f"permission denied writing {path} (running as {running_as()}): make {writable} writable by this "
+                f"user or choose another {option}")
+    if exc.errno == errno.EROFS:
+        return f"{target} is on a read-only file system: choose another {option}"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
                    progress: bool | None = None) -> RestoreResult:
     """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum."""
@@ -785,10 +841,13 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     files = 0
     total = 0
     meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
+    writing = pgdata  # the target being written, for the error message
     try:
         for _obj, target in targets:
+            writing = target
             created.append((target, _prepare_target(target, "target directory")))
         for obj, target in targets:
+            writing = target
             decoder = Decoder(repo.keyring, expected_name=obj.key)
             with repo.storage.open(obj.key) as handle:
                 def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -812,18 +871,20 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                     lines.append(f"{obj.tablespace_oid} {target}\n")
             (pgdata / "tablespace_map").write_text("".join(lines))
         # Last: with pg_control in place the directory becomes startable.
+        writing = pgdata
         control = pgdata / PG_CONTROL
         control.parent.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(control, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(deferred[PG_CONTROL])
     except BaseException as exc:
-        for path, existed in reversed(created):
-            _remove_restored(path, existed)
+        undone = _undo_restore(created)
         if isinstance(exc, WalkeeperError | KeyboardInterrupt):
             raise
         if isinstance(exc, OSError):
-            raise StorageError(f"restore into {pgdata} failed: {exc}; the partial restore was removed") from None
+            option = "--pgdata" if writing == pgdata else "--tablespace-map"
+            needed = sum(o.plain_size for o, t in targets if t == writing)
+            raise StorageError(f"{_restore_os_error(exc, writing, option, needed)}; {undone}") from None
         raise
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
 

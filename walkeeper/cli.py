@@ -480,7 +480,7 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
     from walkeeper.repository import open_repository
-    from walkeeper.status import cluster_status, human_age, repository_status
+    from walkeeper.status import cluster_status, human_age, human_ago, repository_status
     from walkeeper.units import human_bytes
 
     doc = repository_status(open_repository(app.config))
@@ -496,7 +496,7 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
                f"{human_bytes(doc['total_bytes'])} stored")
     for b in doc["backups"]:
         click.echo(f"  backup {b['id']}: timeline {b['timeline']}, WAL {b['start_wal']} .. {b['stop_wal']}, "
-                   f"{human_bytes(b['stored_bytes'])}, ended {human_age(b['age_seconds'])} ago")
+                   f"{human_bytes(b['stored_bytes'])}, ended {human_ago(b['age_seconds'])}")
     if not doc["backups"]:
         click.echo("  no backups")
     for backup_id in doc["incomplete_backups"]:
@@ -512,7 +512,7 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
                else "  oldest recovery point: none (no backup)")
     newest = doc["newest_segment"]
     if newest:
-        click.echo(f"  newest segment: {newest['name']}, archived {human_age(newest['age_seconds'])} ago")
+        click.echo(f"  newest segment: {newest['name']}, archived {human_ago(newest['age_seconds'])}")
     c = doc.get("cluster")
     if c and "error" in c:
         click.echo(f"  server: not reachable ({c['error']})")

@@ -121,6 +121,17 @@ class LockedError(WalkeeperError):
     code = 16
 
 
+def running_as() -> str:
+    """Who this process runs as, for permission messages: 'postgres (uid 108)'."""
+    import os
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
 INTERNAL_ERROR_CODE = 19  # an unexpected exception: a bug in walkeeper
 USAGE_ERROR_CODE = 2  # bad command line (click's own code)
 

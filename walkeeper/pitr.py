@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from walkeeper import chronology
 from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
 from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.config import Config
@@ -373,13 +374,13 @@ def choose_backup(backups: list[BackupMeta], target: Target, path: list[Timeline
         raise RefusedError(f"no backup lies on the history of timeline {path[-1].timeline}")
     before = [b for b in usable if not _ended_after(b, target)]
     if not before:
-        oldest = min(usable, key=lambda b: parse_lsn(b.stop_lsn))
+        oldest = min(usable, key=chronology.position)
         raise RefusedError(
             f"the target ({target.describe()}) is before the end of every backup: the oldest, {oldest.id}, "
             f"ended at {oldest.stop_time} (LSN {oldest.stop_lsn}); a database cannot be recovered to a moment "
             "before its backup was complete",
         )
-    backup = max(before, key=lambda b: (parse_lsn(b.stop_lsn), b.stop_time))
+    backup = max(before, key=chronology.position)
     if target.kind == "time":
         why = f"the newest backup that ended before {target.value} (ended {backup.stop_time})"
     elif target.kind in ("lsn", "name"):
@@ -393,7 +394,7 @@ def choose_backup(backups: list[BackupMeta], target: Target, path: list[Timeline
 def xid_choice(repo: Repository, usable: list[BackupMeta], value: int) -> XidChoice:
     """``choose_for_xid`` over backups whose next xids are read lazily: a backup whose metadata predates
     them is read from its stored pg_control (a whole base tar), newest first and only until one qualifies."""
-    marks = [XidMark.of(b) for b in sorted(usable, key=lambda b: (parse_lsn(b.stop_lsn), b.stop_time))]
+    marks = [XidMark.of(b) for b in sorted(usable, key=chronology.position)]
     for i in range(len(marks) - 1, -1, -1):
         if marks[i].bound is None:
             backup = marks[i].backup

@@ -114,8 +114,12 @@ class S3Storage:
         config = BotoConfig(
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
-            # One retry inside botocore for a dropped keep-alive connection; RetryingStorage does the backoff.
-            retries={"max_attempts": 2, "mode": "standard"},
+            # No retry inside botocore: one retry policy, ours ([retry], RetryingStorage and _retrying), so that
+            # a call's worst case is attempts x (connect_timeout + read_timeout) + backoff, not that times
+            # botocore's own attempts. (botocore's "max_attempts" counts retries; total_max_attempts counts
+            # every attempt, the first included: 1 = no retry.) A dropped keep-alive connection is a
+            # TransientError like any other.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3={"addressing_style": s.addressing_style},
             max_pool_connections=max(10, s.max_concurrency + 2),
             # Checksums only when an operation requires them: S3-compatible stores reject the newer defaults.
@@ -133,9 +137,11 @@ class S3Storage:
         from botocore.exceptions import (
             ClientError,
             ConnectionError,
+            ConnectTimeoutError,
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
 
         where = f"{self.url}/{key}" if key else self.url
@@ -166,8 +172,14 @@ class S3Storage:
                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, [s3] profile, or an instance role for the "
                      "user running PostgreSQL",
             )
+        endpoint = self.settings.endpoint_url or "the S3 endpoint"
+        if isinstance(exc, ReadTimeoutError):
+            return TransientError(f"no answer from {endpoint} within [s3] read_timeout = "
+                                  f"{self.settings.read_timeout:g}s while {action} {where}")
+        if isinstance(exc, ConnectTimeoutError):
+            return TransientError(f"cannot connect to {endpoint} within [s3] connect_timeout = "
+                                  f"{self.settings.connect_timeout:g}s while {action} {where}")
         if isinstance(exc, ConnectionError | HTTPClientError | OSError):
-            endpoint = self.settings.endpoint_url or "the S3 endpoint"
             return TransientError(f"network error while {action} {where} ({endpoint}): {exc}")
         return StorageError(f"S3 failure while {action} {where}: {exc}")
 
@@ -262,7 +274,7 @@ class S3Storage:
                 self._retrying(lambda: self._call("completing upload of", key, lambda: (
                     self._client.complete_multipart_upload(**args))))
             except (StorageError, NotFound):
-                # An earlier attempt (ours or botocore's own retry) may have completed the upload and lost
+                # An earlier attempt of ours may have completed the upload and lost
                 # only the answer: the upload is then gone (NoSuchUpload) or the key taken (If-None-Match).
                 if not self._holds_exactly(key, full, parts):
                     raise

@@ -677,9 +677,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _closed_pipe()
-    except SystemExit as exc:
+    except SystemExit:
         # click's own answer to a closed pipe while it prints (help, usage): exit 1 after wrapping stdout
-        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+        if "PacifyFlushWrapper" in type(sys.stdout).__name__:
             return _closed_pipe()
         raise
     return result if isinstance(result, int) else 0

@@ -294,3 +294,26 @@ def test_verify_deep_and_restore_of_mutated_backup_objects(setup: Setup) -> None
         one_line(proc.stderr)
         assert not (target / "global" / "pg_control").exists(), label  # never a startable half-restore
 
+
+
+def test_damaged_repository_file_is_an_integrity_error() -> None:
+    """walkeeper.json is plain JSON: each damage to it reads as "not a valid repository file"."""
+    from walkeeper.repository import RepoMeta
+
+    good = RepoMeta(system_identifier="7300000000000000001", wal_segment_size=2**24, pg_version=15).to_json()
+    fields = json.loads(good)
+    rng = random.Random(SEED)
+    damaged = [b"", b"[]", b"null", b"7", b"[" * 5000, b"\xff", good[:len(good) // 2]]
+    damaged += [json.dumps({**fields, key: value}).encode() for key in fields
+                for value in ([], {}, "x", 1.5, True, 2**70)]
+    for _ in range(200):
+        b = bytearray(good)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        damaged.append(bytes(b))
+    for data in damaged:
+        try:
+            RepoMeta.from_json(data, "walkeeper.json")
+        except IntegrityError:
+            continue
+        except Exception as exc:  # pragma: no cover
+            raise AssertionError(f"{data[:40]!r}: crashed with {type(exc).__name__}: {exc}") from exc

@@ -22,7 +22,7 @@ import click
 
 from walkeeper import __version__
 from walkeeper.config import Config, load_config
-from walkeeper.errors import ConfigError, NotFound, RefusedError, WalkeeperError, exit_code
+from walkeeper.errors import CLOSED_PIPE_CODE, ConfigError, NotFound, RefusedError, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,9 +50,6 @@ pass_app = click.make_pass_decorator(AppContext)
 class CommandFailed(click.exceptions.Exit):
     """Carries the mapped exit code through click after the message has been printed."""
 
-
-# What a shell reports for a tool killed by SIGPIPE (128 + 13), as for `yes | head -1`.
-CLOSED_PIPE_CODE = 141
 
 
 def _closed_pipe() -> int:

@@ -51,7 +51,6 @@ class CommandFailed(click.exceptions.Exit):
     """Carries the mapped exit code through click after the message has been printed."""
 
 
-
 def _closed_pipe() -> int:
     """The reader of our output went away: stop quietly, like other Unix tools.
 

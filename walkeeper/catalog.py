@@ -135,7 +135,7 @@ class Catalog:
         _header, data = decode_bytes(self.repo.keyring, blob, expected_name=key)
         try:
             doc = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise IntegrityError(f"{key} is not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{key} is not a JSON object")

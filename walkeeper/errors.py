@@ -134,6 +134,7 @@ def running_as() -> str:
 
 INTERNAL_ERROR_CODE = 19  # an unexpected exception: a bug in walkeeper
 USAGE_ERROR_CODE = 2  # bad command line (click's own code)
+CLOSED_PIPE_CODE = 141  # the reader of our output went away: what a shell reports for SIGPIPE (128 + 13)
 
 
 def exit_code(error: BaseException, *, restore_command: bool = False) -> int:

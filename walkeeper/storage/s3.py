@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -53,14 +54,28 @@ _DENIED_CODES = {
 }
 
 
+def _require_sdk() -> None:
+    """Refuse an s3:// repository up front when boto3 or botocore is missing.
+
+    Checked when the storage is opened (find_spec imports nothing), because botocore is imported in
+    several places, the first of which is not always the client's construction.
+    """
+    import importlib.util
+
+    missing = [name for name in ("boto3", "botocore") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"an s3:// repository needs {' and '.join(missing)}, which this Python does not have",
+            hint=f"pip install 'walkeeper[s3]' into {sys.prefix}",
+        )
+
+
 def _import_boto3() -> Any:
     try:
         import boto3
     except ModuleNotFoundError:
-        raise ConfigError(
-            "an s3:// repository needs boto3, which is not installed",
-            hint="pip install 'walkeeper[s3]'",
-        ) from None
+        _require_sdk()
+        raise
     return boto3
 
 
@@ -93,6 +108,7 @@ class S3Storage:
         if prefix:
             validate_key(prefix)
         settings = getattr(options, "s3", None) or S3Config()
+        _require_sdk()
         return cls(parts.netloc, prefix, settings, RetryPolicy.from_options(options))
 
     # -- client and error mapping ---------------------------------------------------------

@@ -156,7 +156,8 @@ class Repository:
         if meta is None:
             raise StorageError(
                 f"no walkeeper repository at {self.storage.url} ({META_KEY} is missing)",
-                hint="check repo in the configuration; a new repository is created by walkeeper init (or the first wal-push)",
+                hint="check repo in the configuration; a new repository is created by walkeeper init "
+                     "(or the first wal-push)",
             )
         return meta
 

@@ -139,13 +139,23 @@ def test_init_as_root_creates_everything_for_the_data_directory_owner() -> None:
         # Another cluster, the same repository: refused, nothing written.
         other = Cluster(work / "other").initdb("--wal-segsize=1")
         one_line_error(wk("--config", conf, "init", "--pgdata", other.datadir), 7, "belongs to database system")
+        proc = wk("--repo", repo, "init", "--pgdata", other.datadir, "--generate-key", etc / "k-other",
+                  "--write-config", etc / "other.toml")
+        one_line_error(proc, 7, "belongs to database system")
+        # A new key for a repository written with another: refused before the key is made.
+        proc = wk("--repo", repo, "init", "--pgdata", cluster.datadir, "--generate-key", etc / "k-new")
+        one_line_error(proc, 15, "a new key could not read it")
+        assert not {etc / "k-other", etc / "other.toml", etc / "k-new"} & set(etc.iterdir())
         assert before == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before}
         # Not root: no files for someone else.
         proc = wk("--repo", work / "r2", "init", "--owner", "root", "--generate-key", work / "k2", as_postgres=True)
         one_line_error(proc, 15, "only root can create files for another user")
         assert not (work / "k2").exists() and not (work / "r2").exists()
-        # As root, the owner must be known.
-        one_line_error(wk("--repo", work / "r3", "init", "--generate-key", work / "k3"), 15, "--owner USER")
+        # As root, the owner must be known; --owner names it.
+        one_line_error(wk("--repo", etc / "r3", "init", "--generate-key", etc / "k3"), 15, "--owner USER")
+        assert not (etc / "r3").exists() and not (etc / "k3").exists()
+        ok(wk("--repo", etc / "r3", "init", "--owner", "postgres", "--generate-key", etc / "k3"))
+        owned_by_postgres(etc / "r3", etc / "r3" / "walkeeper.json", etc / "k3")
     finally:
         subprocess.run(["rm", "-rf", str(work), str(etc)], check=False)
 
@@ -230,3 +240,24 @@ def test_init_on_ssh_directory(setup: Setup, ssh_server) -> None:  # type: ignor
     # A repository that was never initialised stays an error: a typo must not look like an empty archive.
     proc = setup.wk("--repo", url + "-typo", "wal-fetch", "000000010000000000000001", setup.work / "x")
     assert proc.returncode == 209 and "no walkeeper repository" in proc.stderr
+
+
+def test_first_push_completes_an_init_without_a_cluster(setup: Setup) -> None:
+    """init records no cluster; the first segment then records system and size (1 MiB: not the default)."""
+    from tests.test_wal_contract import fetch, push
+    from tests.walfactory import make_segment
+
+    ok(setup.wk("init"))
+    meta = json.loads((setup.repo / "walkeeper.json").read_text())
+    assert meta["system_identifier"] is None and meta["wal_segment_size"] is None and meta["key_id"]
+    proc, _ = fetch(setup, "000000010000000000000003")
+    assert proc.returncode == 1 and proc.stderr == ""
+    name, data = make_segment(1, 3, sysid=7300000000000000042)
+    assert push(setup, name, data).returncode == 0
+    meta = json.loads((setup.repo / "walkeeper.json").read_text())
+    assert meta["system_identifier"] == "7300000000000000042" and meta["wal_segment_size"] == 1 << 20
+    proc, dest = fetch(setup, name)
+    assert proc.returncode == 0 and dest.read_bytes() == data
+    other, other_data = make_segment(1, 4, sysid=7300000000000000043)
+    proc = push(setup, other, other_data)
+    assert proc.returncode == 7 and "belongs to system 7300000000000000042" in proc.stderr

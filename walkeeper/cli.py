@@ -188,7 +188,7 @@ def wal_list_cmd(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"repository {repo.storage.url}")
-    if meta is None:
+    if meta is None or not timelines:
         click.echo("  empty (nothing archived yet)")
         return
     click.echo(f"  system identifier {meta.system_identifier}, segment size {meta.wal_segment_size}")

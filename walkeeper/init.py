@@ -259,9 +259,17 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
     config_path = Path(os.path.abspath(options.write_config)) if options.write_config else None
     if config_path is not None and config_path.exists():
         _check_existing_config(config_path, config.repo, config.encryption.key_file)
+    if config.encryption.method != "none":
+        if not config.encryption.key_file:
+            raise ConfigError(f"encryption method {config.encryption.method} needs a key",
+                              hint="add --generate-key FILE, or set [encryption] key_file")
+        if key_path is None and not os.path.exists(config.encryption.key_file):
+            raise ConfigError(f"key file {config.encryption.key_file} does not exist",
+                              hint="add --generate-key FILE to create one")
     repo_dir = local_repository_path(config.repo)
     if repo_dir is not None:
-        _check_local_repository(repo_dir)
+        _check_local_repository(repo_dir, pgdata_identity,
+                                new_key=key_path is not None and not key_path.exists())
 
     # 2. Files root may have to create for the owner: key, configuration, the local repository's directories.
     if key_path is not None:
@@ -305,9 +313,26 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
     return report
 
 
-def _check_local_repository(repo_dir: Path) -> None:
+def _check_local_repository(repo_dir: Path, identity: ClusterIdentity | None, *, new_key: bool) -> None:
+    """What can be refused before a key or configuration is written (remote ones are checked later)."""
+    from walkeeper.repository import META_KEY
+
     if repo_dir.exists() and not repo_dir.is_dir():
         raise RefusedError(f"{repo_dir} exists and is not a directory")
+    try:
+        meta = json.loads((repo_dir / META_KEY).read_bytes())
+    except (OSError, ValueError):
+        return  # absent, or unreadable by this user: the owner's own check below decides
+    recorded = meta.get("system_identifier")
+    if identity is not None and recorded not in (None, str(identity.system_identifier)):
+        raise ForeignClusterError(
+            f"repository {repo_dir} belongs to database system {recorded}, but {identity.source} is system "
+            f"{identity.system_identifier}; refusing to share a repository between two clusters",
+            hint="give each cluster its own repository (a new primary after pg_upgrade or initdb needs a new one)")
+    if new_key and meta.get("key_id"):
+        raise RefusedError(f"repository {repo_dir} is already written with key id {meta['key_id']}; a new key "
+                           "could not read it", hint="give that key's file (--config or [encryption] key_file) "
+                                                     "instead of --generate-key")
 
 
 def _init_repository(config: Config, identity: ClusterIdentity | None, report: InitReport) -> None:

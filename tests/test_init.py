@@ -261,3 +261,16 @@ def test_first_push_completes_an_init_without_a_cluster(setup: Setup) -> None:
     other, other_data = make_segment(1, 4, sysid=7300000000000000043)
     proc = push(setup, other, other_data)
     assert proc.returncode == 7 and "belongs to system 7300000000000000042" in proc.stderr
+
+
+def test_relative_paths_are_written_absolute(setup: Setup) -> None:
+    """archive_command runs in the data directory: a relative repo or key in the skeleton would point elsewhere."""
+    out = ok(wk("--repo", "rel/repo", "init", "--generate-key", "rel.key", "--write-config", "rel.toml",
+                as_postgres=True, cwd=setup.work))
+    written = load_config(str(setup.work / "rel.toml"), env={})
+    assert written.repo == str(setup.work / "rel" / "repo")
+    assert written.encryption.key_file == str(setup.work / "rel.key")
+    assert f"--config {setup.work / 'rel.toml'} wal-push %p" in out
+    proc = wk("--config", setup.work / "rel.toml", "wal-fetch", "000000010000000000000001", "x", as_postgres=True,
+              cwd="/")
+    assert proc.returncode == 1 and proc.stderr == ""

@@ -255,6 +255,9 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
                                                                              key_file=str(key_path)))
     if not config.repo:
         raise ConfigError("no repository given", hint="walkeeper --repo URL init ... (or repo in --config FILE)")
+    repo_dir = local_repository_path(config.repo)
+    if repo_dir is not None and str(repo_dir) != config.repo:
+        config = dataclasses.replace(config, repo=str(repo_dir))  # archive_command runs in the data directory
     report.repo = config.repo
     config_path = Path(os.path.abspath(options.write_config)) if options.write_config else None
     if config_path is not None and config_path.exists():
@@ -266,7 +269,6 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
         if key_path is None and not os.path.exists(config.encryption.key_file):
             raise ConfigError(f"key file {config.encryption.key_file} does not exist",
                               hint="add --generate-key FILE to create one")
-    repo_dir = local_repository_path(config.repo)
     if repo_dir is not None:
         _check_local_repository(repo_dir, pgdata_identity,
                                 new_key=key_path is not None and not key_path.exists())

@@ -175,6 +175,10 @@ def test_standby_set_up_before_the_first_push_follows_the_archive(setup: Setup) 
         assert "nothing to do" in ok(setup.wk("init", *primary.conninfo()))
 
         run_pg([PG_BIN / "pg_basebackup", *primary.conninfo(), "-D", standby.datadir, "-X", "stream", "-c", "fast"])
+        # --pgdata and a connection together must name one cluster (a copy of it does).
+        assert "nothing to do" in ok(setup.wk("init", "--pgdata", standby.datadir, *primary.conninfo()))
+        other = Cluster(setup.work / "other").initdb()
+        one_line_error(setup.wk("init", "--pgdata", other.datadir, *primary.conninfo()), 15, "not the same cluster")
         standby.configure({**standby.base_settings(), "archive_mode": "off", "hot_standby": "on",
                            "wal_retrieve_retry_interval": "100ms",
                            "restore_command": f"{walkeeper_cmd(setup.config)} wal-fetch %f %p"})

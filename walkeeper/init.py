@@ -237,18 +237,43 @@ def _repository_is_empty(storage: Any) -> bool:
     return next(iter(storage.list("")), None) is None
 
 
-def run_init(config: Config, options: InitOptions) -> InitReport:
-    """Prepare key, configuration and repository; every step says what it did or that it had nothing to do."""
-    from walkeeper.codec import generate_key
+@dataclass
+class _Plan:
+    """What init will do, settled before anything is written."""
 
+    config: Config
+    key_path: Path | None
+    config_path: Path | None
+    repo_dir: Path | None  # None: a remote repository
+    identity: ClusterIdentity | None
+    identity_checked: bool = False  # the connection (if any) was already asked
+
+
+def run_init(config: Config, options: InitOptions) -> InitReport:
+    """Prepare key, configuration and repository; every step says what it did or that it had nothing to do.
+
+    Checks first, then the files root may have to create for the owner (key, configuration, the local
+    repository's directories), then the repository itself, written as its owner, as archive_command will.
+    """
     report = InitReport()
+    owner = resolve_owner(options)
+    plan = _plan(config, options, ask_server=owner is None)  # as root, psql runs as the owner, later
+    _write_files(plan, owner, options, report)
+    if owner is not None:
+        become(owner)
+    if not plan.identity_checked:
+        plan.identity = _server_identity(plan.config, options, plan.identity)
+    _init_repository(plan.config, plan.identity, report)
+    return report
+
+
+def _plan(config: Config, options: InitOptions, *, ask_server: bool) -> _Plan:
     if options.generate_key and options.write_config and os.path.abspath(options.generate_key) == \
             os.path.abspath(options.write_config):
         raise ConfigError("--generate-key and --write-config name the same file")
-    owner = resolve_owner(options)
-
-    # 1. Everything that can be checked before anything is written.
-    pgdata_identity = identity_from_pgdata(options.pgdata) if options.pgdata else None
+    identity = identity_from_pgdata(options.pgdata) if options.pgdata else None
+    if ask_server:
+        identity = _server_identity(config, options, identity)
     key_path = Path(os.path.abspath(options.generate_key)) if options.generate_key else None
     if key_path is not None:
         config = dataclasses.replace(config, encryption=dataclasses.replace(config.encryption,
@@ -258,7 +283,6 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
     repo_dir = local_repository_path(config.repo)
     if repo_dir is not None and str(repo_dir) != config.repo:
         config = dataclasses.replace(config, repo=str(repo_dir))  # archive_command runs in the data directory
-    report.repo = config.repo
     config_path = Path(os.path.abspath(options.write_config)) if options.write_config else None
     if config_path is not None and config_path.exists():
         _check_existing_config(config_path, config.repo, config.encryption.key_file)
@@ -270,28 +294,46 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
             raise ConfigError(f"key file {config.encryption.key_file} does not exist",
                               hint="add --generate-key FILE to create one")
     if repo_dir is not None:
-        _check_local_repository(repo_dir, pgdata_identity,
-                                new_key=key_path is not None and not key_path.exists())
+        _check_local_repository(repo_dir, identity, new_key=key_path is not None and not key_path.exists())
+    return _Plan(config, key_path, config_path, repo_dir, identity, identity_checked=ask_server)
 
-    # 2. Files root may have to create for the owner: key, configuration, the local repository's directories.
-    if key_path is not None:
-        if key_path.exists():
-            report.kept(f"key {key_path} exists: kept (not overwritten)")
+
+def _server_identity(config: Config, options: InitOptions, identity: ClusterIdentity | None
+                     ) -> ClusterIdentity | None:
+    """The connected server's identity when connection options were given; it must match --pgdata's."""
+    if options.conn is None:
+        return identity
+    server = identity_from_server(config, options.conn)
+    if identity is not None and identity.system_identifier != server.system_identifier:
+        raise RefusedError(f"{identity.source} is database system {identity.system_identifier}, but the server "
+                           f"is {server.system_identifier}: they are not the same cluster")
+    return server
+
+
+def _write_files(plan: _Plan, owner: Account | None, options: InitOptions, report: InitReport) -> None:
+    from walkeeper.codec import generate_key
+
+    config = plan.config
+    if plan.key_path is not None:
+        if plan.key_path.exists():
+            report.kept(f"key {plan.key_path} exists: kept (not overwritten)")
         else:
-            write_new_file(key_path, generate_key() + "\n", owner)
-            report.did(f"wrote a new key to {key_path} (mode 0600{_owner_text(owner)}); keep a copy somewhere "
-                       "safe: without it the archive cannot be read")
-    if config_path is not None:
-        if config_path.exists():
-            report.kept(f"configuration {config_path} exists and names this repository: kept")
+            write_new_file(plan.key_path, generate_key() + "\n", owner)
+            report.did(f"wrote a new key to {plan.key_path} (mode 0600{_owner_text(owner)}); keep a copy "
+                       "somewhere safe: without it the archive cannot be read")
+    if plan.config_path is not None:
+        if plan.config_path.exists():
+            report.kept(f"configuration {plan.config_path} exists and names this repository: kept")
         else:
-            write_new_file(config_path, render_config(config), owner)
-            report.did(f"wrote configuration {config_path} (repo = {config.repo}"
+            write_new_file(plan.config_path, render_config(config), owner)
+            report.did(f"wrote configuration {plan.config_path} (repo = {config.repo}"
                        + (f", key_file = {config.encryption.key_file}" if config.encryption.key_file else "")
                        + f"{_owner_text(owner)})")
-        report.config_path = str(config_path)
+        report.config_path = str(plan.config_path)
     elif options.config_path:
         report.config_path = os.path.abspath(options.config_path)
+    report.repo = config.repo
+    repo_dir = plan.repo_dir
     if repo_dir is not None:
         if not repo_dir.exists():
             make_directories(repo_dir, owner)
@@ -300,19 +342,6 @@ def run_init(config: Config, options: InitOptions) -> InitReport:
             _chown(repo_dir, owner)
             os.chmod(repo_dir, 0o700)
             report.did(f"gave the empty directory {repo_dir} to {owner.describe()} (mode 0700)")
-
-    # 3. The repository itself, written as its owner (archive_command will write there as that user).
-    if owner is not None:
-        become(owner)
-    identity = pgdata_identity
-    if options.conn is not None:
-        server = identity_from_server(config, options.conn)
-        if identity is not None and identity.system_identifier != server.system_identifier:
-            raise RefusedError(f"{identity.source} is database system {identity.system_identifier}, but the server "
-                               f"is {server.system_identifier}: they are not the same cluster")
-        identity = server
-    _init_repository(config, identity, report)
-    return report
 
 
 def _check_local_repository(repo_dir: Path, identity: ClusterIdentity | None, *, new_key: bool) -> None:

@@ -19,6 +19,7 @@ import click
 
 from walkeeper import __version__
 from walkeeper.config import Config, load_config
+from walkeeper.durable import write_file
 from walkeeper.errors import NotFound, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
@@ -545,7 +546,6 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         parse_duration,
         prometheus_text,
         run_check,
-        write_atomically,
     )
 
     try:
@@ -558,7 +558,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
     if prometheus_file:
         try:
-            write_atomically(prometheus_file, prometheus_text(result, repo_url))
+            # Durable and atomic: the collector never reads half a file (its temp name does not end in .prom).
+            write_file(prometheus_file, prometheus_text(result, repo_url).encode(), mode=0o644)
         except OSError as exc:
             result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
             result.status = UNKNOWN

@@ -33,7 +33,9 @@ import os
 import stat as stat_mod
 import struct
 import sys
-from _collections_abc import Callable  # already loaded by os; collections.abc would import collections (~1 ms)
+from _collections_abc import Callable, Iterator  # loaded by os; collections.abc would import collections (~1 ms)
+
+from walkeeper.durable import write_file
 
 RECORD_VERSION = "2"  # key=value records; version 1 (JSON) records are ignored, so the full path answers
 REQUEST_FILE = "request"
@@ -45,7 +47,6 @@ STARTING_GRACE = 10.0
 META_SUFFIX = ".meta"
 MISSING_SUFFIX = ".missing"  # the prefetcher could not get this one: the full path must answer
 PUSHING_SUFFIX = ".pushing"  # a process (pid inside) is pushing this file now
-TEMP_PREFIX = ".tmp-"
 _HEX = frozenset("0123456789ABCDEF")
 # uint16 magic, uint16 info, uint32 tli, uint64 pageaddr, uint32 rem_len, (pad 4), uint64 sysid, uint32 seg_size
 _LONG_HEADER = struct.Struct("<HHIQI4xQI")
@@ -247,27 +248,15 @@ def identity(st: os.stat_result) -> dict[str, str]:
             "mtime_ns": str(st.st_mtime_ns), "ctime_ns": str(st.st_ctime_ns)}
 
 
-def write_record(path: str, doc: dict[str, object]) -> None:
-    """Write ``key=value`` lines to a temp name and rename it into place (readers see all or nothing)."""
+def write_record(path: str, doc: dict[str, object], *, sync: bool = True) -> None:
+    """Write ``key=value`` lines atomically (readers see all or nothing); durable unless ``sync`` is False."""
     lines = []
     for key, value in doc.items():
         text = str(value)
         if "\n" in text or "=" in key or "\n" in key:
             raise ValueError(f"record field {key!r} must fit on one line (and its name hold no '=')")
         lines.append(f"{key}={text}\n")
-    tmp = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, "".join(lines).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    write_file(path, "".join(lines).encode(), sync=sync)
 
 
 def read_record(path: str) -> dict[str, str] | None:
@@ -443,7 +432,8 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     meta_path = source + META_SUFFIX
     request = os.path.join(spool, REQUEST_FILE)
     # Tell the prefetcher where recovery is (and that this one is not served yet, so it keeps or fetches it).
-    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 0})
+    # Not synced (here and below): a hint to the live prefetcher, rewritten by every call.
+    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 0}, sync=False)
     meta = read_record(meta_path)
     if meta is None:
         meta = wait_for_prefetcher(spool, name, settings.wait_timeout)
@@ -476,7 +466,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     finally:
         os.close(fd)
     remove_file(meta_path)
-    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 1})
+    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 1}, sync=False)
     _say(settings, f"restored {name} from the prefetch spool (fast path)")
     return 0
 
@@ -545,21 +535,17 @@ def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, str]
 
 
 def _copy_into_place(fd: int, size: int, dest: str) -> None:
-    tmp = f"{dest}.walkeeper-{os.getpid()}.tmp"
-    try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            offset = 0
-            while offset < size:
-                sent = os.sendfile(out, fd, offset, size - offset)
-                if sent == 0:
-                    raise OSError("short copy")
-                offset += sent
-        finally:
-            os.close(out)
-        os.replace(tmp, dest)
-    finally:
-        remove_file(tmp)
+    def chunks() -> Iterator[bytes]:
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+            if not chunk:
+                raise OSError("short copy")
+            offset += len(chunk)
+            yield chunk
+
+    # Not synced: PostgreSQL reads %p at once and durable_rename()s (fsyncs) what it keeps.
+    write_file(dest, chunks(), sync=False)
 
 
 def try_fast_path(argv: list[str]) -> int | None:

@@ -108,7 +108,7 @@ def start_pusher(config: Config, status: str, own: Path) -> bool:
     if not others or fastpath.holder_alive(status, fastpath.PUSH_LOCK_FILE, fastpath.PUSH_STARTING_FILE):
         return False
     datadir = os.getcwd()
-    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):
+    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-push see this pusher while its interpreter starts
     return _spawn(["walkeeper.pusher", status, datadir, config.source or "", config.repo, own.name], datadir,
                   os.path.join(status, "push.log"))
@@ -210,7 +210,7 @@ def start_prefetch(config: Config, name: str) -> bool:
                           {"v": fastpath.RECORD_VERSION, "name": name, "served": 1}, sync=False)
     if prefetcher_running(spool):
         return False
-    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):
+    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
     return _spawn(["walkeeper.prefetch", spool, datadir, config.source or "", config.repo], datadir,
                   os.path.join(spool, "prefetch.log"))

@@ -213,8 +213,6 @@ def key_group() -> None:
 @handle_errors()
 def key_generate_cmd(output: str | None) -> None:
     """Print a new random 256-bit key for key_file."""
-    import os
-
     from walkeeper.codec import generate_key
 
     key = generate_key()
@@ -222,11 +220,9 @@ def key_generate_cmd(output: str | None) -> None:
         click.echo(key)
         return
     try:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_file(output, (key + "\n").encode(), replace=False)  # durable, never half a key
     except FileExistsError:
         raise click.ClickException(f"{output} already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
     click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
 
 

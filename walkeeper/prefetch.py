@@ -127,6 +127,7 @@ class Prefetcher:
             self.retry_at[name] = time.monotonic() + RETRY_MISSING
             self._discard(name)
             # A waiting wal-fetch stops waiting and asks the repository itself (which reports the error).
+            # Not synced: the marker matters only to a wal-fetch waiting now.
             with contextlib.suppress(OSError), open(self._path(name) + fastpath.MISSING_SUFFIX, "w"):
                 pass
 

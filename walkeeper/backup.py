@@ -776,7 +776,7 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             for obj, target in targets:
                 if obj.tablespace_oid is not None:
                     lines.append(f"{obj.tablespace_oid} {target}\n")
-            write_file(pgdata / "tablespace_map", "".join(lines).encode(), replace=False)
+            write_file(pgdata / "tablespace_map", "".join(lines).encode())  # replaces the backup's own
         sync.finish()  # every file and directory written so far is on disk
         if before_control:
             before_control(pgdata)

@@ -71,7 +71,7 @@ class Pusher:
             if fastpath.identity(before) != fastpath.identity(after):
                 log.warning("%s changed while it was pushed ahead; not recording it", name)
                 return False
-            fastpath.write_record(self._path(name), {
+            fastpath.write_record(self._path(name), {  # synced, like the object it vouches for
                 "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo, "sha256": result.sha256,
                 **fastpath.identity(after)})
             return True

@@ -22,6 +22,7 @@ import click
 
 from walkeeper import __version__
 from walkeeper.config import Config, load_config
+from walkeeper.durable import write_file
 from walkeeper.errors import CLOSED_PIPE_CODE, ConfigError, NotFound, RefusedError, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
@@ -236,8 +237,6 @@ def key_group() -> None:
 @handle_errors()
 def key_generate_cmd(output: str | None) -> None:
     """Print a new random 256-bit key for key_file."""
-    import os
-
     from walkeeper.codec import generate_key
 
     key = generate_key()
@@ -245,7 +244,7 @@ def key_generate_cmd(output: str | None) -> None:
         click.echo(key)
         return
     try:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_file(output, (key + "\n").encode(), replace=False)  # durable, never half a key
     except FileExistsError:
         raise RefusedError(f"{output} already exists; refusing to overwrite a key",
                            hint="choose another --output, or move the old key away first") from None
@@ -253,8 +252,6 @@ def key_generate_cmd(output: str | None) -> None:
         what = "its directory does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
         raise ConfigError(f"cannot write the key to {output}: {what}",
                           hint="create the directory first or choose another --output") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
     click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
 
 
@@ -625,7 +622,6 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         parse_duration,
         prometheus_text,
         run_check,
-        write_atomically,
     )
 
     try:
@@ -638,7 +634,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
     if prometheus_file:
         try:
-            write_atomically(prometheus_file, prometheus_text(result, repo_url))
+            # Durable and atomic: the collector never reads half a file (its temp name does not end in .prom).
+            write_file(prometheus_file, prometheus_text(result, repo_url).encode(), mode=0o644)
         except OSError as exc:
             result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
             result.status = UNKNOWN

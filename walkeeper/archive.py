@@ -172,16 +172,16 @@ class FetchResult:
     size: int
 
 
-def fetch_file(repo: Repository, name_text: str, dest: Path) -> FetchResult:
-    """The body of restore_command: fetch, verify, place."""
+def fetch_file(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0) -> FetchResult:
+    """The body of restore_command: fetch, verify, place (``gap_wait``: see Repository.fetch_wal)."""
     name = parse_wal_name(name_text)
-    data = repo.fetch_wal(name)
+    data = repo.fetch_wal(name, gap_wait=gap_wait)
     write_file_atomically(dest, data)
     return FetchResult(name.name, len(data))
 
 
 def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
-    result = fetch_file(open_repository(config), name, Path(dest))
+    result = fetch_file(open_repository(config), name, Path(dest), gap_wait=config.restore.gap_wait)
     if config.restore.prefetch > 0:
         try:
             start_prefetch(config, name)

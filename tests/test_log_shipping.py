@@ -1,0 +1,81 @@
+"""A log-shipping standby reads the archive while the primary archives into it with push-ahead.
+
+The pusher stores several segments at once, so a nearly empty segment N+1 can be stored before a heavy,
+poorly compressible segment N. A standby asking for N in that moment must wait for it, never stop
+recovery with a "gap" (exit 208, FATAL in the standby's log).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from tests.conftest import Setup
+from tests.pgharness import PG_BIN, Cluster, run_pg, walkeeper_cmd
+
+pytestmark = pytest.mark.postgres
+
+ROUNDS = int(os.environ.get("WALKEEPER_TEST_STANDBY_ROUNDS", "15"))
+HEAVY = "insert into t(note) select md5(random()::text) from generate_series(1, 120000)"
+
+
+def ok(proc):  # type: ignore[no-untyped-def]
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc
+
+
+def psql_each(cluster: Cluster, *statements: str) -> list[str]:
+    """One psql run, each statement its own transaction (``-c`` per statement); their outputs in order."""
+    args = [arg for sql in statements for arg in ("-c", sql)]
+    proc = run_pg([PG_BIN / "psql", "-h", cluster.sockdir, "-p", cluster.port, "-d", "postgres", "-X", "-A", "-t",
+                   "-v", "ON_ERROR_STOP=1", *args])
+    return proc.stdout.decode().split()
+
+
+def wait_replayed(standby: Cluster, count: str, timeout: float = 60) -> None:
+    """Until the standby sees ``count`` rows; fails at once if it stopped (FATAL) meanwhile."""
+    deadline = time.time() + timeout
+    seen = ""
+    while time.time() < deadline:
+        seen = standby.psql("select count(*) from t", check=False)
+        if seen == count:
+            return
+        if not seen and not standby.is_running():
+            raise AssertionError(f"the standby stopped; its log:\n{standby.log()[-4000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"standby at {seen} rows, not {count}, after {timeout}s; log:\n{standby.log()[-4000:]}")
+
+
+@pytest.mark.parametrize("backend_setup", ["local", "s3"], indirect=True)
+def test_standby_follows_archive_while_pusher_stores_out_of_order(backend_setup: Setup) -> None:
+    setup = backend_setup
+    primary = Cluster(setup.work / "primary").initdb()
+    primary.configure({**primary.base_settings(), "wal_level": "replica", "archive_mode": "on",
+                       "archive_command": f"{walkeeper_cmd(setup.config)} wal-push %p"})  # default push-ahead
+    primary.start()
+    standby = Cluster(setup.work / "standby")
+    try:
+        primary.psql("create table t(id bigserial primary key, note text)")
+        primary.wait_archived(primary.switch_wal())
+        ok(setup.wk("backup", *primary.conninfo(), "--fast-checkpoint"))
+        ok(setup.wk("pitr", "--pgdata", standby.datadir, "--standby"))
+        standby.configure({**standby.base_settings(), "archive_mode": "off", "hot_standby": "on",
+                           "wal_retrieve_retry_interval": "20ms"})
+        standby.start()
+        wait_replayed(standby, primary.psql("select count(*) from t"))
+        last = ""
+        for _ in range(ROUNDS):
+            # A heavy segment N, then at once a nearly empty N+1, while the standby polls for N.
+            *_, last = psql_each(primary, HEAVY, "select pg_walfile_name(pg_switch_wal())",
+                                 "insert into t(note) values ('light')", "select pg_walfile_name(pg_switch_wal())")
+            wait_replayed(standby, primary.psql("select count(*) from t"))
+        log = standby.log()
+        assert "FATAL" not in log and "exit code 208" not in log, log[-4000:]
+        restored = set(re.findall(r'restored log file "([0-9A-F]{24})" from archive', log))
+        assert last in restored, log[-3000:]
+    finally:
+        standby.stop("immediate")
+        primary.stop("immediate")

@@ -62,6 +62,8 @@ def test_standby_follows_archive_while_pusher_stores_out_of_order(backend_setup:
         primary.wait_archived(primary.switch_wal())
         ok(setup.wk("backup", *primary.conninfo(), "--fast-checkpoint"))
         ok(setup.wk("pitr", "--pgdata", standby.datadir, "--standby"))
+        auto = standby.datadir / "postgresql.auto.conf"  # -v: wal-fetch logs each wait for a store in flight
+        auto.write_text(auto.read_text().replace(" --config ", " -v --config "))
         standby.configure({**standby.base_settings(), "archive_mode": "off", "hot_standby": "on",
                            "wal_retrieve_retry_interval": "20ms"})
         standby.start()
@@ -76,6 +78,8 @@ def test_standby_follows_archive_while_pusher_stores_out_of_order(backend_setup:
         assert "FATAL" not in log and "exit code 208" not in log, log[-4000:]
         restored = set(re.findall(r'restored log file "([0-9A-F]{24})" from archive', log))
         assert last in restored, log[-3000:]
+        waits = len(re.findall(r"is missing while \S+ is stored: waiting", log))
+        print(f"{setup.backend}: {ROUNDS} rounds, {waits} wait(s) for a segment stored after a later one")
     finally:
         standby.stop("immediate")
         primary.stop("immediate")

@@ -1,4 +1,5 @@
-"""The gap decision of Repository.fetch_wal, in process on a local repository (no root, seconds).
+"""The gap decision of Repository.fetch_wal and the pusher's ordered stores, in process on a local
+repository (no root, seconds).
 
 A missing segment is "not found" when nothing later of its timeline is stored; with a later one
 stored it is waited for (a parallel push may still be storing it) and served if it appears, and
@@ -9,15 +10,19 @@ with a real standby.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.walfactory import MiB, make_segment
+from tests.walfactory import MiB, fake_datadir, make_segment
+from walkeeper import fastpath
 from walkeeper.config import load_config
 from walkeeper.errors import GapError, NotFound
+from walkeeper.pusher import NotYourTurn, Pusher
 from walkeeper.repository import Repository, open_repository
 from walkeeper.wal import parse_wal_name
 
@@ -83,3 +88,60 @@ def test_missing_segment_decision(tmp_path: Path, stored: list[str], wanted: str
         assert gap_wait <= elapsed < gap_wait + 1.0
     else:
         assert elapsed < 1.0
+
+
+# -- the pusher publishes in order ------------------------------------------------------------------------
+
+
+def pusher_world(tmp_path: Path, ready: list[str], done: Sequence[str] = ()) -> tuple[Pusher, Repository]:
+    """A pusher over a fake data directory whose archive_status lists ``ready`` (.ready) and ``done`` (.done)."""
+    config = load_config(env={"WALKEEPER_ENCRYPTION_METHOD": "none", "WALKEEPER_COMPRESSION_METHOD": "none"},
+                         repo=str(tmp_path / "repo"))
+    repo = open_repository(config)
+    repo.ensure_identity(SYSID, MiB, 15)
+    datadir = fake_datadir(tmp_path / "pgdata")
+    for name in ready:
+        (datadir / "pg_wal" / "archive_status" / f"{name}.ready").touch()
+    for name in done:
+        (datadir / "pg_wal" / "archive_status" / f"{name}.done").touch()
+    status = tmp_path / "status"
+    status.mkdir(mode=0o700)
+    return Pusher(config, repo, str(status), str(datadir)), repo
+
+
+@pytest.mark.parametrize(("ready", "done", "stored", "wanted", "outcome"), [
+    ([SEG(1, 3), SEG(1, 4)], [], [], SEG(1, 4), "refused"),  # 3 neither stored nor being stored: its push failed
+    ([SEG(1, 3), SEG(1, 4)], [], [SEG(1, 3)], SEG(1, 4), "now"),  # stored, not marked .done yet
+    ([SEG(1, 4)], [SEG(1, 3)], [], SEG(1, 4), "now"),  # .done: PostgreSQL's own call stored it
+    ([SEG(1, 3), SEG(1, 4)], [], [], SEG(1, 3), "now"),  # later ones do not count
+    ([SEG(1, 3), SEG(2, 4)], [], [], SEG(2, 4), "now"),  # nor another timeline's
+    ([SEG(1, 3)], [], [], "00000002.history", "now"),  # nor anything but segments
+])
+def test_pusher_stores_a_segment_only_after_the_earlier_ones(
+        tmp_path: Path, ready: list[str], done: list[str], stored: list[str], wanted: str, outcome: str) -> None:
+    pusher, repo = pusher_world(tmp_path, ready, done)
+    for name in stored:
+        store(repo, name)
+    if outcome == "refused":
+        with pytest.raises(NotYourTurn, match=SEG(1, 3)):
+            pusher.wait_turn(wanted)
+    else:
+        pusher.wait_turn(wanted)
+
+
+def test_pusher_waits_for_an_earlier_segment_being_stored(tmp_path: Path) -> None:
+    """Earlier one being stored (PostgreSQL's own call, marked NAME.pushing): wait for its store."""
+    pusher, repo = pusher_world(tmp_path, [SEG(1, 3), SEG(1, 4)])
+    marker = Path(pusher.status) / (SEG(1, 3) + fastpath.PUSHING_SUFFIX)
+    fastpath.write_record(str(marker), {"v": fastpath.RECORD_VERSION, "name": SEG(1, 3), "pid": os.getpid()})
+
+    def finish() -> None:  # the other call stores it, removes its marker; PostgreSQL then marks it .done
+        store(repository(tmp_path / "repo"), SEG(1, 3))
+        marker.unlink()
+
+    storer = threading.Timer(0.4, finish)
+    storer.start()
+    began = time.monotonic()
+    pusher.wait_turn(SEG(1, 4))
+    assert time.monotonic() - began >= 0.4 and repo.stored_sha256(f"wal/00000001/{SEG(1, 3)}")
+    storer.join()

@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from walkeeper.codec import CodecSettings, Keyring, check_round_trip, decode_bytes, encode_bytes, read_header
@@ -219,12 +219,14 @@ class Repository:
             raise IntegrityError(f"stored object {key} records no checksum")
         return header.sha256
 
-    def push_wal(self, name: WalName, data: bytes, *, look_first: bool = True) -> PushResult:
+    def push_wal(self, name: WalName, data: bytes, *, look_first: bool = True,
+                 before_store: Callable[[], None] | None = None) -> PushResult:
         """Store one WAL file durably; identical re-push is a no-op, different content is refused.
 
         ``look_first`` checks for a stored object before encoding (cheap re-pushes after a crash);
         without it the no-clobber store finds out (one request less per object on S3). Either way
-        nothing stored is ever overwritten.
+        nothing stored is ever overwritten. ``before_store`` runs after encoding, just before the
+        object becomes visible (the pusher waits there for earlier segments; raising stores nothing).
         """
         key = wal_key(name)
         new_sha = hashlib.sha256(data).hexdigest()
@@ -234,6 +236,8 @@ class Repository:
         blob, sha = encode_bytes(self.codec, name.name, data, sha256=new_sha)
         if self.self_check:  # check what we wrote before claiming success: it must decode back to ``data``
             check_round_trip(self.keyring, blob, name=name.name, plain=data, sha256=new_sha)
+        if before_store is not None:
+            before_store()
         try:
             self.storage.put(key, blob, overwrite=False, metadata={"sha256": sha, "size": str(len(data))})
         except AlreadyExists:

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import stat
 import sys
+import time as clock
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -46,6 +47,7 @@ BLOCK_BEGIN = "# BEGIN walkeeper pitr"
 BLOCK_END = "# END walkeeper pitr"
 TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
 ACTIONS = ("pause", "promote", "shutdown")
+GAP_RECHECK = 0.5  # seconds between listings while a gap may be a store in flight
 
 
 # -- targets -----------------------------------------------------------------------------------
@@ -472,6 +474,24 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
         segno += 1
 
 
+def check_coverage_settled(repo: Repository, backup: BackupMeta, target: Target, path: list[TimelineStep],
+                           gap_wait: float) -> tuple[str, str | None, int]:
+    """``check_coverage``, reporting a gap only if it is still there after ``gap_wait`` seconds.
+
+    While the primary archives, parallel pushes may store a segment after a later one; a plan made in
+    that moment would refuse a whole archive (as wal-fetch would, see Repository.fetch_wal).
+    """
+    deadline = clock.monotonic() + gap_wait
+    while True:
+        try:
+            return check_coverage(repo, backup, target, path)
+        except GapError:
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                raise
+            clock.sleep(min(GAP_RECHECK, left))
+
+
 def archived_after(mtime: float, moment: datetime) -> bool:
     """Whether an object stored at ``mtime`` may have been stored after ``moment``.
 
@@ -494,7 +514,7 @@ def _gap(name: str, backup: BackupMeta, target: Target) -> GapError:
 
 
 def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: str, target_timeline: str | None,
-               exclusive: bool, backup_id: str | None, standby: bool) -> Plan:
+               exclusive: bool, backup_id: str | None, standby: bool, gap_wait: float = 0.0) -> Plan:
     backups = catalog.backups()
     histories = {n.timeline for n, _s, _m in repo.iter_wal() if n.kind is WalKind.HISTORY}
     warnings: list[str] = []
@@ -548,7 +568,7 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
                         f"after the target time, by branching from timeline {branch.timeline}; recovery follows "
                         f"timeline {path[-1].timeline}. For timeline {branch.timeline}'s own history after the "
                         f"branch point, use --target-timeline {branch.timeline}")
-    first, last, count = check_coverage(repo, backup, target, path)
+    first, last, count = check_coverage_settled(repo, backup, target, path, gap_wait)
     return Plan(target, backup, reason, tli, explicit, path, first, last, count, action, exclusive, standby,
                 warnings)
 
@@ -743,7 +763,7 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
     if backup_id == "latest":
         backup_id = catalog.resolve("latest").id
     plan = build_plan(repo, catalog, target, action=action, target_timeline=target_timeline,
-                      exclusive=exclusive, backup_id=backup_id, standby=standby)
+                      exclusive=exclusive, backup_id=backup_id, standby=standby, gap_wait=config.restore.gap_wait)
     command = restore_command(config_path or config.source, repo_flag)
     if not (config_path or config.source):
         plan.warnings.append("no configuration file: restore_command relies on WALKEEPER_* variables being set "

@@ -104,18 +104,36 @@ class ConnOptions:
         return out
 
 
-def psql(config: Config, conn: ConnOptions, sql: str, *, timeout: float = 120) -> str:
+def psql(config: Config, conn: ConnOptions, sql: str, *, timeout: float = 120, connect_timeout: int = 10) -> str:
+    """Run one statement with psql and return its unaligned output (fields split by '|').
+
+    The one psql runner: every command that asks the server goes through it. A failure is one
+    line (psql's own message spans several: "error: ...\n\tIs the server running ...").
+    """
     cmd = [pg_tool(config, "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", *conn.args(), "-c", sql]
     if not conn.dbname:
         # psql defaults the database to the user name; a fresh cluster only has "postgres".
         cmd[-2:-2] = ["-d", os.environ.get("PGDATABASE", "postgres")]
+    env = dict(os.environ)
+    env.setdefault("PGCONNECT_TIMEOUT", str(connect_timeout))  # an unreachable host fails in seconds
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=env)
     except subprocess.TimeoutExpired:
         raise PostgresError(f"psql did not answer within {timeout:.0f}s") from None
+    except OSError as exc:
+        raise PostgresError(f"cannot run psql: {exc.strerror or exc}") from None
     if proc.returncode != 0:
-        raise PostgresError(f"psql failed: {proc.stderr.strip() or proc.returncode}")
+        raise PostgresError(f"psql failed: {one_line(proc.stderr) or f'exit {proc.returncode}'}")
     return proc.stdout.strip()
+
+
+def one_line(text: str) -> str:
+    """psql's (or any tool's) multi-line message as one line, without its "psql: error: " prefix."""
+    parts = [part.strip() for part in text.splitlines() if part.strip()]
+    if parts and parts[0].startswith("psql: error: "):
+        parts[0] = parts[0][len("psql: error: "):]
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)

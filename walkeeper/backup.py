@@ -57,7 +57,7 @@ from walkeeper.errors import (
     running_as,
 )
 from walkeeper.repository import Repository, open_repository, wal_key
-from walkeeper.units import human_bytes
+from walkeeper.units import human_bytes, plural
 from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
 
 log = logging.getLogger(__name__)
@@ -546,7 +546,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                 proc.kill()
             stderr = proc.stderr
         else:
-            print(f"the cluster has {info.tablespaces} tablespace(s): pg_basebackup cannot stream them; "
+            print(f"the cluster has {plural(info.tablespaces, 'tablespace')}: pg_basebackup cannot stream them; "
                   "staging the tars in a temporary directory first", file=sys.stderr)
             with tempfile.TemporaryDirectory(prefix="walkeeper-backup-") as tmp:
                 proc = _Proc([*cmd, "-D", tmp])

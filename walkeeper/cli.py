@@ -671,7 +671,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
     """Remove expired backups and the WAL and restore points no retained backup needs."""
     from walkeeper.repository import open_repository
     from walkeeper.retention import expire
-    from walkeeper.units import human_bytes
+    from walkeeper.units import human_bytes, plural
 
     if keep is None and keep_days is None:
         keep, keep_days = app.config.retention.keep, app.config.retention.keep_days
@@ -688,7 +688,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
         click.echo(f"{verb} {key} ({size} bytes)")
     click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
                f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
-    click.echo(f"{verb} {len(plan.removals)} object(s), {human_bytes(plan.bytes_freed)} "
+    click.echo(f"{verb} {plural(len(plan.removals), 'object')}, {human_bytes(plan.bytes_freed)} "
                f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
 
 

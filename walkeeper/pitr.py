@@ -28,7 +28,7 @@ from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
 from walkeeper.repository import Repository, open_repository
-from walkeeper.units import human_bytes
+from walkeeper.units import human_bytes, plural
 from walkeeper.wal import (
     HistoryEntry,
     WalKind,
@@ -50,7 +50,7 @@ ACTIONS = ("pause", "promote", "shutdown")
 
 _TS_RE = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
-    r"\s*(?P<zone>Z|UTC|GMT|[+-]\d{1,2}(?::?\d{2})?|[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)+)?$"
+    r"\s*(?P<zone>Z|UTC|GMT|[+-]\d{1,2}(?::?\d{2})?|[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*)?$"
 )
 
 
@@ -86,6 +86,12 @@ def parse_target_time(text: str, *, local_zone: timezone | None = None) -> datet
             raise ConfigError(f"--target-time {text!r}: offset {zone} is out of range")
         delta = timedelta(hours=hours, minutes=minutes)
         return naive.replace(tzinfo=timezone(delta if zone[0] == "+" else -delta))
+    if "/" not in zone and zone == zone.upper():
+        # CET, EST or MET are zoneinfo keys too, but whoever writes them means an abbreviation, which
+        # PostgreSQL reads from its own timezone_abbreviations table: refuse rather than guess.
+        raise ConfigError(f"--target-time {text!r}: {zone} is an ambiguous abbreviation, not a time zone walkeeper "
+                          "can check",
+                          hint="use a full zone name such as Europe/Berlin, or a numeric offset such as +01")
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -321,7 +327,7 @@ class Plan:
             f"  because: {self.reason}",
             "timeline: " + " -> ".join(str(s.timeline) for s in self.path)
             + ("" if self.timeline_explicit else " (the latest timeline, PostgreSQL's default)"),
-            f"WAL: {self.segments} segment(s) {self.first_wal} .. {self.last_wal or '(end of archive)'} "
+            f"WAL: {plural(self.segments, 'segment')} {self.first_wal} .. {self.last_wal or '(end of archive)'} "
             "all present in the repository",
         ]
         if self.target.kind != "none":
@@ -452,6 +458,12 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
             later = any(s > segno and tli_for(s) == t for t in path_tlis for s in present.get(t, {}))
             if last is not None or segno <= stop_seg or later:
                 raise _gap(name, backup, target)
+            if target.kind == "time" and target.time is not None and target.time > datetime.now(UTC):
+                raise RefusedError(
+                    f"the target time {target.value} is in the future (now {format_target_time(datetime.now(UTC))}"
+                    " by this host's clock): no archived WAL can reach it yet",
+                    hint="choose a moment in the past; to follow the archive as it grows, use --standby",
+                )
             if target.kind == "time":
                 raise RefusedError(
                     f"the archive ends before {name}, and nothing in it was archived after the target time "
@@ -623,7 +635,7 @@ def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
     text = re.sub(rf"(?ms)^{re.escape(BLOCK_BEGIN)}.*?^{re.escape(BLOCK_END)}\n?", "", text)
     text, changed = _comment_out(text, include_restore=True)
     if changed:
-        notes.append(f"commented out {changed} earlier recovery setting line(s) in {auto}")
+        notes.append(f"commented out {plural(changed, 'earlier recovery setting line')} in {auto}")
     if text and not text.endswith("\n"):
         text += "\n"
     tmp = auto.with_name(auto.name + ".walkeeper.tmp")
@@ -636,7 +648,7 @@ def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
         updated, changed = _comment_out(original, include_restore=False)
         if changed:
             conf.write_text(updated)
-            notes.append(f"commented out {changed} recovery_target* line(s) in {conf}")
+            notes.append(f"commented out {plural(changed, 'recovery_target* line')} in {conf}")
     signal = pgdata / ("standby.signal" if plan.standby else "recovery.signal")
     other = pgdata / ("recovery.signal" if plan.standby else "standby.signal")
     signal.touch(mode=0o600)

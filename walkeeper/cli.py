@@ -403,12 +403,13 @@ def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tu
 @click.option("--no-restore", is_flag=True, help="The directory already holds a restored backup: settings only.")
 @click.option("--tablespace-map", multiple=True, metavar="OLD=NEW", help="As for restore.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The plan (and what was written) as JSON.")
 @pass_app
 @handle_errors()
 def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: str | None,
              target_xid: str | None, target_name: str | None, target_immediate: bool, target_action: str,
              target_timeline: str | None, exclusive: bool, backup_id: str | None, standby: bool,
-             no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool) -> None:
+             no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Point-in-time recovery: choose a backup, check WAL coverage, restore, write recovery settings."""
     from walkeeper.pitr import pitr
 
@@ -416,6 +417,9 @@ def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: 
                   immediate=target_immediate, action=target_action, target_timeline=target_timeline,
                   exclusive=exclusive, backup_id=backup_id, standby=standby, no_restore=no_restore,
                   dry_run=dry_run, config_path=app.config_path, repo_flag=app.repo, tablespace_map=tablespace_map)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
     for line in result.plan.lines():
         click.echo(line)
     if result.dry_run:
@@ -467,7 +471,9 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
     repo.require_meta()
     points = list(Catalog(repo).restore_points())
     if as_json:
-        click.echo(json.dumps([asdict(p) for p in points], indent=2))
+        from walkeeper.units import utc_text
+
+        click.echo(json.dumps([{**asdict(p), "time": utc_text(p.time)} for p in points], indent=2))
         return
     if not points:
         click.echo("no restore points")

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from walkeeper import chronology
 from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
@@ -32,6 +33,7 @@ from walkeeper.units import human_bytes, plural
 from walkeeper.wal import (
     HistoryEntry,
     WalKind,
+    format_lsn,
     parse_history,
     parse_lsn,
     parse_wal_name,
@@ -667,6 +669,32 @@ class PitrResult:
     notes: list[str]
     pgdata: Path
     dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """`pitr --json` (docs/json.md): the plan, and what was written unless --dry-run."""
+        plan, target, backup = self.plan, self.plan.target, self.plan.backup
+        restored = self.restored
+        return {
+            "pgdata": str(self.pgdata), "dry_run": self.dry_run,
+            "target": {"kind": target.kind,
+                       "value": target.time.astimezone(UTC).isoformat(timespec="microseconds") if target.time
+                       else target.value or None,
+                       "settings": [line for line in settings_block(plan, "").splitlines()
+                                    if line.startswith("recovery_target")]},
+            "backup": {"id": backup.id, "label": backup.label, "stop_time": backup.stop_time,
+                       "stop_lsn": backup.stop_lsn, "stop_timeline": backup.stop_timeline},
+            "reason": plan.reason,
+            "timelines": [{"timeline": s.timeline, "begin_lsn": format_lsn(s.begin),
+                           "end_lsn": None if s.end is None else format_lsn(s.end)} for s in plan.path],
+            "timeline_explicit": plan.timeline_explicit,
+            "wal": {"first": plan.first_wal, "last": plan.last_wal, "segments": plan.segments},
+            "action": plan.action, "exclusive": plan.exclusive, "standby": plan.standby,
+            "warnings": plan.warnings,
+            "restored": None if restored is None else {
+                "backup": restored.backup.id, "files": restored.files, "bytes": restored.bytes,
+                "seconds": round(restored.seconds, 3)},
+            "notes": self.notes,
+        }
 
 
 def make_target(catalog: Catalog, *, time: str | None = None, lsn: str | None = None, xid: str | None = None,

@@ -25,3 +25,16 @@ def iso_utc(moment: float | None) -> str | None:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
+
+
+def utc_text(text: str) -> str:
+    """A timestamp with an offset ("2026-11-30 03:13:30.1+01", PostgreSQL's form) as ISO 8601 UTC."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return text
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")

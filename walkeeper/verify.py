@@ -24,7 +24,7 @@ from walkeeper.codec import Decoder, decode_bytes
 from walkeeper.errors import InvalidWal, WalkeeperError
 from walkeeper.inventory import BackupInfo, Inventory, WalObject, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.units import plural
+from walkeeper.units import iso_utc, plural
 from walkeeper.wal import WalKind, check_segment, format_lsn, parse_history
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _gap_problem(inv: Inventory, tli: int, first: int, last: int, targets: list[
                  "broken_from_lsn": format_lsn(lo_lsn), "broken_to_lsn": format_lsn(hi_lsn),
                  "timelines_affected": targets, "backups_affected": affected, "backups_after_gap": later,
                  "last_good_segment": before.name.name if before else None,
-                 "last_good_time": before.mtime if before else None,
+                 "last_good_time": iso_utc(before.mtime) if before else None,
                  "next_good_segment": after.name.name if after else None},
     )
 

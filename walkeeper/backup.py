@@ -919,11 +919,14 @@ def stored_pg_control(repo: Repository, backup: BackupMeta) -> ControlFacts:
     captured: dict[str, bytes] = {}
     scanner = TarScanner(captured)
     decoder = Decoder(repo.keyring, expected_name=base[0].key)
+    meter = Progress(f"reading backup {backup.id} for its pg_control", base[0].plain_size)
     with repo.storage.open(base[0].key) as handle:
         for chunk in decoder.decode(handle.read):
+            meter.add(len(chunk))
             scanner.feed(chunk)
             if PG_CONTROL in captured or scanner.ended:
                 break
+    meter.finish()
     if PG_CONTROL not in captured:
         raise IntegrityError(f"backup {backup.id} holds no {PG_CONTROL}")
     facts = parse_pg_control(captured[PG_CONTROL])

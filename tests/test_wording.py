@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+from tests.pgharness import WALKEEPER_BIN
 from walkeeper.backup import one_line
+from walkeeper.cli import _CommandFormatter
 from walkeeper.errors import ConfigError
 from walkeeper.pitr import parse_target_time
 from walkeeper.units import iso_utc, plural
@@ -83,3 +89,36 @@ def test_tool_errors_become_one_line(stderr: str, line: str) -> None:
 ])
 def test_json_times_are_iso_utc(epoch: float | None, text: str | None) -> None:
     assert iso_utc(epoch) == text
+
+
+@pytest.mark.parametrize(("args", "prefix"), [
+    (["backups", "show", "latest"], "walkeeper backups show: error: "),
+    (["backups"], "walkeeper backups: error: "),
+    (["wal-list"], "walkeeper wal-list: error: "),
+    (["restore-points", "--json"], "walkeeper restore-points: error: "),
+    (["pitr", "--pgdata", "/nonexistent/x", "--target-time", "2026-01-01 10:00 CET"], "walkeeper pitr: error: "),
+    (["status", "--no-cluster"], "walkeeper status: error: "),
+])
+def test_error_lines_name_the_whole_command(tmp_path: Path, args: list[str], prefix: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WALKEEPER_", "PG"))}
+    proc = subprocess.run([str(WALKEEPER_BIN), "--repo", str(tmp_path / "none"), *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), proc.stderr
+
+
+@pytest.mark.parametrize(("level", "text"), [
+    (logging.WARNING, "walkeeper pitr: warning: careful"),
+    (logging.ERROR, "walkeeper pitr: error: careful"),
+    (logging.INFO, "walkeeper pitr: careful"),
+])
+def test_log_lines_name_the_whole_command(level: int, text: str) -> None:
+    formatter = _CommandFormatter("%(message)s")
+    old = _CommandFormatter.command
+    _CommandFormatter.command = "walkeeper pitr"
+    try:
+        record = logging.LogRecord("walkeeper", level, __file__, 1, "careful", None, None)
+        assert formatter.format(record) == text
+    finally:
+        _CommandFormatter.command = old

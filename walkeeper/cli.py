@@ -67,10 +67,25 @@ def _closed_pipe() -> int:
     return CLOSED_PIPE_CODE
 
 
+class _CommandFormatter(logging.Formatter):
+    """Log lines name the whole command and say what they are: "walkeeper pitr: warning: ..."."""
+
+    command = "walkeeper"
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+        return f"{self.command}: {kind.get(record.levelno, '')}{super().format(record)}"
+
+
+def _name_command(ctx: click.Context) -> None:
+    """From here on, log lines carry the full command path (known only once click has parsed it)."""
+    _CommandFormatter.command = ctx.command_path
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("walkeeper: %(message)s"))
+    handler.setFormatter(_CommandFormatter("%(message)s"))
     root = logging.getLogger("walkeeper")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -84,6 +99,7 @@ def handle_errors(*, restore_command: bool = False, quiet_not_found: bool = Fals
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = click.get_current_context()
+            _name_command(ctx)
             app = ctx.find_object(AppContext)
             verbose = app.verbose if app else 0
             try:
@@ -140,7 +156,7 @@ def _report(ctx: click.Context, exc: BaseException, verbose: int) -> None:
     # One line even when a tool's own message spans several (psql's "error: ...\n\tIs the server running").
     message = " ".join(part.strip() for part in _message(exc, verbose).splitlines() if part.strip())
     if verbose:
-        log.error("%s: traceback follows", ctx.command_path, exc_info=exc)
+        log.error("traceback follows", exc_info=exc)
     click.echo(f"{ctx.command_path}: error: {message}", err=True)
 
 
@@ -626,6 +642,7 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         write_atomically,
     )
 
+    _name_command(click.get_current_context())
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
     try:

@@ -130,3 +130,36 @@ def test_check_archive_on_a_real_server(setup: Setup) -> None:
 def test_check_archive_unreachable_server_is_unknown(setup: Setup, tmp_path: Path) -> None:
     code, line = check(setup, ["-h", "/nonexistent-socket-dir", "-p", "5"])
     assert code == 3 and line.startswith("WALKEEPER UNKNOWN - psql failed: "), line
+
+
+@pytest.mark.postgres
+def test_status_and_check_with_connection_flags(setup: Setup) -> None:
+    """status/check take -h/-p/-U/-d like backup; the server's side shows even without a readable repository."""
+    primary = start_primary(setup)
+    try:
+        c = conn(primary)
+        primary.wait_archived(primary.switch_wal())
+        proc = setup.wk("status", *c)
+        assert proc.returncode == 0 and "  server: current WAL " in proc.stdout, proc.stdout + proc.stderr
+        doc = json.loads(setup.wk("status", "--json", *c).stdout)
+        assert doc["cluster"]["archived_count"] >= 1
+
+        # The repository cannot be read: the server's view is still printed, then the one error line.
+        env = {"WALKEEPER_REPO": str(setup.work / "missing-repo")}
+        proc = setup.wk("status", *c, env=env)
+        assert proc.returncode == 9, proc.stderr
+        assert "cannot be read (no walkeeper repository at" in proc.stdout and "  server: current WAL" in proc.stdout
+        assert proc.stderr.startswith("walkeeper status: error: no walkeeper repository") and \
+            len(proc.stderr.splitlines()) == 1, proc.stderr
+        doc = json.loads(setup.wk("status", "--json", *c, env=env).stdout)
+        assert "error" in doc and doc["cluster"]["last_archived_time"].endswith("+00:00")
+
+        line = setup.wk("check", "--cluster", *c).stdout
+        assert line.startswith("WALKEEPER OK - ") and "archive lag 0 segments" in line, line
+    finally:
+        primary.destroy()
+    # psql cannot connect: one line, said once.
+    proc = setup.wk("check", "--cluster", "-h", str(setup.work / "no-socket"), "-p", "5")
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1, proc.stdout
+    assert proc.stdout.count("cannot read the server's archiver status") == 1, proc.stdout
+    assert "psql failed: connection to server on socket" in proc.stdout and "psql: error" not in proc.stdout

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Setup
 from tests.pgharness import give_to_pg, walkeeper_cmd
 from tests.test_pitr import conn, start_primary
-from walkeeper.preflight import parse_archive_command, same_repository
+from walkeeper.preflight import Archiver, archived, failure_reason, parse_archive_command, same_repository
 
 WK = "/opt/venv/bin/walkeeper"
 
@@ -51,6 +51,35 @@ def test_parse_archive_command(command: str, kind: str, config: str | None, repo
 ])
 def test_same_repository(a: str, b: str, same: bool) -> None:
     assert same_repository(a, b) is same
+
+
+def archiver(last: str | None = None, failed: str | None = None, failures: int = 0) -> Archiver:
+    return Archiver(5, last, 1000.0 if last else None, failures, failed, 2000.0 if failed else None, 2001.0)
+
+
+@pytest.mark.parametrize(("last", "segment", "done"), [
+    (None, "000000010000000000000005", False),
+    ("000000010000000000000004", "000000010000000000000005", False),
+    ("000000010000000000000005", "000000010000000000000005", True),
+    ("000000010000000000000006", "000000010000000000000005", True),
+    ("00000002.history", "000000010000000000000005", False),
+    ("000000010000000000000005.partial", "000000010000000000000005", True),
+])
+def test_archived(last: str | None, segment: str, done: bool) -> None:
+    assert archived(archiver(last), segment) is done
+
+
+@pytest.mark.parametrize(("own", "says"), [
+    ({"failures": 3, "last_failure": 2000.5, "last_error": "cannot store X: Permission denied"},
+     "; walkeeper wal-push said: cannot store X: Permission denied"),
+    ({"failures": 3, "last_failure": 10.0, "last_error": "an old failure"}, "; walkeeper recorded no failure here"),
+    (None, "; walkeeper recorded no failure here since the check began"),
+])
+def test_failure_reason(own: dict | None, says: str) -> None:
+    text = failure_reason(archiver(failed="000000010000000000000007", failures=3), own, since=1999.0)
+    assert text.startswith("archive_command failed for 000000010000000000000007 (last at "
+                           "1970-01-01T00:33:20.000000+00:00, 3 failures since the statistics were reset)")
+    assert says in text and "an old failure" not in text
 
 
 def check(setup: Setup, primary_conn: list[str], *extra: str) -> tuple[int, str]:
@@ -163,3 +192,10 @@ def test_status_and_check_with_connection_flags(setup: Setup) -> None:
     assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1, proc.stdout
     assert proc.stdout.count("cannot read the server's archiver status") == 1, proc.stdout
     assert "psql failed: connection to server on socket" in proc.stdout and "psql: error" not in proc.stdout
+
+
+@pytest.mark.parametrize("extra", [["--cluster"], ["--max-wal-age", "1h"], ["--prometheus", "/tmp/x.prom"]])
+def test_check_archive_alone(setup: Setup, extra: list[str]) -> None:
+    proc = setup.wk("check", "--archive", *extra)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("WALKEEPER UNKNOWN - bad command line: --archive runs the preflight alone")

@@ -643,6 +643,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
     )
 
     _name_command(click.get_current_context())
+    if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age))):
+        raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
     try:

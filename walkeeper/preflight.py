@@ -20,7 +20,7 @@ from typing import Any
 from walkeeper.backup import ConnOptions, psql
 from walkeeper.config import Config, load_config
 from walkeeper.errors import NotFound, WalkeeperError
-from walkeeper.status import CRITICAL, OK, UNKNOWN, WARNING, CheckResult
+from walkeeper.status import CRITICAL, OK, UNKNOWN, WARNING, CheckResult, local_failures
 from walkeeper.units import iso_utc, plural
 
 RESTORE_POINT = "walkeeper check --archive"
@@ -164,26 +164,14 @@ class Preflight:
         return self
 
 
-def walkeeper_failures(config: Config) -> dict[str, Any] | None:
-    """walkeeper's own record of failed wal-push calls on this host (notify state), if readable."""
-    from walkeeper.notify import read_state, state_path
-
-    entry = read_state(state_path(config)).get("wal-push")
-    if not entry:
-        return None
-    return {"failures": int(entry.get("failures", 0)), "last_failure": iso_utc(entry.get("last_failure")),
-            "last_failure_epoch": entry.get("last_failure"), "last_error": entry.get("last_error") or None,
-            "last_object": entry.get("last_object") or None}
-
-
 def failure_reason(archiver: Archiver, own: dict[str, Any] | None, since: float) -> str:
     """Why archiving fails, from the server's view and walkeeper's record (only failures since ``since``)."""
     when = iso_utc(archiver.last_failed_time) or "?"
     text = (f"archive_command failed for {archiver.last_failed_wal} (last at {when}, "
             f"{plural(archiver.failed_count, 'failure')} since the statistics were reset)")
-    if own and own.get("last_error") and (own.get("last_failure_epoch") or 0) >= since:
+    if own and own.get("last_error") and (own.get("last_failure") or 0) >= since:
         text += f"; walkeeper wal-push said: {own['last_error']}"
-    elif own is None or (own.get("last_failure_epoch") or 0) < since:
+    elif own is None or (own.get("last_failure") or 0) < since:
         text += ("; walkeeper recorded no failure here since the check began (another program, another user's "
                  "state file, or a failure before walkeeper started: see the server log)")
     return text
@@ -272,8 +260,8 @@ def _check(config: Config, conn: ConnOptions, timeout: float, pre: Preflight) ->
                                       f"in {repo.storage.url}: archive_command stores into another repository")
         new_failures = archiver.failed_count - before.failed_count
         if new_failures >= FAILURES_BEFORE_VERDICT or (new_failures and time.time() >= deadline):
-            own = walkeeper_failures(config)
-            doc["walkeeper_failures"] = {k: v for k, v in own.items() if k != "last_failure_epoch"} if own else None
+            own = local_failures(config).get("wal-push")
+            doc["walkeeper_failures"] = {**own, "last_failure": iso_utc(own["last_failure"])} if own else None
             return pre.fail(CRITICAL, failure_reason(archiver, own, started))
         if time.time() >= deadline:
             return pre.fail(CRITICAL, f"{segment} did not reach {repo.storage.url} within {timeout:.0f}s "

@@ -141,7 +141,7 @@ def local_failures(config: Config) -> dict[str, dict[str, Any]]:
     except Exception:  # an unusable state file is no failure of status
         return {}
     return {event: {"failures": int(entry.get("failures", 0)), "last_failure": entry.get("last_failure"),
-                    "last_error": entry.get("last_error") or None}
+                    "last_error": entry.get("last_error") or None, "last_object": entry.get("last_object") or None}
             for event, entry in state.items() if entry.get("failures")}
 
 

@@ -30,6 +30,7 @@ from walkeeper.chronology import oldest_first
 from walkeeper.errors import ConfigError, RefusedError
 from walkeeper.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repository import Repository
+from walkeeper.units import plural
 from walkeeper.wal import WalKind
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,8 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
     inv = read_inventory(repo)
     if inv.history_errors:
         raise RefusedError(
-            "cannot read the history file(s) of timeline(s) "
+            f"cannot read the history {'file' if len(inv.history_errors) == 1 else 'files'} of "
+            f"{'timeline' if len(inv.history_errors) == 1 else 'timelines'} "
             f"{', '.join(map(str, sorted(inv.history_errors)))}; refusing to expire without knowing the timelines",
             hint="walkeeper verify explains")
     plan = plan_expire(inv, keep=keep, keep_days=keep_days, now=now)
@@ -159,6 +161,6 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
             batch = []
     if batch:
         repo.storage.delete(batch)
-    log.info("expired %d backup(s), %d object(s), %d bytes", len(plan.expired_backups), len(plan.removals),
-             plan.bytes_freed)
+    log.info("expired %s, %s, %d bytes", plural(len(plan.expired_backups), "backup"),
+             plural(len(plan.removals), "object"), plan.bytes_freed)
     return plan

@@ -653,35 +653,40 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
 @click.option("--keep", type=int, help="Keep the newest N complete backups (default [retention] keep).")
 @click.option("--keep-days", type=float, help="Keep every moment of the last D days recoverable "
               "(default [retention] keep_days).")
+@click.option("--keep-daily", type=int, metavar="N", help="Keep the newest backup of each of the last N days.")
+@click.option("--keep-weekly", type=int, metavar="N", help="... of each of the last N ISO weeks.")
+@click.option("--keep-monthly", type=int, metavar="N", help="... of each of the last N months.")
+@click.option("--keep-yearly", type=int, metavar="N", help="... of each of the last N years.")
+@click.option("--dumps", "dumps_only", is_flag=True, help="Apply the rules given to logical dumps instead of "
+              "backups (default: [retention] for backups and [retention.dumps] for dumps).")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be removed, remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 @handle_errors()
-def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_run: bool, as_json: bool) -> None:
-    """Remove expired backups and the WAL and restore points no retained backup needs."""
+def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_daily: int | None,
+               keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, dumps_only: bool,
+               dry_run: bool, as_json: bool) -> None:
+    """Remove expired backups and the WAL and restore points no retained backup needs; expired dumps."""
     if not dry_run:
         _run_as_owner(app, "expire")
+    from walkeeper.cli_dumps import expire_report
     from walkeeper.repository import open_repository
-    from walkeeper.retention import expire
-    from walkeeper.units import human_bytes
+    from walkeeper.retention import time_zone
+    from walkeeper.retention_gfs import GfsPolicy
 
-    if keep is None and keep_days is None:
-        keep, keep_days = app.config.retention.keep, app.config.retention.keep_days
-    plan = expire(open_repository(app.config), keep=keep, keep_days=keep_days, dry_run=dry_run)
-    if as_json:
-        doc = plan.to_dict()
-        doc["dry_run"] = dry_run
-        click.echo(json.dumps(doc, indent=2))
+    given = GfsPolicy(keep, keep_days, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    ret = app.config.retention
+    zone = time_zone(ret.time_zone)
+    repo = open_repository(app.config)
+    if dumps_only:
+        expire_report(repo, None, given, zone, dry_run, as_json)
         return
-    verb = "would remove" if dry_run else "removed"
-    if plan.note:
-        click.echo(plan.note)
-    for key, size in plan.removals:
-        click.echo(f"{verb} {key} ({size} bytes)")
-    click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
-               f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
-    click.echo(f"{verb} {len(plan.removals)} object(s), {human_bytes(plan.bytes_freed)} "
-               f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
+    backups = given if not given.empty() else GfsPolicy(ret.keep, ret.keep_days, ret.keep_daily, ret.keep_weekly,
+                                                         ret.keep_monthly, ret.keep_yearly)
+    d = ret.dumps
+    dumps = None if not given.empty() else GfsPolicy(d.keep, d.keep_days, d.keep_daily, d.keep_weekly,
+                                                     d.keep_monthly, d.keep_yearly)
+    expire_report(repo, backups, dumps if dumps is not None and not dumps.empty() else None, zone, dry_run, as_json)
 
 
 def _usage_error(exc: click.ClickException, args: list[str]) -> int:
@@ -701,6 +706,11 @@ def _usage_error(exc: click.ClickException, args: list[str]) -> int:
         return UNKNOWN
     # A restore_command with bad arguments must stop recovery, not read as "not found".
     return exit_code(exc, restore_command=True) if "wal-fetch" in args else exc.exit_code
+
+
+from walkeeper.cli_dumps import register as _register_dumps  # noqa: E402 - needs cli defined
+
+_register_dumps(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

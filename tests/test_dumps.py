@@ -97,8 +97,8 @@ def test_dump_and_restore_story(backend_setup: Setup) -> None:
         # dump --all: globals + every database as one set; restore one of them and the roles.
         primary.psql("create role reporter login")
         every = json.loads(ok(setup.wk("dump", "--all", *c, "--json")).stdout)
-        assert every["kind"] == "all" and {"postgres", "shop", "shop2"} <= set(every["databases"])
-        assert [i["kind"] for i in every["items"]][0] == "globals"
+        assert every["kind"] == "all" and {"postgres", "shop", "shop2"} <= {i["database"] for i in every["items"]}
+        assert every["items"][0]["kind"] == "globals"
         fail(setup.wk("restore-dump", every["id"], *c, "-d", "x"), 15, "--database")
         ok(setup.wk("restore-dump", every["id"], *c, "--database", "shop", "-d", "shop5", "--create"))
         assert primary.psql("select count(*) from orders", db="shop5") == "5000"

@@ -139,7 +139,9 @@ def test_dump_killed_halfway_is_never_listed(setup: Setup) -> None:
                        "expire", "--dumps", "--keep", "1", "--json"])
         plan = json.loads(ok(subprocess.run(later, capture_output=True, text=True)).stdout)
         assert plan["dumps"]["incomplete_dumps"] == listed["incomplete"]
-        assert not list(setup.repo.glob("dumps/*/*"))
+        # (a killed put's hidden temp file is the storage's to sweep, as for backups; never listed)
+        assert not [p for p in setup.repo.glob("dumps/*/*") if not p.name.startswith(".tmp")]
+        assert json.loads(ok(setup.wk("dumps", "--json")).stdout) == {"dumps": [], "incomplete": []}
     finally:
         primary.destroy()
 

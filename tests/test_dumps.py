@@ -199,3 +199,45 @@ def test_dump_from_15_restores_into_18(setup: Setup) -> None:
         run_pg([bin18 / "pg_ctl", "-D", data18, "-m", "immediate", "-w", "stop"], check=False)
         shutil.rmtree(data18, ignore_errors=True)
         primary.destroy()
+
+
+def wk_at(setup: Setup, moment: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """walkeeper with its clock (and that of the pg_dump it runs) started at ``moment`` (UTC)."""
+    if shutil.which("faketime") is None:
+        raise pytest.UsageError("this test needs faketime (apt-get install -y faketime; scripts/test.sh installs it)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
+    env["TZ"] = "UTC"
+    cmd = as_pg(["faketime", "-f", f"@{moment}", str(WALKEEPER_BIN), "--config", str(setup.config), *args])
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_gfs_expire_of_dumps_spread_over_months(setup: Setup) -> None:
+    """Dumps taken (under faketime) over eight months, then expire by [retention.dumps] on March 1st."""
+    setup.write_config(setup.config.read_text().replace(
+        "[compression]", '[retention]\ntime_zone = "UTC"\nkeep = 1\n[retention.dumps]\nkeep_daily = 2\n'
+                         "keep_monthly = 3\nkeep_yearly = 2\n[compression]", 1))
+    primary = start_primary(setup)
+    try:
+        archive_everything(primary)
+        primary.psql("create table t as select 1 as x")
+        moments = ["2025-06-15 12:00:00", "2025-12-31 23:00:00", "2026-01-15 12:00:00", "2026-01-31 12:00:00",
+                   "2026-02-27 12:00:00", "2026-02-28 10:00:00", "2026-02-28 20:00:00"]
+        ids = {}
+        for moment in moments:
+            ids[moment[:10] + moment[10:13]] = json.loads(
+                ok(wk_at(setup, moment, "dump", *conn(primary), "-d", "postgres", "--json")).stdout)["id"]
+        listed = json.loads(ok(setup.wk("dumps", "--json")).stdout)["dumps"]
+        assert [d["id"] for d in listed] == sorted(ids.values())
+        assert ids["2025-06-15 12"].startswith("20250615T1200")  # the faked clock dated it
+        dry = ok(wk_at(setup, "2026-03-01 00:00:00", "expire", "--dry-run")).stdout
+        assert f"keep dump {ids['2026-02-28 20']}: newest, daily 2026-02-28, monthly 2026-02, yearly 2026" in dry
+        assert f"keep dump {ids['2025-12-31 23']}: monthly 2025-12, yearly 2025" in dry
+        gone = {ids["2025-06-15 12"], ids["2026-01-15 12"], ids["2026-02-28 10"]}
+        assert {line.split()[-1] for line in dry.splitlines() if line.startswith("would remove dump")} == gone
+        plan = json.loads(ok(wk_at(setup, "2026-03-01 00:00:00", "expire", "--json")).stdout)
+        assert set(plan["dumps"]["expired_dumps"]) == gone
+        left = [d["id"] for d in json.loads(ok(setup.wk("dumps", "--json")).stdout)["dumps"]]
+        assert left == sorted(set(ids.values()) - gone)
+        ok(setup.wk("restore-dump", ids["2025-12-31 23"], "--to-file", setup.work / "old.dump"))
+    finally:
+        primary.destroy()

@@ -57,6 +57,18 @@ def test_dump_and_restore_story(backend_setup: Setup) -> None:
         assert [d["id"] for d in listed["dumps"]] == [meta["id"]] and listed["incomplete"] == []
         assert "shop" in ok(setup.wk("dumps")).stdout
         assert json.loads(ok(setup.wk("dumps", "show", "latest", "--json")).stdout) == meta
+        # status, check and the Prometheus textfile know the newest dump of each database.
+        doc = json.loads(ok(setup.wk("status", "--json", "--no-cluster")).stdout)
+        assert [(d["database"], d["id"]) for d in doc["dumps"]] == [("shop", meta["id"])]
+        assert f"dump of shop: {meta['id']}" in ok(setup.wk("status", "--no-cluster")).stdout
+        prom = setup.work / "walkeeper.prom"
+        line = ok(setup.wk("check", "--max-dump-age", "26h", "--prometheus", prom)).stdout
+        assert line.startswith("WALKEEPER OK") and "1 dump(s)" in line and "dump_age=" in line
+        assert 'walkeeper_last_dump_age_seconds{repo=' in prom.read_text() and 'database="shop"' in prom.read_text()
+        time.sleep(1.1)
+        late = setup.wk("check", "--max-dump-age", "1s")
+        assert late.returncode == 2 and "last dump of shop" in late.stdout, late.stdout
+        assert "dumps: 1" in ok(setup.wk("verify", "--deep", "--pg-restore-list")).stdout
 
         # A new database from the dump: same rows.
         out = ok(setup.wk("restore-dump", "latest", *c, "-d", "shop2", "--create")).stdout
@@ -105,6 +117,14 @@ def test_dump_and_restore_story(backend_setup: Setup) -> None:
         primary.psql("drop role reporter")
         ok(setup.wk("restore-dump", every["id"], *c, "--globals"))
         assert primary.psql("select count(*) from pg_roles where rolname = 'reporter'") == "1"
+        if setup.backend == "local":  # a damaged dump object: verify --deep names it
+            obj = setup.repo / "dumps" / part["id"] / "db-000.dump"
+            data = bytearray(obj.read_bytes())
+            data[len(data) // 2] ^= 1
+            obj.chmod(0o600)
+            obj.write_bytes(bytes(data))
+            bad = setup.wk("verify", "--deep")
+            assert bad.returncode == 5 and f"dumps/{part['id']}/db-000.dump" in bad.stdout, bad.stdout
     finally:
         primary.destroy()
 

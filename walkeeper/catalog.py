@@ -330,6 +330,14 @@ class Catalog:
             return self.dump(ids[-1])
         return self.dump(validate_backup_id(dump_id))
 
+    def newest_dumps(self) -> dict[str, DumpMeta]:
+        """The newest complete dump holding each database (for status, check and metrics)."""
+        newest: dict[str, DumpMeta] = {}
+        for dump in self.dumps():  # oldest first: later ones replace earlier ones
+            for database in dump.databases:
+                newest[database] = dump
+        return newest
+
     def delete_dump_objects(self, dump_id: str) -> list[str]:
         """Remove a dump's objects, its metadata first (so that it is never listed half-deleted)."""
         keys = [info.key for info in self.repo.storage.list(f"{DUMP_PREFIX}{validate_backup_id(dump_id)}/")]

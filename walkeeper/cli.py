@@ -533,18 +533,21 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
               "WAL header (name, timeline, system identifier).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Objects read in parallel.")
+@click.option("--pg-restore-list", is_flag=True, help="With --deep: also have pg_restore --list read each dump.")
 @pass_app
 @handle_errors()
-def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
+def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore_list: bool) -> None:
     """Check that the archive is whole from the oldest backup to the newest segment.
 
     Exit 0 only when it is; 5 when a problem was found (the report says what to do).
     """
+    from walkeeper.backup import pg_tool
     from walkeeper.errors import IntegrityError
     from walkeeper.repository import open_repository
     from walkeeper.verify import format_report, verify
 
-    report = verify(open_repository(app.config), deep=deep, jobs=jobs)
+    lister = pg_tool(app.config, "pg_restore") if deep and pg_restore_list else None
+    report = verify(open_repository(app.config), deep=deep, jobs=jobs, pg_restore=lister)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     if not report.ok:
         raise CommandFailed(IntegrityError.code)
@@ -581,6 +584,8 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
         click.echo("  no backups")
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
+    for d in doc.get("dumps", []):
+        click.echo(f"  dump of {d['database']}: {d['id']}, {human_ago(d['age_seconds'])}")
     for t in doc["timelines"]:
         span = f"{t['first']} .. {t['last']}" if t["first"] else "no segments"
         click.echo(f"  timeline {t['timeline']}: {span}, {t['segments']} segments, "
@@ -610,13 +615,16 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
 @click.option("--max-backup-age", help="CRITICAL when the newest backup is older (e.g. 26h, 8d).")
 @click.option("--warn-wal-age", help="WARNING when the newest WAL is older.")
 @click.option("--warn-backup-age", help="WARNING when the newest backup is older.")
+@click.option("--max-dump-age", help="CRITICAL when the newest dump of a database is older (e.g. 26h).")
+@click.option("--warn-dump-age", help="WARNING when the newest dump of a database is older.")
 @click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql through the libpq environment).")
 @click.option("-d", "--dbname", help="Database name or conninfo for --cluster.")
 @click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False),
               help="Also write a node-exporter textfile (atomically) to FILE.")
 @pass_app
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
-              warn_backup_age: str | None, cluster: bool, dbname: str | None, prometheus_file: str | None) -> None:
+              warn_backup_age: str | None, max_dump_age: str | None, warn_dump_age: str | None, cluster: bool,
+              dbname: str | None, prometheus_file: str | None) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
     from walkeeper.status import (
         UNKNOWN,
@@ -631,7 +639,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
     try:
         config = app.config
         thresholds = Thresholds(*(parse_duration(v) if v else None
-                                  for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age)))
+                                  for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
+                                            max_dump_age, warn_dump_age)))
         result = run_check(config, thresholds, cluster=cluster, dbname=dbname)
         repo_url = config.repo
     except Exception as exc:

@@ -695,7 +695,9 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
     d = ret.dumps
     dumps = None if not given.empty() else GfsPolicy(d.keep, d.keep_days, d.keep_daily, d.keep_weekly,
                                                      d.keep_monthly, d.keep_yearly)
-    expire_report(repo, backups, dumps if dumps is not None and not dumps.empty() else None, zone, dry_run, as_json)
+    dumps = dumps if dumps is not None and not dumps.empty() else None
+    # [retention.dumps] alone expires dumps only; with no rule at all, expire for backups says what to set.
+    expire_report(repo, None if backups.empty() and dumps is not None else backups, dumps, zone, dry_run, as_json)
 
 
 def _usage_error(exc: click.ClickException, args: list[str]) -> int:

@@ -50,7 +50,13 @@ def _dump(app: AppContext, conn: Any, label: str | None, all_databases: bool, as
     click.echo(f"dump {meta.id} done: {', '.join(meta.databases)}"
                f"{' + globals' if meta.kind == 'all' else ''}, {human(meta.plain_size)} stored as "
                f"{human(meta.stored_size)} (PostgreSQL {meta.server_version // 10000}, "
-               f"{meta.pg_dump_version.split(' ')[-1] if meta.pg_dump_version else '?'} pg_dump)")
+               f"pg_dump {_short_version(meta.pg_dump_version)})")
+
+
+def _short_version(text: str) -> str:
+    """'15.18' from 'pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)'."""
+    words = text.split(") ", 1)[-1].split()
+    return words[0] if words else "?"
 
 
 @click.command("dump", context_settings=_NO_H)

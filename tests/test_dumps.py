@@ -261,3 +261,9 @@ def test_gfs_expire_of_dumps_spread_over_months(setup: Setup) -> None:
         ok(setup.wk("restore-dump", ids["2025-12-31 23"], "--to-file", setup.work / "old.dump"))
     finally:
         primary.destroy()
+
+
+def test_dump_needs_an_initialised_repository(setup: Setup) -> None:
+    fail(setup.wk("dump", "-h", "/nonexistent", "-d", "shop"), 9, "no walkeeper repository", "walkeeper init")
+    fail(setup.wk("dumps"), 9, "no walkeeper repository")
+    assert not setup.repo.exists()

@@ -97,3 +97,26 @@ def test_empty_policy_keeps_everything_and_ties_break_by_id() -> None:
     assert decide([], GfsPolicy(daily=1), NOW, UTC) == {}
     with pytest.raises(ValueError):
         decide(same, GfsPolicy(weekly=-1), NOW, UTC)
+
+
+def test_backups_keep_by_gfs_with_keep_and_the_newest() -> None:
+    """expire's backup selection (retention.retained_backups) combines GFS with --keep and the newest rule."""
+    from walkeeper.inventory import BackupInfo
+    from walkeeper.retention import retained_backups
+
+    def backup(n: int, when: str) -> BackupInfo:
+        t = at(when).timestamp()
+        return BackupInfo(id=when.replace(" ", "T"), timeline=1, stop_timeline=1, start_segno=n, stop_segno=n,
+                          start_wal="", stop_wal="", start_lsn=n * 0x1000000, stop_lsn=n * 0x1000000 + 0x100,
+                          start_time=t - 60, stop_time=t, wal_mode="archive", stored_size=0, objects=(),
+                          clock_skew=None)
+
+    history = [backup(n, w) for n, w in enumerate(
+        ["2025-11-30 01:00", "2025-12-31 01:00", "2026-01-20 01:00", "2026-01-31 01:00", "2026-02-27 01:00",
+         "2026-02-28 01:00", "2026-02-28 13:00"], start=1)]
+    reasons: dict[str, list[str]] = {}
+    kept = retained_backups(history, None, None, NOW.timestamp(), GfsPolicy(monthly=3), UTC, reasons)
+    assert [b.id for b in kept] == ["2025-12-31T01:00", "2026-01-31T01:00", "2026-02-28T13:00"]
+    assert reasons["2026-02-28T13:00"] == ["newest", "monthly 2026-02"]
+    kept = retained_backups(history, 2, None, NOW.timestamp(), GfsPolicy(yearly=2), UTC)
+    assert [b.id for b in kept] == ["2025-12-31T01:00", "2026-02-28T01:00", "2026-02-28T13:00"]

@@ -150,6 +150,7 @@ def _connectable_databases(config: Config, conn: ConnOptions) -> list[str]:
 
 def take_dump(config: Config, options: DumpOptions) -> DumpMeta:
     repo = open_repository(config)
+    repo.require_meta()  # dumps go into an existing repository (walkeeper init), never a stray directory
     catalog = Catalog(repo)
     server = _server(config, options.conn)
     major = server.version_num // 10000

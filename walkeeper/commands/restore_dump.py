@@ -176,6 +176,7 @@ def restore_dump(config: Config, dump_id: str | None, options: RestoreDumpOption
     if options.jobs < 1:
         raise ConfigError("-j must be at least 1")
     repo = open_repository(config)
+    repo.require_meta()
     dump = Catalog(repo).resolve_dump(dump_id)
     item = choose_item(dump, options.database, globals_only=options.globals)
     meter = Progress(f"restore-dump {dump.id}", item.plain_size, enabled=options.progress)

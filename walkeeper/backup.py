@@ -454,12 +454,16 @@ def _iso(moment: datetime) -> str:
 
 
 class _Proc:
-    """pg_basebackup with stderr collected in a thread (it must never block on a full pipe)."""
+    """A PostgreSQL tool (pg_basebackup, pg_dump, pg_restore) with stderr collected in a thread (it
+    must never block on a full pipe); ``stdin=True`` gives it a pipe to feed (pg_restore)."""
 
-    def __init__(self, cmd: list[str]) -> None:
+    def __init__(self, cmd: list[str], *, name: str = "pg_basebackup", stdin: bool = False,
+                 stdout: bool = True) -> None:
         log.info("running %s", " ".join(cmd))
+        self.name = name
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
                                          stderr=subprocess.PIPE)
         except OSError as exc:
             raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
@@ -472,14 +476,14 @@ class _Proc:
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
-            log.debug("pg_basebackup: %s", line)
+            log.debug("%s: %s", self.name, line)
 
     def wait(self) -> None:
         code = self.proc.wait()
         self._thread.join(10)
         if code != 0:
             tail = "; ".join(line for line in list(self.lines)[-5:] if line)
-            raise PostgresError(f"pg_basebackup failed (exit {code}): {tail}")
+            raise PostgresError(f"{self.name} failed (exit {code}): {tail}")
 
     @property
     def stderr(self) -> str:

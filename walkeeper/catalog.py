@@ -6,6 +6,12 @@ Layout (keys)::
     backups/<ID>/backup.json            the backup's metadata, written LAST: a backup without it
                                         is not listed and cannot be restored (an interrupted one)
     restore-points/<TIME>-<LSN>.json    one object per restore point
+    dumps/<ID>/reserved                 written first with no-clobber: two dumps started in the same
+                                        second cannot take the same id
+    dumps/<ID>/db-<N>.dump              one pg_dump -Fc stream per database of the dump (set)
+    dumps/<ID>/globals.sql              pg_dumpall --globals-only (dump --all only)
+    dumps/<ID>/dump.json                the dump's metadata, written LAST: a dump without it is not
+                                        listed (a killed dump leaves only objects expire removes)
 
 Every object here goes through the codec like WAL does (compressed, encrypted, authenticated,
 its key bound into the header), so metadata cannot be edited or swapped unnoticed either.
@@ -31,6 +37,9 @@ BACKUP_PREFIX = "backups/"
 RESTORE_POINT_PREFIX = "restore-points/"
 BACKUP_META = "backup.json"
 BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?$")
+DUMP_PREFIX = "dumps/"
+DUMP_META = "dump.json"
+DUMP_RESERVED = "reserved"
 RESTORE_POINT_KEY_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9A-F]{16}\.json$")
 
 
@@ -106,6 +115,61 @@ class BackupMeta:
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def dump_key(dump_id: str, name: str) -> str:
+    return f"{DUMP_PREFIX}{validate_backup_id(dump_id)}/{name}"
+
+
+@dataclass(frozen=True)
+class DumpItem:
+    """One stored stream of a dump: a database's pg_dump -Fc output, or the globals script."""
+
+    key: str
+    kind: str  # "database" or "globals"
+    database: str | None
+    plain_size: int
+    stored_size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DumpMeta:
+    id: str
+    label: str
+    kind: str  # "database" (one pg_dump) or "all" (globals + every connectable database)
+    start_time: str  # ISO 8601 UTC
+    stop_time: str
+    server_version: int  # server_version_num
+    pg_dump_version: str
+    options: list[str]  # the selection options passed to pg_dump
+    items: list[DumpItem]
+    plain_size: int
+    stored_size: int
+    system_identifier: str | None = None
+    host: str | None = None
+    walkeeper_version: str | None = None
+    format: int = 1
+
+    @property
+    def databases(self) -> list[str]:
+        return [i.database for i in self.items if i.kind == "database" and i.database]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str) -> DumpMeta:
+        try:
+            fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+            fields["items"] = [DumpItem(**o) for o in fields.get("items", [])]
+            meta = cls(**fields)
+        except TypeError as exc:
+            raise IntegrityError(f"{where}: not valid dump metadata ({exc})") from None
+        if meta.format != 1:
+            raise IntegrityError(f"{where}: dump metadata format {meta.format} is not supported")
+        validate_backup_id(meta.id)
+        return meta
 
 
 @dataclass(frozen=True)
@@ -205,6 +269,83 @@ class Catalog:
     def delete_backup_objects(self, backup_id: str) -> None:
         keys = [info.key for info in self.repo.storage.list(f"{BACKUP_PREFIX}{validate_backup_id(backup_id)}/")]
         self.repo.storage.delete(keys)
+
+    # -- dumps -----------------------------------------------------------------------------------
+
+    def reserve_dump_id(self, stamp: str) -> str:
+        """A dump id for ``stamp`` (YYYYMMDDTHHMMSSZ), claimed by a no-clobber marker object, so that
+        concurrent dumps (several hosts, one repository) never share an id."""
+        from walkeeper.errors import AlreadyExists
+
+        n = 0
+        while True:
+            candidate = validate_backup_id(stamp if n == 0 else f"{stamp}-{n}")
+            try:
+                self._put_json(dump_key(candidate, DUMP_RESERVED), b"{}\n", overwrite=False)
+                return candidate
+            except AlreadyExists:
+                n += 1
+
+    def save_dump(self, meta: DumpMeta) -> None:
+        """Publish a dump: its metadata is the last object written."""
+        self._put_json(dump_key(meta.id, DUMP_META), meta.to_json(), overwrite=False)
+
+    def _dump_keys(self) -> dict[str, bool]:
+        seen: dict[str, bool] = {}
+        for info in self.repo.storage.list(DUMP_PREFIX):
+            parts = info.key.split("/")
+            if len(parts) == 3 and BACKUP_ID_RE.match(parts[1]):
+                seen[parts[1]] = seen.get(parts[1], False) or parts[2] == DUMP_META
+        return seen
+
+    def dump_ids(self) -> list[str]:
+        """Ids of complete dumps (with metadata), oldest first."""
+        return sorted(i for i, complete in self._dump_keys().items() if complete)
+
+    def incomplete_dump_ids(self) -> list[str]:
+        """Ids with objects but no metadata: dumps in progress or killed (never listed as dumps)."""
+        return sorted(i for i, complete in self._dump_keys().items() if not complete)
+
+    def dump(self, dump_id: str) -> DumpMeta:
+        key = dump_key(dump_id, DUMP_META)
+        try:
+            doc = self._get_json(key)
+        except NotFound:
+            raise NotFound(f"no dump {dump_id} in {self.repo.storage.url}",
+                           hint="walkeeper dumps lists them") from None
+        meta = DumpMeta.from_dict(doc, key)
+        if meta.id != dump_id:
+            raise IntegrityError(f"{key} describes dump {meta.id}: swapped metadata")
+        return meta
+
+    def dumps(self) -> list[DumpMeta]:
+        """Every complete dump, oldest first (by id: the time it started)."""
+        return [self.dump(i) for i in self.dump_ids()]
+
+    def resolve_dump(self, dump_id: str | None) -> DumpMeta:
+        if dump_id in (None, "latest"):
+            ids = self.dump_ids()
+            if not ids:
+                raise RefusedError(f"no dumps in {self.repo.storage.url}", hint="take one with walkeeper dump")
+            return self.dump(ids[-1])
+        return self.dump(validate_backup_id(dump_id))
+
+    def newest_dumps(self) -> dict[str, DumpMeta]:
+        """The newest complete dump holding each database (for status, check and metrics)."""
+        newest: dict[str, DumpMeta] = {}
+        for dump in self.dumps():  # oldest first: later ones replace earlier ones
+            for database in dump.databases:
+                newest[database] = dump
+        return newest
+
+    def delete_dump_objects(self, dump_id: str) -> list[str]:
+        """Remove a dump's objects, its metadata first (so that it is never listed half-deleted)."""
+        keys = [info.key for info in self.repo.storage.list(f"{DUMP_PREFIX}{validate_backup_id(dump_id)}/")]
+        keys.sort(key=lambda k: not k.endswith("/" + DUMP_META))
+        for key in keys[:1]:
+            self.repo.storage.delete([key])
+        self.repo.storage.delete(keys[1:])
+        return keys
 
     # -- restore points ---------------------------------------------------------------------------
 

@@ -552,18 +552,21 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
               "WAL header (name, timeline, system identifier).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Objects read in parallel.")
+@click.option("--pg-restore-list", is_flag=True, help="With --deep: also have pg_restore --list read each dump.")
 @pass_app
 @handle_errors()
-def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
+def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore_list: bool) -> None:
     """Check that the archive is whole from the oldest backup to the newest segment.
 
     Exit 0 only when it is; 5 when a problem was found (the report says what to do).
     """
+    from walkeeper.backup import pg_tool
     from walkeeper.errors import IntegrityError
     from walkeeper.repository import open_repository
     from walkeeper.verify import format_report, verify
 
-    report = verify(open_repository(app.config), deep=deep, jobs=jobs)
+    lister = pg_tool(app.config, "pg_restore") if deep and pg_restore_list else None
+    report = verify(open_repository(app.config), deep=deep, jobs=jobs, pg_restore=lister)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     if not report.ok:
         raise CommandFailed(IntegrityError.code)
@@ -642,6 +645,8 @@ def _print_repository(doc: dict[str, Any]) -> None:
         click.echo("  no backups")
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
+    for d in doc.get("dumps", []):
+        click.echo(f"  dump of {d['database']}: {d['id']}, {human_ago(d['age_seconds'])}")
     for t in doc["timelines"]:
         span = f"{t['first']} .. {t['last']}" if t["first"] else "no segments"
         click.echo(f"  timeline {t['timeline']}: {span}, {plural(t['segments'], 'segment')}, "
@@ -661,6 +666,8 @@ def _print_repository(doc: dict[str, Any]) -> None:
 @click.option("--max-backup-age", help="CRITICAL when the newest backup is older (e.g. 26h, 8d).")
 @click.option("--warn-wal-age", help="WARNING when the newest WAL is older.")
 @click.option("--warn-backup-age", help="WARNING when the newest backup is older.")
+@click.option("--max-dump-age", help="CRITICAL when the newest dump of a database is older (e.g. 26h).")
+@click.option("--warn-dump-age", help="WARNING when the newest dump of a database is older.")
 @click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql with the connection options).")
 @click.option("--archive", is_flag=True, help="Preflight instead: check the server's archive settings, force a WAL "
               "switch and wait until that segment is in this repository and reads back.")
@@ -672,7 +679,8 @@ def _print_repository(doc: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The result as JSON (status, reasons, what was read).")
 @pass_app
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
-              warn_backup_age: str | None, cluster: bool, archive: bool, timeout: float, host: str | None,
+              warn_backup_age: str | None, max_dump_age: str | None,
+              warn_dump_age: str | None, cluster: bool, archive: bool, timeout: float, host: str | None,
               port: str | None, user: str | None, dbname: str | None, prometheus_file: str | None,
               as_json: bool) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
@@ -687,7 +695,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
     )
 
     _name_command(click.get_current_context())
-    if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age))):
+    if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
+                                                       max_dump_age, warn_dump_age))):
         raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
@@ -701,7 +710,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
             result, doc = preflight.result, preflight.doc
         else:
             thresholds = Thresholds(*(parse_duration(v) if v else None
-                                      for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age)))
+                                      for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
+                                                max_dump_age, warn_dump_age)))
             result = run_check(config, thresholds, cluster=cluster, conn=conn)
     except Exception as exc:
         result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
@@ -733,35 +743,42 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
 @click.option("--keep", type=int, help="Keep the newest N complete backups (default [retention] keep).")
 @click.option("--keep-days", type=float, help="Keep every moment of the last D days recoverable "
               "(default [retention] keep_days).")
+@click.option("--keep-daily", type=int, metavar="N", help="Keep the newest backup of each of the last N days.")
+@click.option("--keep-weekly", type=int, metavar="N", help="... of each of the last N ISO weeks.")
+@click.option("--keep-monthly", type=int, metavar="N", help="... of each of the last N months.")
+@click.option("--keep-yearly", type=int, metavar="N", help="... of each of the last N years.")
+@click.option("--dumps", "dumps_only", is_flag=True, help="Apply the rules given to logical dumps instead of "
+              "backups (default: [retention] for backups and [retention.dumps] for dumps).")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be removed, remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 @handle_errors()
-def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_run: bool, as_json: bool) -> None:
-    """Remove expired backups and the WAL and restore points no retained backup needs."""
+def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_daily: int | None,
+               keep_weekly: int | None, keep_monthly: int | None, keep_yearly: int | None, dumps_only: bool,
+               dry_run: bool, as_json: bool) -> None:
+    """Remove expired backups and the WAL and restore points no retained backup needs; expired dumps."""
     if not dry_run:
         _run_as_owner(app, "expire")
+    from walkeeper.cli_dumps import expire_report
     from walkeeper.repository import open_repository
-    from walkeeper.retention import expire
-    from walkeeper.units import human_bytes, plural
+    from walkeeper.retention import time_zone
+    from walkeeper.retention_gfs import GfsPolicy
 
-    if keep is None and keep_days is None:
-        keep, keep_days = app.config.retention.keep, app.config.retention.keep_days
-    plan = expire(open_repository(app.config), keep=keep, keep_days=keep_days, dry_run=dry_run)
-    if as_json:
-        doc = plan.to_dict()
-        doc["dry_run"] = dry_run
-        click.echo(json.dumps(doc, indent=2))
+    given = GfsPolicy(keep, keep_days, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    ret = app.config.retention
+    zone = time_zone(ret.time_zone)
+    repo = open_repository(app.config)
+    if dumps_only:
+        expire_report(repo, None, given, zone, dry_run, as_json)
         return
-    verb = "would remove" if dry_run else "removed"
-    if plan.note:
-        click.echo(plan.note)
-    for key, size in plan.removals:
-        click.echo(f"{verb} {key} ({size} bytes)")
-    click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
-               f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
-    click.echo(f"{verb} {plural(len(plan.removals), 'object')}, {human_bytes(plan.bytes_freed)} "
-               f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
+    backups = given if not given.empty() else GfsPolicy(ret.keep, ret.keep_days, ret.keep_daily, ret.keep_weekly,
+                                                         ret.keep_monthly, ret.keep_yearly)
+    d = ret.dumps
+    dumps = None if not given.empty() else GfsPolicy(d.keep, d.keep_days, d.keep_daily, d.keep_weekly,
+                                                     d.keep_monthly, d.keep_yearly)
+    dumps = dumps if dumps is not None and not dumps.empty() else None
+    # [retention.dumps] alone expires dumps only; with no rule at all, expire for backups says what to set.
+    expire_report(repo, None if backups.empty() and dumps is not None else backups, dumps, zone, dry_run, as_json)
 
 
 def _usage_error(exc: click.ClickException, args: list[str]) -> int:
@@ -781,6 +798,11 @@ def _usage_error(exc: click.ClickException, args: list[str]) -> int:
         return UNKNOWN
     # A restore_command with bad arguments must stop recovery, not read as "not found".
     return exit_code(exc, restore_command=True) if "wal-fetch" in args else exc.exit_code
+
+
+from walkeeper.cli_dumps import register as _register_dumps  # noqa: E402 - needs cli defined
+
+_register_dumps(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,11 +114,29 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class DumpRetentionConfig:
+    """[retention.dumps]: what `walkeeper expire` keeps of logical dumps (no rule: dumps are not expired)."""
+
+    keep: int | None = None  # the newest N complete dumps
+    keep_days: float | None = None  # every dump of the last D days
+    keep_daily: int | None = None  # grandfather-father-son: the newest dump of each of the last N days ...
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
-    """[retention]: what `walkeeper expire` keeps (both set: a backup kept by either rule stays)."""
+    """[retention]: what `walkeeper expire` keeps (several set: a backup kept by any rule stays)."""
 
     keep: int | None = None  # the newest N complete backups
     keep_days: float | None = None  # a recovery window: any moment of the last D days stays recoverable
+    keep_daily: int | None = None  # grandfather-father-son: the newest backup of each of the last N days ...
+    keep_weekly: int | None = None  # ... ISO weeks
+    keep_monthly: int | None = None  # ... months
+    keep_yearly: int | None = None  # ... years
+    time_zone: str | None = None  # IANA name the periods are counted in (default: this host's local zone)
+    dumps: DumpRetentionConfig = field(default_factory=DumpRetentionConfig)
 
 
 @dataclass(frozen=True)
@@ -278,6 +296,11 @@ def _section_values(section: str, cls: type, table: Mapping[str, Any], source: s
     values: dict[str, Any] = {}
     for key, value in table.items():
         where = f"{source}: [{section}] {key}"
+        if key in hints and dataclasses.is_dataclass(hints[key]):  # a sub-table: [retention.dumps]
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table ([{section}.{key}])")
+            values[key] = hints[key](**_section_values(f"{section}.{key}", hints[key], value, source, base_dir))
+            continue
         if key not in hints:
             known = ", ".join(hints)
             raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (known keys: {known})")
@@ -336,6 +359,8 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     _check_env_names(env, sections)
     for section, cls in sections.items():
         for key, hint in _hints(cls).items():
+            if dataclasses.is_dataclass(hint):
+                continue  # sub-tables ([retention.dumps]) come from the file only
             name = env_name(section, key)
             if name in env:
                 value = _coerce(env[name], hint, f"environment variable {name}", from_env=True)

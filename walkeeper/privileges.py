@@ -22,7 +22,7 @@ from pathlib import Path
 from walkeeper.errors import RefusedError
 
 # Commands that write into the repository, and those that (also) write a data directory.
-REPOSITORY_WRITERS = frozenset({"backup", "expire", "restore-point"})
+REPOSITORY_WRITERS = frozenset({"backup", "expire", "restore-point", "dump"})
 DATA_DIRECTORY_WRITERS = frozenset({"restore", "pitr"})
 
 

@@ -7,6 +7,9 @@ Rules:
   ``keep_days`` D: every backup that ended within the last D days (by the clock of the host that
   took it) stays, and so does the newest one that ended before the window, because recovery to the
   first moment of the window starts from it. Both set: a backup kept by either rule stays.
+* ``keep_daily/weekly/monthly/yearly`` N (grandfather-father-son, walkeeper.retention_gfs): the
+  newest backup of each of the N most recent days/weeks/months/years that have one, by stop time
+  in the configured (or local) time zone. Combined with the rules above: kept by any rule stays.
 * The newest backup always stays (so does the only one), and so does all WAL from the oldest
   retained backup's start onwards, on every timeline: nothing after the newest backup ever goes.
 * WAL segments, .partial and .backup files before that start go; restore points before it go.
@@ -24,12 +27,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
 
 from walkeeper.chronology import oldest_first
 from walkeeper.errors import ConfigError, RefusedError
 from walkeeper.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repository import Repository
+from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.units import plural
 from walkeeper.wal import WalKind
 
@@ -49,6 +54,7 @@ class Plan:
     cutoff_wal: str | None = None  # the first segment that stays (on the oldest retained backup's timeline)
     removals: list[tuple[str, int]] = field(default_factory=list)  # (key, stored bytes), in deletion order
     note: str | None = None
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # kept backup id -> the rules that keep it
 
     @property
     def bytes_freed(self) -> int:
@@ -58,32 +64,68 @@ class Plan:
         return {"keep": self.keep, "keep_days": self.keep_days, "kept_backups": self.kept_backups,
                 "expired_backups": self.expired_backups, "incomplete_backups": self.incomplete_backups,
                 "first_wal_kept": self.cutoff_wal, "objects": [k for k, _ in self.removals],
-                "bytes_freed": self.bytes_freed, "note": self.note}
+                "bytes_freed": self.bytes_freed, "note": self.note, "kept_by": self.reasons}
 
 
 def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: float | None,
-                     now: float) -> list[BackupInfo]:
-    """The backups both rules keep, oldest first (chronology.oldest_first); never empty when backups exist."""
+                     now: float, gfs: GfsPolicy | None = None, zone: tzinfo | None = None,
+                     reasons: dict[str, list[str]] | None = None) -> list[BackupInfo]:
+    """The backups the rules keep, oldest first (chronology.oldest_first); never empty when backups exist.
+
+    ``reasons`` (if given) receives, for each kept id, the rules that keep it.
+    """
     if not backups:
         return []
     backups = oldest_first(backups)
-    kept: set[str] = {backups[-1].id}
+    why: dict[str, list[str]] = {} if reasons is None else reasons
+    why.setdefault(backups[-1].id, []).append("newest")
     if keep is not None:
-        kept.update(b.id for b in backups[-keep:])
+        for b in backups[-keep:]:
+            why.setdefault(b.id, []).append(f"newest {keep}")
     if keep_days is not None:
         window_start = now - keep_days * 86400
         inside = [b for b in backups if b.stop_time >= window_start]
         before = [b for b in backups if b.stop_time < window_start]
-        kept.update(b.id for b in inside)
+        for b in inside:
+            why.setdefault(b.id, []).append(f"last {keep_days:g} days")
         if before:
-            kept.add(before[-1].id)
-    return [b for b in backups if b.id in kept]
+            why.setdefault(before[-1].id, []).append(f"start of the {keep_days:g}-day window")
+    if gfs is not None and not replace(gfs, keep=None, keep_days=None).empty():
+        items = [Item(b.id, datetime.fromtimestamp(b.stop_time, UTC)) for b in backups]
+        for backup_id, rules in decide(items, replace(gfs, keep=None, keep_days=None),
+                                       datetime.fromtimestamp(now, UTC), zone or _local_zone()).items():
+            why.setdefault(backup_id, []).extend(rules)
+    return [b for b in backups if b.id in why]
 
 
-def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, now: float | None = None) -> Plan:
-    if keep is None and keep_days is None:
-        raise ConfigError("expire needs a retention rule", hint="--keep N and/or --keep-days D, or [retention] "
-                                                                "keep / keep_days in the configuration")
+def _local_zone() -> tzinfo:
+    zone = datetime.now().astimezone().tzinfo
+    assert zone is not None
+    return zone
+
+
+def time_zone(name: str | None) -> tzinfo:
+    """The zone GFS periods are counted in: an IANA name, or this host's local zone."""
+    if not name:
+        return _local_zone()
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {name!r}", hint="an IANA name such as Europe/Berlin or UTC") from None
+
+
+def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, now: float | None = None,
+                gfs: GfsPolicy | None = None, zone: tzinfo | None = None) -> Plan:
+    if keep is None and keep_days is None and (gfs is None or gfs.empty()):
+        raise ConfigError("expire needs a retention rule", hint="--keep N, --keep-days D and/or --keep-daily/"
+                                                                "weekly/monthly/yearly N, or the same in "
+                                                                "[retention] in the configuration")
+    for name, value in (("keep_daily", gfs and gfs.daily), ("keep_weekly", gfs and gfs.weekly),
+                        ("keep_monthly", gfs and gfs.monthly), ("keep_yearly", gfs and gfs.yearly)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1 (got {value})")
     if keep is not None and keep < 1:
         raise ConfigError(f"keep must be at least 1 (got {keep}); the newest backup is never expired")
     if keep_days is not None and keep_days <= 0:
@@ -93,7 +135,7 @@ def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, no
     if not inv.backups:
         plan.note = "no complete backups: nothing expires (all WAL stays until a backup exists)"
         return plan
-    kept = retained_backups(inv.backups, keep, keep_days, now)
+    kept = retained_backups(inv.backups, keep, keep_days, now, gfs, zone, plan.reasons)
     kept_ids = {b.id for b in kept}
     plan.kept_backups = [b.id for b in kept]
     expired = [b for b in inv.backups if b.id not in kept_ids]
@@ -139,7 +181,7 @@ def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, no
 
 
 def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_run: bool = False,
-           now: float | None = None) -> Plan:
+           now: float | None = None, gfs: GfsPolicy | None = None, zone: tzinfo | None = None) -> Plan:
     """Plan, then (unless ``dry_run``) delete in the plan's order."""
     repo.require_meta()
     inv = read_inventory(repo)
@@ -149,7 +191,7 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
             f"{'timeline' if len(inv.history_errors) == 1 else 'timelines'} "
             f"{', '.join(map(str, sorted(inv.history_errors)))}; refusing to expire without knowing the timelines",
             hint="walkeeper verify explains")
-    plan = plan_expire(inv, keep=keep, keep_days=keep_days, now=now)
+    plan = plan_expire(inv, keep=keep, keep_days=keep_days, now=now, gfs=gfs, zone=zone)
     if dry_run or not plan.removals:
         return plan
     batch: list[str] = []

@@ -85,6 +85,16 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
                 "stop_time": b.stop_time, "age_seconds": now - b.stop_time, "stored_bytes": b.stored_size,
                 "wal_mode": b.wal_mode, "clock_skew": b.clock_skew} for b in inv.backups]
     oldest = inv.backups[0] if inv.backups else None
+    from datetime import datetime
+
+    from walkeeper.catalog import Catalog
+
+    catalog = Catalog(repo)
+    dumps = []
+    for database, dump in sorted(catalog.newest_dumps().items()):
+        stop = datetime.fromisoformat(dump.stop_time).timestamp()
+        dumps.append({"database": database, "id": dump.id, "stop_time": stop, "age_seconds": now - stop,
+                      "stored_bytes": dump.stored_size})
     return {
         "repository": repo.storage.url,
         "system_identifier": meta.system_identifier,
@@ -103,6 +113,9 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
         "last_wal_arrival": last_arrival,
         "last_wal_age_seconds": None if last_arrival is None else now - last_arrival,
         "restore_points": len(inv.restore_points),
+        "dumps": dumps,  # the newest complete dump of each database
+        "dump_count": len(catalog.dump_ids()),
+        "incomplete_dumps": catalog.incomplete_dump_ids(),
     }
 
 
@@ -115,8 +128,9 @@ def status_json(doc: dict[str, Any]) -> dict[str, Any]:
     for key in ("last_wal_arrival", "last_archived_time", "last_failed_time"):
         if key in out:
             out[key] = iso_utc(out[key])
-    if out.get("backups"):
-        out["backups"] = [{**b, "stop_time": iso_utc(b["stop_time"])} for b in out["backups"]]
+    for listing in ("backups", "dumps"):
+        if out.get(listing):
+            out[listing] = [{**b, "stop_time": iso_utc(b["stop_time"])} for b in out[listing]]
     if out.get("oldest_recovery_point"):
         out["oldest_recovery_point"] = {**out["oldest_recovery_point"],
                                         "time": iso_utc(out["oldest_recovery_point"]["time"])}
@@ -218,6 +232,8 @@ class Thresholds:
     max_backup_age: float | None = None
     warn_wal_age: float | None = None  # WARNING above
     warn_backup_age: float | None = None
+    max_dump_age: float | None = None  # for the newest dump of each database
+    warn_dump_age: float | None = None
 
 
 @dataclass
@@ -299,6 +315,12 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
     backup_age = doc["backups"][-1]["age_seconds"] if doc["backups"] else None
     _age_check(result, "WAL archived", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
     _age_check(result, "backup", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
+    if thresholds.max_dump_age is not None or thresholds.warn_dump_age is not None:
+        if not doc["dumps"]:
+            _age_check(result, "dump", None, thresholds.warn_dump_age, thresholds.max_dump_age)
+        for d in doc["dumps"]:
+            _age_check(result, f"dump of {d['database']}", d["age_seconds"], thresholds.warn_dump_age,
+                       thresholds.max_dump_age)
     if doc["gaps"]:
         result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
     if cluster:
@@ -326,6 +348,10 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
     if doc["backups"]:
         result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_ago(backup_age)}")
     result.facts.append(f"{plural(len(doc['backups']), 'backup')}, {human_bytes(doc['total_bytes'])}")
+    if doc["dumps"]:
+        oldest_dump = max(doc["dumps"], key=lambda d: d["age_seconds"])
+        result.facts.append(f"{plural(doc['dump_count'], 'dump')}, oldest newest-per-database: "
+                            f"{oldest_dump['database']} {human_ago(oldest_dump['age_seconds'])}")
     if result.cluster and result.cluster.get("archive_lag_segments") is not None:
         result.facts.append(f"archive lag {plural(result.cluster['archive_lag_segments'], 'segment')}")
 
@@ -336,6 +362,9 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
 
     perf("wal_age", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
     perf("backup_age", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
+    if doc["dumps"]:
+        perf("dump_age", max(d["age_seconds"] for d in doc["dumps"]), thresholds.warn_dump_age,
+             thresholds.max_dump_age)
     perf("repository_bytes", doc["total_bytes"], None, None, "B")
     result.perfdata.append(f"backups={len(doc['backups'])}")
     return result
@@ -381,6 +410,13 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
         metric("walkeeper_repository_bytes", "gauge", "Bytes stored in the repository.", [("", doc["total_bytes"])])
         metric("walkeeper_wal_segments", "gauge", "Archived WAL segments per timeline.",
                [(f',timeline="{t["timeline"]}"', t["segments"]) for t in doc["timelines"]])
+        if doc["dumps"]:
+            metric("walkeeper_last_dump_timestamp_seconds", "gauge",
+                   "When the newest complete dump of each database ended.",
+                   [(f',database="{_label(d["database"])}"', float(d["stop_time"])) for d in doc["dumps"]])
+            metric("walkeeper_last_dump_age_seconds", "gauge", "Seconds since the newest dump of each database ended.",
+                   [(f',database="{_label(d["database"])}"', float(d["age_seconds"])) for d in doc["dumps"]])
+        metric("walkeeper_dumps", "gauge", "Complete logical dumps in the repository.", [("", doc["dump_count"])])
         metric("walkeeper_wal_gaps", "gauge", "Holes in the archived WAL sequences (walkeeper verify explains).",
                [("", doc["gaps"])])
     metric("walkeeper_failures_total", "counter",

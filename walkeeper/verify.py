@@ -9,11 +9,15 @@ Checks, on every timeline (following its history file back through its ancestors
 * with ``deep``: every object is read back: decrypted, decompressed, checksummed; segments get
   their page header checked (name, timeline, segment size) and their system identifier compared
   with the repository's; history files are parsed; backup data is checksummed against its metadata.
+* dumps: interrupted dumps are reported; with ``deep`` every stored dump stream is decoded and
+  checksummed against its metadata, and with ``pg_restore`` given also fed to ``pg_restore --list``
+  (which reads the archive's table of contents and fails on a damaged one).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import time
@@ -49,6 +53,7 @@ class Report:
     deep: bool
     timelines: list[dict[str, Any]] = field(default_factory=list)
     backups: list[str] = field(default_factory=list)
+    dumps: list[str] = field(default_factory=list)
     objects_read: int = 0
     problems: list[Problem] = field(default_factory=list)
 
@@ -221,6 +226,74 @@ def _read_backup_object(repo: Repository, key: str, sha256: str) -> str | None:
     return None
 
 
+def _read_dump_item(repo: Repository, key: str, sha256: str, pg_restore: str | None) -> str | None:
+    """Decode a dump stream, checksum it and (with ``pg_restore``) have pg_restore --list read it."""
+    import subprocess
+
+    decoder = Decoder(repo.keyring, expected_name=key)
+    digest = hashlib.sha256()
+    proc = None
+    if pg_restore:
+        proc = subprocess.Popen([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    try:
+        with repo.storage.open(key) as handle:
+            for chunk in decoder.decode(handle.read):
+                digest.update(chunk)
+                if proc is not None and proc.stdin is not None:
+                    # pg_restore --list may stop reading after the table of contents
+                    with contextlib.suppress(BrokenPipeError):
+                        proc.stdin.write(chunk)
+    except WalkeeperError as exc:
+        return str(exc)
+    finally:
+        if proc is not None:
+            _out, err = proc.communicate()
+    if digest.hexdigest() != sha256:
+        return f"content sha256 {digest.hexdigest()} differs from the dump metadata's {sha256}"
+    if proc is not None and proc.returncode != 0:
+        return f"pg_restore --list cannot read it: {err.decode(errors='replace').strip()}"
+    return None
+
+
+def check_dumps(repo: Repository, report: Report, *, deep: bool, pg_restore: str | None = None,
+                jobs: int = 4) -> None:
+    from walkeeper.catalog import Catalog
+
+    catalog = Catalog(repo)
+    work = []
+    for dump_id in catalog.dump_ids():
+        try:
+            dump = catalog.dump(dump_id)
+        except WalkeeperError as exc:
+            report.problems.append(Problem(kind="corrupt", severity="error", message=f"dump {dump_id}: {exc}",
+                                           action="the dump cannot be restored: take a new one",
+                                           objects=[dump_id]))
+            continue
+        report.dumps.append(dump_id)
+        for item in dump.items:
+            lister = pg_restore if item.kind == "database" else None
+            work.append((item.key, (_read_dump_item, repo, item.key, item.sha256, lister)))
+    for dump_id in catalog.incomplete_dump_ids():
+        report.problems.append(Problem(
+            kind="incomplete-dump", severity="warning",
+            message=f"dump {dump_id} has data but no metadata: interrupted (or still running); it is not listed",
+            action="if no dump is running, walkeeper expire --dumps removes it (after an hour)",
+            details={"dump": dump_id}))
+    if not deep:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(fn, *args): key for key, (fn, *args) in work}
+        for future in concurrent.futures.as_completed(futures):
+            key = futures[future]
+            report.objects_read += 1
+            error = future.result()
+            if error:
+                report.problems.append(Problem(kind="corrupt", severity="error", message=f"{key}: {error}",
+                                               action="this dump cannot be restored: take a new one",
+                                               objects=[key]))
+
+
 def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int = 4) -> None:
     """--deep: read every WAL object and every backup object back."""
     work: list[tuple[str, Any]] = [(o.key, (_read_wal, repo, inv, o)) for o in inv.wal]
@@ -242,7 +315,7 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
     report.problems.sort(key=lambda p: (p.kind != "corrupt", p.objects))
 
 
-def verify(repo: Repository, *, deep: bool = False, jobs: int = 4) -> Report:
+def verify(repo: Repository, *, deep: bool = False, jobs: int = 4, pg_restore: str | None = None) -> Report:
     meta = repo.require_meta()
     inv = read_inventory(repo)
     report = Report(repository=repo.storage.url, system_identifier=meta.system_identifier,
@@ -251,6 +324,7 @@ def verify(repo: Repository, *, deep: bool = False, jobs: int = 4) -> Report:
     check_backups(inv, report)
     if deep:
         check_objects(repo, inv, report, jobs=jobs)
+    check_dumps(repo, report, deep=deep, pg_restore=pg_restore, jobs=jobs)
     return report
 
 
@@ -262,6 +336,8 @@ def format_report(report: Report) -> str:
         lines.append(f"  timeline {t['timeline']}: {span}, {t['segments']} segments{origin}"
                      f"{'' if t['known'] else ' (UNKNOWN: no history file)'}")
     lines.append(f"  backups: {len(report.backups)}")
+    if report.dumps:
+        lines.append(f"  dumps: {len(report.dumps)}")
     if report.deep:
         lines.append(f"  objects read back: {report.objects_read}")
     for p in report.problems:

@@ -579,6 +579,11 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
                    f"{human_bytes(b['stored_bytes'])}, ended {human_ago(b['age_seconds'])}")
     if not doc["backups"]:
         click.echo("  no backups")
+    last_test = (doc.get("restore_tests") or {}).get("last")
+    if last_test:
+        click.echo(f"  last restore test {last_test['id']} of backup {last_test['backup']}: "
+                   + ("passed" if last_test["ok"] else f"FAILED ({last_test['reason']})")
+                   + f", {last_test['total_seconds']:.0f}s, {human_ago(last_test['age_seconds'])}")
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
     for t in doc["timelines"]:
@@ -610,13 +615,16 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
 @click.option("--max-backup-age", help="CRITICAL when the newest backup is older (e.g. 26h, 8d).")
 @click.option("--warn-wal-age", help="WARNING when the newest WAL is older.")
 @click.option("--warn-backup-age", help="WARNING when the newest backup is older.")
+@click.option("--max-restore-test-age", help="CRITICAL when the last successful restore test is older (e.g. 8d).")
+@click.option("--warn-restore-test-age", help="WARNING when the last successful restore test is older.")
 @click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql through the libpq environment).")
 @click.option("-d", "--dbname", help="Database name or conninfo for --cluster.")
 @click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False),
               help="Also write a node-exporter textfile (atomically) to FILE.")
 @pass_app
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
-              warn_backup_age: str | None, cluster: bool, dbname: str | None, prometheus_file: str | None) -> None:
+              warn_backup_age: str | None, cluster: bool, dbname: str | None, prometheus_file: str | None,
+              max_restore_test_age: str | None = None, warn_restore_test_age: str | None = None) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
     from walkeeper.status import (
         UNKNOWN,
@@ -631,7 +639,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
     try:
         config = app.config
         thresholds = Thresholds(*(parse_duration(v) if v else None
-                                  for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age)))
+                                  for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
+                                            max_restore_test_age, warn_restore_test_age)))
         result = run_check(config, thresholds, cluster=cluster, dbname=dbname)
         repo_url = config.repo
     except Exception as exc:
@@ -729,3 +738,9 @@ def main(argv: list[str] | None = None) -> int:
             return _closed_pipe()
         raise
     return result if isinstance(result, int) else 0
+
+
+from walkeeper.cli_restore_test import restore_test_cmd, restore_tests_cmd  # noqa: E402 - they import this module
+
+cli.add_command(restore_test_cmd)
+cli.add_command(restore_tests_cmd)

@@ -38,7 +38,7 @@ from walkeeper.config import Config
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("wal-push", "wal-fetch", "backup", "expire")
+EVENTS = ("wal-push", "wal-fetch", "backup", "expire", "restore-test")
 STATE_NAME = "notify-state.json"
 
 

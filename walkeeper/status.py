@@ -106,7 +106,27 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
         "last_wal_arrival": last_arrival,
         "last_wal_age_seconds": None if last_arrival is None else now - last_arrival,
         "restore_points": len(inv.restore_points),
+        "restore_tests": restore_test_status(repo, now),
     }
+
+
+def restore_test_status(repo: Repository, now: float) -> dict[str, Any]:
+    """The newest restore test and the newest successful one (walkeeper restore-test), with ages."""
+    from datetime import datetime
+
+    from walkeeper.catalog import Catalog
+
+    last, last_ok = Catalog(repo).last_restore_tests()
+
+    def brief(record: Any) -> dict[str, Any] | None:
+        if record is None:
+            return None
+        finished = datetime.fromisoformat(record.finished).timestamp()
+        return {"id": record.id, "ok": record.ok, "outcome": record.outcome, "reason": record.reason,
+                "backup": record.backup, "finished": finished, "age_seconds": now - finished,
+                "total_seconds": record.total_seconds}
+
+    return {"last": brief(last), "last_success": brief(last_ok)}
 
 
 # -- the server -------------------------------------------------------------------------------------
@@ -204,6 +224,8 @@ class Thresholds:
     max_backup_age: float | None = None
     warn_wal_age: float | None = None  # WARNING above
     warn_backup_age: float | None = None
+    max_restore_test_age: float | None = None  # of the last successful restore test
+    warn_restore_test_age: float | None = None
 
 
 @dataclass
@@ -285,6 +307,13 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
     backup_age = doc["backups"][-1]["age_seconds"] if doc["backups"] else None
     _age_check(result, "WAL archived", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
     _age_check(result, "backup", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
+    tests = doc.get("restore_tests") or {}
+    success = tests.get("last_success")
+    _age_check(result, "successful restore test", success["age_seconds"] if success else None,
+               thresholds.warn_restore_test_age, thresholds.max_restore_test_age)
+    if tests.get("last") and not tests["last"]["ok"] and (thresholds.max_restore_test_age is not None
+                                                          or thresholds.warn_restore_test_age is not None):
+        result.raise_to(WARNING, f"the last restore test {tests['last']['id']} failed: {tests['last']['reason']}")
     if doc["gaps"]:
         result.raise_to(WARNING, f"{doc['gaps']} gap(s) in the WAL archive (run walkeeper verify)")
     if cluster:
@@ -367,6 +396,17 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
         metric("walkeeper_repository_bytes", "gauge", "Bytes stored in the repository.", [("", doc["total_bytes"])])
         metric("walkeeper_wal_segments", "gauge", "Archived WAL segments per timeline.",
                [(f',timeline="{t["timeline"]}"', t["segments"]) for t in doc["timelines"]])
+        tests = doc.get("restore_tests") or {}
+        if tests.get("last_success"):
+            metric("walkeeper_restore_test_last_success_timestamp_seconds", "gauge",
+                   "When the last successful walkeeper restore-test finished.",
+                   [("", float(tests["last_success"]["finished"]))])
+        if tests.get("last"):
+            metric("walkeeper_restore_test_duration_seconds", "gauge",
+                   "Total seconds of the last restore test (restore + recovery: the measured recovery time).",
+                   [("", float(tests["last"]["total_seconds"]))])
+            metric("walkeeper_restore_test_ok", "gauge", "1 if the last restore test passed.",
+                   [("", 1 if tests["last"]["ok"] else 0)])
         metric("walkeeper_wal_gaps", "gauge", "Holes in the archived WAL sequences (walkeeper verify explains).",
                [("", doc["gaps"])])
     metric("walkeeper_failures_total", "counter",

@@ -31,6 +31,7 @@ from walkeeper.errors import (
     TargetNotReached,
     WalkeeperError,
 )
+from walkeeper.pitr import Plan, pitr
 from walkeeper.scratch_cluster import (
     PORT,
     ScratchCluster,
@@ -40,6 +41,7 @@ from walkeeper.scratch_cluster import (
     safety_settings,
     server_bin,
 )
+from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segno_of
 
 OUTCOME_ERRORS: dict[str, type[WalkeeperError]] = {
     "check-failed": RestoreTestFailed,
@@ -127,9 +129,7 @@ def run_checks(checker: Checker, record: RestoreTestRecord, opts: Options, targe
     def add(name: str, ok: bool, detail: str) -> None:
         record.checks.append({"name": name, "ok": ok, "detail": detail})
 
-    # 1. the target was reached: recovery stopped at it (or at the end of the archive) and promoted
-    from walkeeper.wal import format_lsn, parse_lsn
-
+    # 1. the target was reached: recovery stopped at it and promoted
     try:
         replay = checker.sql("postgres", "select pg_last_wal_replay_lsn()")
         record.replay_lsn = replay or None
@@ -196,11 +196,18 @@ def amcheck_check(checker: Checker, add: Callable[[str, bool, str], None], major
         else (out[0] if out else f"pg_amcheck exited {proc.returncode}"))
 
 
+def archive_bound(plan: Plan) -> int | None:
+    """The start of the last segment the plan found archived (not before the backup's end): a fixed target."""
+    if not plan.last_wal:
+        return None
+    name = parse_wal_name(plan.last_wal)
+    size = plan.backup.wal_segment_size
+    return max(segno_of(name, size) * size, parse_lsn(plan.backup.stop_lsn))
+
+
 def restore_test(config: Config, opts: Options, *, progress: Callable[[str], None] = lambda _m: None
                  ) -> RestoreTestRecord:
     """Run one restore test and record it; raises only for refusals before anything was restored."""
-    from walkeeper.pitr import pitr
-
     given = [v for v in (opts.time, opts.lsn, opts.name, opts.target) if v]
     if len(given) > 1:
         raise ConfigError("give at most one target: --target-time, --target-lsn, --target-name or --target")
@@ -217,6 +224,12 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
     began = time.monotonic()
     try:
         plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan  # refuses before anything is written
+        bound = archive_bound(plan)
+        if end_of_archive and bound is not None:
+            # A primary that keeps archiving would keep "the end of the archive" moving: recovery could chase
+            # it for ever. The test recovers up to the WAL archived when it was planned.
+            kwargs.update(lsn=format_lsn(bound), end_of_archive=False)
+            plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan
         pg_ctl = server_bin(config, "pg_ctl", plan.backup.pg_version // 10000 if plan.backup.pg_version > 1000
                             else plan.backup.pg_version)
         for stale in remove_stale(base, pg_ctl):
@@ -234,8 +247,9 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
     user = pwd.getpwuid(os.geteuid()).pw_name
     record = RestoreTestRecord(
         id=test_id, started=started.isoformat(timespec="seconds"), finished="", ok=False, outcome="not-started",
-        reason="", backup=plan.backup.id, target=plan.target.describe() if plan.target.kind != "none"
-        else "latest (the end of the archive)", wal_first=plan.first_wal, wal_last=plan.last_wal,
+        reason="", backup=plan.backup.id, target=plan.target.describe() + (
+            " (the end of the WAL archived when the test began)" if end_of_archive and bound is not None
+            else ""), wal_first=plan.first_wal, wal_last=plan.last_wal,
         wal_segments=plan.segments, walkeeper_version=__version__, pg_version=major, host=socket.gethostname())
     cluster = ScratchCluster(work, pg_ctl, user)
     try:

@@ -41,7 +41,7 @@ from walkeeper.scratch_cluster import (
     safety_settings,
     server_bin,
 )
-from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segno_of
+from walkeeper.wal import format_lsn, parse_lsn, segno_of
 
 OUTCOME_ERRORS: dict[str, type[WalkeeperError]] = {
     "check-failed": RestoreTestFailed,
@@ -196,13 +196,19 @@ def amcheck_check(checker: Checker, add: Callable[[str, bool, str], None], major
         else (out[0] if out else f"pg_amcheck exited {proc.returncode}"))
 
 
-def archive_bound(plan: Plan) -> int | None:
-    """The start of the last segment the plan found archived (not before the backup's end): a fixed target."""
-    if not plan.last_wal:
+def archive_bound(config: Config, plan: Plan) -> int | None:
+    """The start of the newest segment archived now on the plan's timeline (not before the backup's end)."""
+    from walkeeper.repository import open_repository
+    from walkeeper.wal import WalKind
+
+    repo = open_repository(config)
+    tli = plan.path[-1].timeline
+    names = [n for n, _s, _m in repo.iter_wal() if n.kind is WalKind.SEGMENT and n.timeline == tli]
+    if not names:
         return None
-    name = parse_wal_name(plan.last_wal)
     size = plan.backup.wal_segment_size
-    return max(segno_of(name, size) * size, parse_lsn(plan.backup.stop_lsn))
+    newest = max(segno_of(n, size) for n in names)
+    return max(newest * size, parse_lsn(plan.backup.stop_lsn))
 
 
 def restore_test(config: Config, opts: Options, *, progress: Callable[[str], None] = lambda _m: None
@@ -224,7 +230,7 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
     began = time.monotonic()
     try:
         plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan  # refuses before anything is written
-        bound = archive_bound(plan)
+        bound = archive_bound(config, plan) if end_of_archive else None
         if end_of_archive and bound is not None:
             # A primary that keeps archiving would keep "the end of the archive" moving: recovery could chase
             # it for ever. The test recovers up to the WAL archived when it was planned.

@@ -112,8 +112,8 @@ def test_corrupted_segment_fails_with_the_integrity_reason(setup: Setup) -> None
     corrupt_object(setup, victim)
     work = setup.work / "rt"
     notified = setup.work / "notified"
-    setup.write_config(setup.config.read_text().replace(
-        "[compression]", f"[notify]\non_failure = \"echo $WALKEEPER_EVENT > {notified}\"\n[compression]"))
+    notify = f'[notify]\non_failure = "echo $WALKEEPER_EVENT > {notified}"\nstate_file = "{setup.work}/notify.json"\n'
+    setup.write_config(setup.config.read_text().replace("[compression]", notify + "[compression]"))
     proc = setup.wk("restore-test", "--workdir", work)
     assert proc.returncode == 22, proc.stdout + proc.stderr
     assert "recovery stopped" in proc.stderr and "corrupt" in proc.stderr.lower(), proc.stderr

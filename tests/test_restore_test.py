@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Setup
-from tests.pgharness import PG_BIN, Cluster, run_pg
+from tests.pgharness import PG_BIN, Cluster, give_to_pg, run_pg, running_as_root
 from tests.test_operate_backends import corrupt_object
 from tests.test_pitr import archive_everything, conn, ok, start_primary
 
@@ -119,3 +119,14 @@ def test_corrupted_segment_fails_with_the_integrity_reason(setup: Setup) -> None
     assert "recovery stopped" in proc.stderr and "corrupt" in proc.stderr.lower(), proc.stderr
     assert not postgres_processes_in(work) and list(work.iterdir()) == []
     assert notified.read_text().strip() == "restore-test"
+
+
+@pytest.mark.skipif(not running_as_root(), reason="the root path needs root")
+def test_as_root_the_test_cluster_runs_as_postgres(setup: Setup) -> None:
+    primary, backup = prepared(setup)
+    primary.stop()
+    (setup.work / "rt-root").mkdir()
+    work = give_to_pg(setup.work / "rt-root")
+    proc = setup.wk("restore-test", "--workdir", work, "--target", "immediate", "--json", as_postgres=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["backup"] == backup["id"] and list(work.iterdir()) == []

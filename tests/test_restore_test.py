@@ -103,7 +103,8 @@ def test_restore_test_story(backend_setup: Setup) -> None:
     assert "walkeeper_restore_test_duration_seconds{" in text
 
 
-def test_corrupted_segment_fails_with_the_integrity_reason(setup: Setup) -> None:
+def test_corrupted_segment_fails_with_the_integrity_reason(backend_setup: Setup) -> None:
+    setup = backend_setup
     primary, backup = prepared(setup)
     primary.stop()
     # the backup's stop segment lies in the range recovery replays

@@ -107,6 +107,9 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
             ("expire", ["expire", "--keep", "1", "--dry-run"], 0),
             ("pitr", ["pitr", "--pgdata", setup.work / "never", "--target-time", target, "--dry-run"], 0),
             ("pitr immediate", ["pitr", "--pgdata", setup.work / "never", "--target-immediate", "--dry-run"], 0),
+            ("restore-test", ["restore-test", "--workdir", setup.work / "restore-tests"], 0),
+            ("restore-tests", ["restore-tests"], 0),
+            ("status (after a restore test)", ["status"], 0),
         ):
             proc = setup.wk(*args, "--json", env=env)
             assert proc.returncode == code, (name, proc.stdout, proc.stderr)
@@ -131,6 +134,8 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
     assert outputs["status"]["cluster"]["last_archived_time"]
     assert outputs["status"]["walkeeper_failures"]["wal-push"]["last_failure"]
     assert outputs["restore-points"][0]["time"].endswith("+00:00")
+    assert outputs["restore-tests"][0]["id"] == outputs["restore-test"]["id"] and outputs["restore-test"]["ok"]
+    assert outputs["status (after a restore test)"]["restore_tests"]["last_success"]["finished"]
     assert outputs["dumps"]["dumps"][0]["stop_time"] and outputs["dumps show"]["id"] == outputs["dumpall"]["id"]
     assert outputs["pitr"]["target"]["kind"] == "time" and outputs["pitr"]["dry_run"] is True
     assert outputs["pitr"]["target"]["value"].endswith("+00:00") and outputs["pitr"]["wal"]["segments"] >= 1

@@ -12,6 +12,7 @@ Layout (keys)::
     dumps/<ID>/globals.sql              pg_dumpall --globals-only (dump --all only)
     dumps/<ID>/dump.json                the dump's metadata, written LAST: a dump without it is not
                                         listed (a killed dump leaves only objects expire removes)
+    restore-tests/<ID>.json             one result of walkeeper restore-test (the evidence a backup restores)
 
 Every object here goes through the codec like WAL does (compressed, encrypted, authenticated,
 its key bound into the header), so metadata cannot be edited or swapped unnoticed either.
@@ -41,6 +42,8 @@ DUMP_PREFIX = "dumps/"
 DUMP_META = "dump.json"
 DUMP_RESERVED = "reserved"
 RESTORE_POINT_KEY_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9A-F]{16}\.json$")
+RESTORE_TEST_PREFIX = "restore-tests/"
+RESTORE_TEST_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
 
 
 def validate_backup_id(backup_id: str) -> str:
@@ -180,6 +183,48 @@ class RestorePoint:
     timeline: int
     system_identifier: str
     wal_file: str
+
+
+@dataclass
+class RestoreTestRecord:
+    """What one restore test proved (or not): kept in the repository as restore-tests/<ID>.json."""
+
+    id: str
+    started: str  # ISO 8601 UTC
+    finished: str
+    ok: bool
+    outcome: str  # passed | check-failed | target-not-reached | not-started
+    reason: str  # one line; empty when ok
+    backup: str
+    target: str
+    wal_first: str | None = None
+    wal_last: str | None = None
+    wal_segments: int = 0
+    bytes_restored: int = 0
+    restore_seconds: float = 0.0  # fetch, decrypt and unpack the backup
+    recovery_seconds: float = 0.0  # server start to consistent and promoted (WAL replay)
+    total_seconds: float = 0.0  # the measured recovery time objective
+    replay_lsn: str | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)  # {name, ok, detail}
+    row_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # database -> schema.table -> rows
+    walkeeper_version: str | None = None
+    pg_version: int | None = None
+    host: str | None = None
+    kept_workdir: str | None = None
+    format: int = 1
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str) -> RestoreTestRecord:
+        try:
+            record = cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+        except TypeError as exc:
+            raise IntegrityError(f"{where}: not a valid restore test record ({exc})") from None
+        if not RESTORE_TEST_ID_RE.match(record.id):
+            raise IntegrityError(f"{where}: not a restore test id: {record.id!r}")
+        return record
 
 
 class Catalog:
@@ -365,3 +410,43 @@ class Catalog:
                 yield RestorePoint(**doc)
             except TypeError as exc:
                 raise WalkeeperError(f"{info.key}: not a valid restore point ({exc})") from None
+
+    # -- restore tests ----------------------------------------------------------------------------
+
+    def save_restore_test(self, record: RestoreTestRecord) -> str:
+        """The only object restore-test writes; a new id each run, never overwritten."""
+        if not RESTORE_TEST_ID_RE.match(record.id):
+            raise InvalidName(f"not a restore test id: {record.id!r}")
+        key = f"{RESTORE_TEST_PREFIX}{record.id}.json"
+        self._put_json(key, record.to_json())
+        return key
+
+    def restore_test_ids(self) -> list[str]:
+        """Oldest first (ids start with the UTC time of the run)."""
+        ids = []
+        for info in self.repo.storage.list(RESTORE_TEST_PREFIX):
+            name = info.key[len(RESTORE_TEST_PREFIX):]
+            if name.endswith(".json") and RESTORE_TEST_ID_RE.match(name[:-5]):
+                ids.append(name[:-5])
+        return sorted(ids)
+
+    def restore_test(self, test_id: str) -> RestoreTestRecord:
+        key = f"{RESTORE_TEST_PREFIX}{test_id}.json"
+        record = RestoreTestRecord.from_dict(self._get_json(key), key)
+        if record.id != test_id:
+            raise IntegrityError(f"{key} describes restore test {record.id}: swapped record")
+        return record
+
+    def restore_tests(self) -> list[RestoreTestRecord]:
+        return [self.restore_test(i) for i in self.restore_test_ids()]
+
+    def last_restore_tests(self) -> tuple[RestoreTestRecord | None, RestoreTestRecord | None]:
+        """The newest restore test and the newest successful one (reads from the newest backwards)."""
+        last = last_ok = None
+        for test_id in reversed(self.restore_test_ids()):
+            record = self.restore_test(test_id)
+            last = last or record
+            if record.ok:
+                last_ok = record
+                break
+        return last, last_ok

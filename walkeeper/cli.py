@@ -643,6 +643,11 @@ def _print_repository(doc: dict[str, Any]) -> None:
                    f"{human_bytes(b['stored_bytes'])}, ended {human_ago(b['age_seconds'])}")
     if not doc["backups"]:
         click.echo("  no backups")
+    last_test = (doc.get("restore_tests") or {}).get("last")
+    if last_test:
+        click.echo(f"  last restore test {last_test['id']} of backup {last_test['backup']}: "
+                   + ("passed" if last_test["ok"] else f"FAILED ({last_test['reason']})")
+                   + f", {last_test['total_seconds']:.0f}s, {human_ago(last_test['age_seconds'])}")
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
     for d in doc.get("dumps", []):
@@ -668,6 +673,8 @@ def _print_repository(doc: dict[str, Any]) -> None:
 @click.option("--warn-backup-age", help="WARNING when the newest backup is older.")
 @click.option("--max-dump-age", help="CRITICAL when the newest dump of a database is older (e.g. 26h).")
 @click.option("--warn-dump-age", help="WARNING when the newest dump of a database is older.")
+@click.option("--max-restore-test-age", help="CRITICAL when the last successful restore test is older (e.g. 8d).")
+@click.option("--warn-restore-test-age", help="WARNING when the last successful restore test is older.")
 @click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql with the connection options).")
 @click.option("--archive", is_flag=True, help="Preflight instead: check the server's archive settings, force a WAL "
               "switch and wait until that segment is in this repository and reads back.")
@@ -680,7 +687,8 @@ def _print_repository(doc: dict[str, Any]) -> None:
 @pass_app
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
               warn_backup_age: str | None, max_dump_age: str | None,
-              warn_dump_age: str | None, cluster: bool, archive: bool, timeout: float, host: str | None,
+              warn_dump_age: str | None, max_restore_test_age: str | None,
+              warn_restore_test_age: str | None, cluster: bool, archive: bool, timeout: float, host: str | None,
               port: str | None, user: str | None, dbname: str | None, prometheus_file: str | None,
               as_json: bool) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
@@ -696,7 +704,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
 
     _name_command(click.get_current_context())
     if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
-                                                       max_dump_age, warn_dump_age))):
+                                                       max_dump_age, warn_dump_age, max_restore_test_age,
+                                                       warn_restore_test_age))):
         raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
@@ -711,7 +720,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         else:
             thresholds = Thresholds(*(parse_duration(v) if v else None
                                       for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
-                                                max_dump_age, warn_dump_age)))
+                                                max_dump_age, warn_dump_age, max_restore_test_age,
+                                                warn_restore_test_age)))
             result = run_check(config, thresholds, cluster=cluster, conn=conn)
     except Exception as exc:
         result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
@@ -831,3 +841,9 @@ def main(argv: list[str] | None = None) -> int:
             return _closed_pipe()
         raise
     return result if isinstance(result, int) else 0
+
+
+from walkeeper.cli_restore_test import restore_test_cmd, restore_tests_cmd  # noqa: E402 - they import this module
+
+cli.add_command(restore_test_cmd)
+cli.add_command(restore_tests_cmd)

@@ -132,6 +132,24 @@ def running_as() -> str:
         return f"uid {os.geteuid()}"
 
 
+class RestoreTestFailed(WalkeeperError):
+    """restore-test: the cluster recovered but a check failed (the result is recorded)."""
+
+    code = 21
+
+
+class TargetNotReached(WalkeeperError):
+    """restore-test: recovery stopped before the target (missing or unreadable WAL, target beyond the archive)."""
+
+    code = 22
+
+
+class ClusterNotStarted(WalkeeperError):
+    """restore-test: the throwaway cluster did not start or did not finish recovery in time."""
+
+    code = 23
+
+
 INTERNAL_ERROR_CODE = 19  # an unexpected exception: a bug in walkeeper
 USAGE_ERROR_CODE = 2  # bad command line (click's own code)
 CLOSED_PIPE_CODE = 141  # the reader of our output went away: what a shell reports for SIGPIPE (128 + 13)

@@ -40,7 +40,7 @@ from walkeeper.durable import write_file
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("wal-push", "wal-fetch", "backup", "expire")
+EVENTS = ("wal-push", "wal-fetch", "backup", "expire", "restore-test")
 STATE_NAME = "notify-state.json"
 
 

@@ -773,7 +773,8 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
          name: str | None = None, immediate: bool = False, action: str = "pause", target_timeline: str | None = None,
          exclusive: bool = False, backup_id: str | None = None, standby: bool = False, no_restore: bool = False,
          dry_run: bool = False, config_path: str | None = None, repo_flag: str | None = None,
-         tablespace_map: tuple[str, ...] = ()) -> PitrResult:
+         tablespace_map: tuple[str, ...] = (), end_of_archive: bool = False) -> PitrResult:
+    """``end_of_archive``: no target, recover all archived WAL (restore-test --target latest)."""
     if action not in ACTIONS:
         raise ConfigError(f"--target-action must be one of {', '.join(ACTIONS)}")
     if backup_id is not None and backup_id != "latest":
@@ -786,7 +787,8 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
     repo = open_repository(config)
     repo.require_meta()
     catalog = Catalog(repo)
-    target = make_target(catalog, time=time, lsn=lsn, xid=xid, name=name, immediate=immediate, standby=standby)
+    target = make_target(catalog, time=time, lsn=lsn, xid=xid, name=name, immediate=immediate,
+                         standby=standby or end_of_archive)
     directory = Path(os.path.abspath(pgdata))
     if no_restore:
         start = _check_restored_dir(directory)

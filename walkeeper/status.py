@@ -116,7 +116,27 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
         "dumps": dumps,  # the newest complete dump of each database
         "dump_count": len(catalog.dump_ids()),
         "incomplete_dumps": catalog.incomplete_dump_ids(),
+        "restore_tests": restore_test_status(repo, now),
     }
+
+
+def restore_test_status(repo: Repository, now: float) -> dict[str, Any]:
+    """The newest restore test and the newest successful one (walkeeper restore-test), with ages."""
+    from datetime import datetime
+
+    from walkeeper.catalog import Catalog
+
+    last, last_ok = Catalog(repo).last_restore_tests()
+
+    def brief(record: Any) -> dict[str, Any] | None:
+        if record is None:
+            return None
+        finished = datetime.fromisoformat(record.finished).timestamp()
+        return {"id": record.id, "ok": record.ok, "outcome": record.outcome, "reason": record.reason,
+                "backup": record.backup, "finished": finished, "age_seconds": now - finished,
+                "total_seconds": record.total_seconds}
+
+    return {"last": brief(last), "last_success": brief(last_ok)}
 
 
 def status_json(doc: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +158,9 @@ def status_json(doc: dict[str, Any]) -> dict[str, Any]:
         out["newest_segment"] = {**out["newest_segment"], "archived": iso_utc(out["newest_segment"]["archived"])}
     if isinstance(out.get("cluster"), dict):
         out["cluster"] = status_json(out["cluster"])
+    if isinstance(out.get("restore_tests"), dict):
+        out["restore_tests"] = {which: {**test, "finished": iso_utc(test["finished"])} if test else None
+                                for which, test in out["restore_tests"].items()}
     if isinstance(out.get("walkeeper_failures"), dict):
         out["walkeeper_failures"] = {event: {**entry, "last_failure": iso_utc(entry.get("last_failure"))}
                                      for event, entry in out["walkeeper_failures"].items()}
@@ -234,6 +257,8 @@ class Thresholds:
     warn_backup_age: float | None = None
     max_dump_age: float | None = None  # for the newest dump of each database
     warn_dump_age: float | None = None
+    max_restore_test_age: float | None = None  # of the last successful restore test
+    warn_restore_test_age: float | None = None
 
 
 @dataclass
@@ -321,6 +346,13 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
         for d in doc["dumps"]:
             _age_check(result, f"dump of {d['database']}", d["age_seconds"], thresholds.warn_dump_age,
                        thresholds.max_dump_age)
+    tests = doc.get("restore_tests") or {}
+    success = tests.get("last_success")
+    _age_check(result, "successful restore test", success["age_seconds"] if success else None,
+               thresholds.warn_restore_test_age, thresholds.max_restore_test_age)
+    if tests.get("last") and not tests["last"]["ok"] and (thresholds.max_restore_test_age is not None
+                                                          or thresholds.warn_restore_test_age is not None):
+        result.raise_to(WARNING, f"the last restore test {tests['last']['id']} failed: {tests['last']['reason']}")
     if doc["gaps"]:
         result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
     if cluster:
@@ -417,6 +449,17 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
             metric("walkeeper_last_dump_age_seconds", "gauge", "Seconds since the newest dump of each database ended.",
                    [(f',database="{_label(d["database"])}"', float(d["age_seconds"])) for d in doc["dumps"]])
         metric("walkeeper_dumps", "gauge", "Complete logical dumps in the repository.", [("", doc["dump_count"])])
+        tests = doc.get("restore_tests") or {}
+        if tests.get("last_success"):
+            metric("walkeeper_restore_test_last_success_timestamp_seconds", "gauge",
+                   "When the last successful walkeeper restore-test finished.",
+                   [("", float(tests["last_success"]["finished"]))])
+        if tests.get("last"):
+            metric("walkeeper_restore_test_duration_seconds", "gauge",
+                   "Total seconds of the last restore test (restore + recovery: the measured recovery time).",
+                   [("", float(tests["last"]["total_seconds"]))])
+            metric("walkeeper_restore_test_ok", "gauge", "1 if the last restore test passed.",
+                   [("", 1 if tests["last"]["ok"] else 0)])
         metric("walkeeper_wal_gaps", "gauge", "Holes in the archived WAL sequences (walkeeper verify explains).",
                [("", doc["gaps"])])
     metric("walkeeper_failures_total", "counter",

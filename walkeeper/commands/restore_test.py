@@ -1,0 +1,346 @@
+"""restore-test: prove a backup restores, by recovering it into a throwaway cluster and checking it.
+
+The restore runs through ``pitr`` (the same planning, refusals and restore a real recovery uses);
+the cluster then gets settings that keep it away from production (see scratch_cluster), recovers
+through ``walkeeper wal-fetch``, is checked, stopped and removed. The result is recorded in the
+repository (the only object this command writes there) and returned; the caller turns a failed
+outcome into its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from walkeeper import __version__
+from walkeeper.backup import ConnOptions, psql
+from walkeeper.catalog import Catalog, RestoreTestRecord
+from walkeeper.config import Config
+from walkeeper.errors import (
+    ClusterNotStarted,
+    ConfigError,
+    PostgresError,
+    RefusedError,
+    RestoreTestFailed,
+    TargetNotReached,
+    WalkeeperError,
+)
+from walkeeper.pitr import Plan, pitr
+from walkeeper.scratch_cluster import (
+    PORT,
+    ScratchCluster,
+    WorkDir,
+    default_base,
+    remove_stale,
+    safety_settings,
+    server_bin,
+)
+from walkeeper.wal import format_lsn, parse_lsn, segno_of
+
+OUTCOME_ERRORS: dict[str, type[WalkeeperError]] = {
+    "check-failed": RestoreTestFailed,
+    "target-not-reached": TargetNotReached,
+    "not-started": ClusterNotStarted,
+}
+
+ROW_COUNT_SQL = (
+    "select table_schema || '.' || table_name || '|' || (xpath('/row/c/text()', query_to_xml(format("
+    "'select count(*) as c from %I.%I', table_schema, table_name), false, true, '')))[1]::text "
+    "from information_schema.tables where table_type = 'BASE TABLE' "
+    "and table_schema not in ('pg_catalog', 'information_schema') order by 1"
+)
+
+
+@dataclass
+class Options:
+    backup_id: str | None = None
+    time: str | None = None
+    lsn: str | None = None
+    name: str | None = None
+    target: str | None = None  # "latest" (end of archive) or "immediate"
+    checks: list[str] = field(default_factory=list)
+    check_db: str = "postgres"
+    amcheck: bool = False
+    workdir: str | None = None
+    keep_on_failure: bool = False
+    timeout: float = 600.0
+    config_path: str | None = None
+    repo_flag: str | None = None
+
+
+def read_check_file(path: str) -> list[str]:
+    """One SQL check per line; blank lines and lines starting with -- or # are skipped."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--check-file {path}: {exc.strerror or exc}") from None
+    return [line.strip().rstrip(";") for line in text.splitlines()
+            if line.strip() and not line.strip().startswith(("--", "#"))]
+
+
+def new_test_id(now: datetime | None = None) -> str:
+    moment = now or datetime.now(UTC)
+    return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def classify_failure(log_lines: list[str]) -> tuple[str, str]:
+    """From the server log of a cluster that stopped by itself: (outcome, one-line reason)."""
+    fetch = [line for line in log_lines if "wal-fetch: error:" in line]
+    if fetch:
+        return "target-not-reached", "recovery stopped: " + fetch[-1].split("wal-fetch: error:", 1)[1].strip()
+    for line in reversed(log_lines):
+        if "recovery ended before configured recovery target was reached" in line:
+            return "target-not-reached", "recovery ended before the target was reached (the archive ends earlier)"
+        if "before consistent recovery point" in line:
+            return "target-not-reached", "the target lies before the backup's consistent point"
+    fatal = [line for line in log_lines if "FATAL:" in line or "PANIC:" in line]
+    if fatal:
+        return "not-started", "the server stopped: " + fatal[-1].split(":", 3)[-1].strip()
+    return "not-started", "the server stopped during recovery (see its log)"
+
+
+@dataclass
+class Checker:
+    config: Config
+    user: str
+    sock: Path
+
+    def conn(self, db: str) -> ConnOptions:
+        return ConnOptions(host=str(self.sock), port=str(PORT), user=self.user, dbname=db)
+
+    def sql(self, db: str, query: str, timeout: float = 300) -> str:
+        return psql(self.config, self.conn(db), query, timeout=timeout)
+
+    def ready(self) -> bool:
+        try:
+            return self.sql("postgres", "select not pg_is_in_recovery()", timeout=10) == "t"
+        except WalkeeperError:
+            return False
+
+
+def run_checks(checker: Checker, record: RestoreTestRecord, opts: Options, target_kind: str,
+               target_lsn: int | None) -> None:
+    def add(name: str, ok: bool, detail: str) -> None:
+        record.checks.append({"name": name, "ok": ok, "detail": detail})
+
+    # 1. the target was reached: recovery stopped at it and promoted
+    try:
+        replay = checker.sql("postgres", "select pg_last_wal_replay_lsn()")
+        record.replay_lsn = replay or None
+        reached = True
+        detail = f"recovered to {replay}, promoted"
+        if target_lsn is not None and replay and parse_lsn(replay) < target_lsn:
+            reached = False
+            detail = f"recovered to {replay}, before the target {format_lsn(target_lsn)}"
+        add("target reached", reached, detail)
+    except WalkeeperError as exc:
+        add("target reached", False, str(exc))
+    # 2. every database accepts connections; row counts recorded
+    try:
+        dbs = checker.sql("postgres", "select datname from pg_database where datallowconn order by 1").splitlines()
+    except WalkeeperError as exc:
+        dbs = []
+        add("databases connect", False, str(exc))
+    failed = []
+    for db in dbs:
+        try:
+            rows = checker.sql(db, ROW_COUNT_SQL)
+        except WalkeeperError as exc:
+            failed.append(f"{db}: {exc}")
+            continue
+        counts = {}
+        for line in rows.splitlines():
+            table, _, count = line.rpartition("|")
+            if table:
+                counts[table] = int(count or 0)
+        record.row_counts[db] = counts
+    if dbs:
+        add("databases connect", not failed,
+            "; ".join(failed) if failed else f"{len(dbs)} database(s): {', '.join(dbs)}")
+    # 3. pg_amcheck, when asked and available
+    if opts.amcheck:
+        amcheck_check(checker, add, record.pg_version or 15)
+    # 4. the user's checks: each must return true
+    for query in opts.checks:
+        try:
+            out = checker.sql(opts.check_db, query)
+        except WalkeeperError as exc:
+            add(f"check: {query}", False, str(exc).splitlines()[0])
+            continue
+        add(f"check: {query}", out.strip() == "t", f"returned {out.strip() or '(nothing)'!r}")
+
+
+def amcheck_check(checker: Checker, add: Callable[[str, bool, str], None], major: int) -> None:
+    import subprocess
+
+    try:
+        binary = server_bin(checker.config, "pg_amcheck", major)
+        available = checker.sql("postgres", "select count(*) from pg_available_extensions where name = 'amcheck'")
+    except WalkeeperError as exc:
+        add("amcheck", True, f"skipped: {exc}")
+        return
+    if available != "1":
+        add("amcheck", True, "skipped: the amcheck extension is not installed on this host")
+        return
+    proc = subprocess.run([binary, "-h", str(checker.sock), "-p", str(PORT), "-U", checker.user, "--all",
+                           "--install-missing", "--heapallindexed"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=3600)
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    add("amcheck", proc.returncode == 0, "heap and btree checked, no corruption" if proc.returncode == 0
+        else (out[0] if out else f"pg_amcheck exited {proc.returncode}"))
+
+
+def archive_bound(config: Config, plan: Plan) -> int | None:
+    """The start of the newest segment archived now on the plan's timeline (not before the backup's end)."""
+    from walkeeper.repository import open_repository
+    from walkeeper.wal import WalKind
+
+    repo = open_repository(config)
+    tli = plan.path[-1].timeline
+    names = [n for n, _s, _m in repo.iter_wal() if n.kind is WalKind.SEGMENT and n.timeline == tli]
+    if not names:
+        return None
+    size = plan.backup.wal_segment_size
+    newest = max(segno_of(n, size) for n in names)
+    return max(newest * size, parse_lsn(plan.backup.stop_lsn))
+
+
+def restore_test(config: Config, opts: Options, *, progress: Callable[[str], None] = lambda _m: None
+                 ) -> RestoreTestRecord:
+    """Run one restore test and record it; raises only for refusals before anything was restored."""
+    given = [v for v in (opts.time, opts.lsn, opts.name, opts.target) if v]
+    if len(given) > 1:
+        raise ConfigError("give at most one target: --target-time, --target-lsn, --target-name or --target")
+    if opts.target not in (None, "latest", "immediate"):
+        raise ConfigError(f"--target {opts.target!r}: expected 'latest' or 'immediate'")
+    end_of_archive = not given or opts.target == "latest"
+    kwargs = dict(time=opts.time, lsn=opts.lsn, name=opts.name, immediate=opts.target == "immediate",
+                  action="promote", backup_id=opts.backup_id, config_path=opts.config_path,
+                  repo_flag=opts.repo_flag, end_of_archive=end_of_archive)
+    base = Path(opts.workdir) if opts.workdir else default_base()
+    test_id = new_test_id()
+    work = WorkDir.create(base, test_id)
+    started = datetime.now(UTC)
+    began = time.monotonic()
+    try:
+        plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan  # refuses before anything is written
+        bound = archive_bound(config, plan) if end_of_archive else None
+        if end_of_archive and bound is not None:
+            # A primary that keeps archiving would keep "the end of the archive" moving: recovery could chase
+            # it for ever. The test recovers up to the WAL archived when it was planned.
+            kwargs.update(lsn=format_lsn(bound), end_of_archive=False)
+            plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan
+        pg_ctl = server_bin(config, "pg_ctl", plan.backup.pg_version // 10000 if plan.backup.pg_version > 1000
+                            else plan.backup.pg_version)
+        for stale in remove_stale(base, pg_ctl):
+            progress(f"removed the work directory of an earlier, interrupted run: {stale}")
+        need = plan.backup.plain_size + 64 * 1024 * 1024
+        if work.free_bytes() < need:
+            raise RefusedError(f"{work.root} has {work.free_bytes()} bytes free; the backup needs {need}",
+                               hint="give --workdir on a file system with room for the backup")
+    except BaseException:
+        work.remove()
+        raise
+    major = plan.backup.pg_version // 10000 if plan.backup.pg_version > 1000 else plan.backup.pg_version
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    record = RestoreTestRecord(
+        id=test_id, started=started.isoformat(timespec="seconds"), finished="", ok=False, outcome="not-started",
+        reason="", backup=plan.backup.id, target=plan.target.describe() + (
+            " (the end of the WAL archived when the test began)" if end_of_archive and bound is not None
+            else ""), wal_first=plan.first_wal, wal_last=plan.last_wal,
+        wal_segments=plan.segments, walkeeper_version=__version__, pg_version=major, host=socket.gethostname())
+    cluster = ScratchCluster(work, pg_ctl, user)
+    try:
+        progress(f"restoring backup {plan.backup.id} into {work.data}")
+        result = pitr(config, str(work.data), **kwargs)
+        if result.restored:
+            record.bytes_restored = result.restored.bytes
+            record.restore_seconds = round(result.restored.seconds, 3)
+        auto = work.data / "postgresql.auto.conf"
+        with open(auto, "a") as fh:
+            fh.write(safety_settings(work))
+        for signal in ("standby.signal",):
+            (work.data / signal).unlink(missing_ok=True)
+        checker = Checker(config, user, work.sock)
+        progress("starting the throwaway cluster and waiting for recovery")
+        started_at = time.monotonic()
+        outcome = cluster.start_and_wait(opts.timeout, checker.ready)
+        record.recovery_seconds = round(time.monotonic() - started_at, 3)
+        if not outcome.ready:
+            if outcome.exited:
+                record.outcome, record.reason = classify_failure(cluster.log_tail(120) or outcome.log_tail)
+            else:
+                record.outcome = "not-started"
+                record.reason = f"recovery did not finish within {opts.timeout:.0f}s"
+            tail = [line for line in outcome.log_tail if line.strip()][-5:]
+            record.checks.append({"name": "cluster started", "ok": False, "detail": " | ".join(tail)})
+        else:
+            record.checks.append({"name": "cluster started", "ok": True,
+                                  "detail": f"recovered and promoted in {record.recovery_seconds:.1f}s"})
+            progress("running the checks")
+            run_checks(checker, record, opts, plan.target.kind, plan.target.lsn if plan.target.kind == "lsn"
+                       else None)
+            failed = [c for c in record.checks if not c["ok"]]
+            if failed:
+                first = failed[0]
+                record.outcome = "target-not-reached" if first["name"] == "target reached" else "check-failed"
+                record.reason = f"{first['name']}: {first['detail']}"
+            else:
+                record.outcome, record.ok = "passed", True
+    except WalkeeperError as exc:
+        record.outcome = "not-started"
+        record.reason = str(exc).splitlines()[0]
+    finally:
+        try:
+            cluster.stop()
+        except Exception as exc:  # recorded in the result
+            record.reason = record.reason or f"could not stop the throwaway cluster: {exc}"
+        record.total_seconds = round(time.monotonic() - began, 3)
+        record.finished = datetime.now(UTC).isoformat(timespec="seconds")
+        if not record.ok and opts.keep_on_failure:
+            (work.root / "keep").touch()
+            record.kept_workdir = str(work.root)
+            work.release()
+        else:
+            work.remove()
+    from walkeeper.repository import open_repository
+
+    Catalog(open_repository(config)).save_restore_test(record)
+    return record
+
+
+def failure_error(record: RestoreTestRecord) -> WalkeeperError | None:
+    if record.ok:
+        return None
+    cls = OUTCOME_ERRORS.get(record.outcome, PostgresError)
+    hint = f"the work directory is kept in {record.kept_workdir}" if record.kept_workdir else None
+    return cls(f"restore test {record.id} failed: {record.reason}", hint=hint)
+
+
+def text_lines(record: RestoreTestRecord) -> list[str]:
+    out = [
+        f"restore test {record.id}: {'PASSED' if record.ok else 'FAILED (' + record.outcome + ')'}",
+        f"  backup {record.backup}, target {record.target}",
+        f"  WAL: {record.wal_segments} segment(s) {record.wal_first} .. {record.wal_last or '(end of archive)'}",
+        f"  restored {record.bytes_restored} bytes in {record.restore_seconds:.1f}s, recovery "
+        f"{record.recovery_seconds:.1f}s, total {record.total_seconds:.1f}s (the measured recovery time)",
+    ]
+    if record.replay_lsn:
+        out.append(f"  replayed up to {record.replay_lsn}")
+    for check in record.checks:
+        out.append(f"  [{'ok' if check['ok'] else 'FAIL'}] {check['name']}: {check['detail']}")
+    tables = sum(len(t) for t in record.row_counts.values())
+    rows = sum(sum(t.values()) for t in record.row_counts.values())
+    if record.row_counts:
+        out.append(f"  row counts recorded: {tables} table(s) in {len(record.row_counts)} database(s), {rows} rows")
+    if record.kept_workdir:
+        out.append(f"  kept for inspection: {record.kept_workdir}")
+    return out

@@ -67,3 +67,28 @@ def test_stale_work_directories_are_removed_live_and_kept_ones_stay() -> None:
     live.remove()
     assert not live.root.exists()
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize(("found", "dump_major", "chosen"), [
+    ([(15, "a"), (16, "b"), (18, "c")], 16, (16, "b")),  # the same major when there is one
+    ([(15, "a"), (18, "c")], 16, (18, "c")),  # else the oldest newer one (pg_restore reads older dumps)
+    ([(15, "a")], 18, None),  # nothing new enough: refused
+    ([], 15, None),
+])
+def test_choose_server_for_a_dump(found: list, dump_major: int, chosen: tuple | None) -> None:
+    from walkeeper.commands.restore_test_dump import choose_server
+
+    assert choose_server([(m, Path(p)) for m, p in found], dump_major) == (
+        None if chosen is None else (chosen[0], Path(chosen[1])))
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"CREATE ROLE a;\nCREATE TABLESPACE t OWNER a LOCATION '/srv/t';\nALTER ROLE a;\n"],
+    [b"CREATE ROLE a;\nCREATE TABLE", b"SPACE t OWNER a LOCATION '/srv/t';\nALTER", b" ROLE a;\n"],
+    [b"CREATE ROLE a;\n", b"CREATE TABLESPACE t LOCATION '/srv/t';", b"\nALTER ROLE a;"],
+])
+def test_globals_without_tablespaces(chunks: list[bytes]) -> None:
+    from walkeeper.commands.restore_dump import _without_tablespaces
+
+    out = b"".join(_without_tablespaces(iter(chunks)))
+    assert out.rstrip(b"\n") == b"CREATE ROLE a;\nALTER ROLE a;"

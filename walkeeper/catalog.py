@@ -195,7 +195,7 @@ class RestoreTestRecord:
     ok: bool
     outcome: str  # passed | check-failed | target-not-reached | not-started
     reason: str  # one line; empty when ok
-    backup: str
+    backup: str | None  # the base backup tested; None when a dump was tested
     target: str
     wal_first: str | None = None
     wal_last: str | None = None
@@ -211,7 +211,13 @@ class RestoreTestRecord:
     pg_version: int | None = None
     host: str | None = None
     kept_workdir: str | None = None
+    dump: str | None = None  # the logical dump tested (restore-test --dump); then backup is None
     format: int = 1
+
+    @property
+    def subject(self) -> str:
+        """What was tested, for text output: "backup ID" or "dump ID"."""
+        return f"dump {self.dump}" if self.dump else f"backup {self.backup}"
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"

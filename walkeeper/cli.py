@@ -645,7 +645,8 @@ def _print_repository(doc: dict[str, Any]) -> None:
         click.echo("  no backups")
     last_test = (doc.get("restore_tests") or {}).get("last")
     if last_test:
-        click.echo(f"  last restore test {last_test['id']} of backup {last_test['backup']}: "
+        subject = f"dump {last_test['dump']}" if last_test.get("dump") else f"backup {last_test['backup']}"
+        click.echo(f"  last restore test {last_test['id']} of {subject}: "
                    + ("passed" if last_test["ok"] else f"FAILED ({last_test['reason']})")
                    + f", {last_test['total_seconds']:.0f}s, {human_ago(last_test['age_seconds'])}")
     for backup_id in doc["incomplete_backups"]:

@@ -36,7 +36,7 @@ def _become_owner(workdir: str | None) -> None:
 @click.option("--target-name", help="Recover up to this restore point.")
 @click.option("--target", type=click.Choice(["latest", "immediate"]),
               help="latest: all archived WAL (the default); immediate: the end of the backup.")
-@click.option("--dump", "dump_id", metavar="ID", help="Test a logical dump (not yet available).")
+@click.option("--dump", "dump_id", metavar="ID|latest", help="Test a logical dump instead of a base backup.")
 @click.option("--check", "checks", multiple=True, metavar="SQL", help="SQL that must return true (repeatable).")
 @click.option("--check-file", type=click.Path(dir_okay=False), help="A file of such checks, one per line.")
 @click.option("--check-db", default="postgres", show_default=True, help="Database the checks run in.")
@@ -52,20 +52,21 @@ def restore_test_cmd(app: AppContext, backup_id: str | None, target_time: str | 
                      target_name: str | None, target: str | None, dump_id: str | None, checks: tuple[str, ...],
                      check_file: str | None, check_db: str, amcheck: bool, workdir: str | None,
                      keep_on_failure: bool, timeout: float, as_json: bool) -> None:
-    """Restore a backup into a throwaway cluster, recover, check it, record the result in the repository."""
+    """Restore a backup (or --dump a logical dump) into a throwaway cluster, check it, record the result."""
     from walkeeper.commands.restore_test import Options, failure_error, read_check_file, restore_test, text_lines
-    from walkeeper.errors import ConfigError
 
-    if dump_id:
-        raise ConfigError("--dump: testing logical dumps is not available yet",
-                          hint="test a base backup: leave out --dump")
     all_checks = list(checks) + (read_check_file(check_file) if check_file else [])
     _become_owner(workdir)
     opts = Options(backup_id=backup_id, time=target_time, lsn=target_lsn, name=target_name, target=target,
                    checks=all_checks, check_db=check_db, amcheck=amcheck, workdir=workdir,
                    keep_on_failure=keep_on_failure, timeout=timeout, config_path=app.config_path,
-                   repo_flag=app.repo)
-    record = restore_test(app.config, opts, progress=lambda m: log.info("%s", m))
+                   repo_flag=app.repo, dump_id=dump_id)
+    if dump_id:
+        from walkeeper.commands.restore_test_dump import restore_test_dump
+
+        record = restore_test_dump(app.config, opts, progress=lambda m: log.info("%s", m))
+    else:
+        record = restore_test(app.config, opts, progress=lambda m: log.info("%s", m))
     if as_json:
         click.echo(json.dumps(asdict(record), indent=2, sort_keys=True))
     else:
@@ -93,4 +94,4 @@ def restore_tests_cmd(app: AppContext, as_json: bool) -> None:
         click.echo("no restore tests recorded (run walkeeper restore-test)")
     for r in records:
         state = "passed" if r.ok else f"FAILED ({r.outcome}: {r.reason})"
-        click.echo(f"{r.id}  backup {r.backup}  {r.target}  total {r.total_seconds:.1f}s  {state}")
+        click.echo(f"{r.id}  {r.subject}  {r.target}  total {r.total_seconds:.1f}s  {state}")

@@ -133,7 +133,7 @@ def restore_test_status(repo: Repository, now: float) -> dict[str, Any]:
             return None
         finished = datetime.fromisoformat(record.finished).timestamp()
         return {"id": record.id, "ok": record.ok, "outcome": record.outcome, "reason": record.reason,
-                "backup": record.backup, "finished": finished, "age_seconds": now - finished,
+                "backup": record.backup, "dump": record.dump, "finished": finished, "age_seconds": now - finished,
                 "total_seconds": record.total_seconds}
 
     return {"last": brief(last), "last_success": brief(last_ok)}

@@ -45,6 +45,8 @@ class RestoreDumpOptions:
     clean: bool = False
     if_exists: bool = False
     no_owner: bool = False
+    no_privileges: bool = False
+    no_tablespaces: bool = False  # restore-test --dump: never create the dumped host's tablespace paths
     globals: bool = False
     to_file: str | None = None
     staging_dir: str | None = None
@@ -162,7 +164,8 @@ def restore_args(options: RestoreDumpOptions) -> list[str]:
     args += [f"--table={t}" for t in options.tables] + [f"--schema={s}" for s in options.schemas]
     for flag, on in (("--schema-only", options.schema_only), ("--data-only", options.data_only),
                      ("--clean", options.clean), ("--if-exists", options.if_exists),
-                     ("--no-owner", options.no_owner)):
+                     ("--no-owner", options.no_owner), ("--no-privileges", options.no_privileges),
+                     ("--no-tablespaces", options.no_tablespaces)):
         if on:
             args.append(flag)
     return args
@@ -235,6 +238,18 @@ def _restore_globals(config: Config, repo: Repository, dump: DumpMeta, item: Dum
     conn = replace(options.conn, dbname=options.target or "postgres")
     proc = _Proc([pg_tool(config, "psql"), "-X", "-q", *conn.args(), "-f", "-"], name="psql", stdin=True,
                  stdout=False)
-    _feed(proc, _decoded(repo, item, meter))
+    chunks = _decoded(repo, item, meter)
+    _feed(proc, _without_tablespaces(chunks) if options.no_tablespaces else chunks)
     meter.finish()
     return RestoreDumpResult(dump, item, "globals", item.plain_size, False)
+
+
+def _without_tablespaces(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The globals script without its CREATE TABLESPACE lines (they name directories of the dumped host)."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield b"".join(line + b"\n" for line in lines if not line.startswith(b"CREATE TABLESPACE "))
+    if rest and not rest.startswith(b"CREATE TABLESPACE "):
+        yield rest

@@ -25,6 +25,7 @@ from walkeeper.config import Config
 from walkeeper.errors import (
     ClusterNotStarted,
     ConfigError,
+    IntegrityError,
     PostgresError,
     RefusedError,
     RestoreTestFailed,
@@ -47,6 +48,7 @@ OUTCOME_ERRORS: dict[str, type[WalkeeperError]] = {
     "check-failed": RestoreTestFailed,
     "target-not-reached": TargetNotReached,
     "not-started": ClusterNotStarted,
+    "integrity-failed": IntegrityError,
 }
 
 ROW_COUNT_SQL = (
@@ -72,6 +74,7 @@ class Options:
     timeout: float = 600.0
     config_path: str | None = None
     repo_flag: str | None = None
+    dump_id: str | None = None  # test this logical dump instead of a base backup
 
 
 def read_check_file(path: str) -> list[str]:
@@ -125,22 +128,14 @@ class Checker:
 
 
 def run_checks(checker: Checker, record: RestoreTestRecord, opts: Options, target_kind: str,
-               target_lsn: int | None) -> None:
+               target_lsn: int | None, *, recovered: bool = True) -> None:
+    """The checks of a started cluster; ``recovered`` False (a restored dump) skips the target check."""
     def add(name: str, ok: bool, detail: str) -> None:
         record.checks.append({"name": name, "ok": ok, "detail": detail})
 
     # 1. the target was reached: recovery stopped at it and promoted
-    try:
-        replay = checker.sql("postgres", "select pg_last_wal_replay_lsn()")
-        record.replay_lsn = replay or None
-        reached = True
-        detail = f"recovered to {replay}, promoted"
-        if target_lsn is not None and replay and parse_lsn(replay) < target_lsn:
-            reached = False
-            detail = f"recovered to {replay}, before the target {format_lsn(target_lsn)}"
-        add("target reached", reached, detail)
-    except WalkeeperError as exc:
-        add("target reached", False, str(exc))
+    if recovered:
+        target_check(checker, add, record, target_lsn)
     # 2. every database accepts connections; row counts recorded
     try:
         dbs = checker.sql("postgres", "select datname from pg_database where datallowconn order by 1").splitlines()
@@ -174,6 +169,21 @@ def run_checks(checker: Checker, record: RestoreTestRecord, opts: Options, targe
             add(f"check: {query}", False, str(exc).splitlines()[0])
             continue
         add(f"check: {query}", out.strip() == "t", f"returned {out.strip() or '(nothing)'!r}")
+
+
+def target_check(checker: Checker, add: Callable[[str, bool, str], None], record: RestoreTestRecord,
+                 target_lsn: int | None) -> None:
+    try:
+        replay = checker.sql("postgres", "select pg_last_wal_replay_lsn()")
+        record.replay_lsn = replay or None
+        reached = True
+        detail = f"recovered to {replay}, promoted"
+        if target_lsn is not None and replay and parse_lsn(replay) < target_lsn:
+            reached = False
+            detail = f"recovered to {replay}, before the target {format_lsn(target_lsn)}"
+        add("target reached", reached, detail)
+    except WalkeeperError as exc:
+        add("target reached", False, str(exc))
 
 
 def amcheck_check(checker: Checker, add: Callable[[str, bool, str], None], major: int) -> None:
@@ -328,11 +338,14 @@ def failure_error(record: RestoreTestRecord) -> WalkeeperError | None:
 def text_lines(record: RestoreTestRecord) -> list[str]:
     out = [
         f"restore test {record.id}: {'PASSED' if record.ok else 'FAILED (' + record.outcome + ')'}",
-        f"  backup {record.backup}, target {record.target}",
-        f"  WAL: {record.wal_segments} segment(s) {record.wal_first} .. {record.wal_last or '(end of archive)'}",
-        f"  restored {record.bytes_restored} bytes in {record.restore_seconds:.1f}s, recovery "
-        f"{record.recovery_seconds:.1f}s, total {record.total_seconds:.1f}s (the measured recovery time)",
+        f"  {record.subject}, target {record.target}",
     ]
+    if not record.dump:
+        out.append(f"  WAL: {record.wal_segments} segment(s) {record.wal_first} .. "
+                   f"{record.wal_last or '(end of archive)'}")
+    out.append(f"  restored {record.bytes_restored} bytes in {record.restore_seconds:.1f}s, "
+               + ("start " if record.dump else "recovery ")
+               + f"{record.recovery_seconds:.1f}s, total {record.total_seconds:.1f}s (the measured recovery time)")
     if record.replay_lsn:
         out.append(f"  replayed up to {record.replay_lsn}")
     for check in record.checks:

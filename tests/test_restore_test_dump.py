@@ -4,11 +4,14 @@ object (exit 5, nothing left running), and a dump --all set (globals and two dat
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Setup
-from tests.test_dumps import fail, make_shop
+from tests.pgharness import PG_USER, WALKEEPER_BIN, as_pg, free_port, give_to_pg, run_pg
+from tests.test_dumps import PG18_BIN, fail, make_shop
 from tests.test_operate_backends import corrupt_object
 from tests.test_pitr import archive_everything, conn, ok, start_primary
 from tests.test_restore_test import postgres_processes_in
@@ -71,7 +74,8 @@ def test_dump_restore_test_of_a_dump_all_set(setup: Setup) -> None:
     try:
         archive_everything(primary)
         make_shop(primary, rows=300)
-        primary.psql("create role shopper login; create database stock")
+        primary.psql("create role shopper login")
+        primary.psql("create database stock")
         primary.psql("alter table orders owner to shopper", db="shop")
         primary.psql("create table items(id int); insert into items select generate_series(1, 7)", db="stock")
         meta = json.loads(ok(setup.wk("dump", "--all", *conn(primary), "--json")).stdout)
@@ -90,3 +94,46 @@ def test_dump_restore_test_of_a_dump_all_set(setup: Setup) -> None:
         "public.items": 7}
     assert set(meta_dbs) <= set(record["row_counts"]), record["row_counts"]
     assert list(work.iterdir()) == [] and not postgres_processes_in(work)
+
+
+@pytest.mark.skipif(not PG18_BIN, reason="WALKEEPER_PG18_BIN not set (scripts/setup-env.sh installs it)")
+def test_a_pg18_dump_needs_a_pg18_server(setup: Setup) -> None:
+    """Without a server of the dump's major: one line, refused; with [backup] pg_bin_dir naming one: tested on it."""
+    primary = start_primary(setup)
+    assert PG18_BIN is not None
+    bin18 = Path(PG18_BIN)
+    data18, sock, port = setup.work / "pg18", setup.work / "sock18", free_port()
+    sock.mkdir()
+    give_to_pg(sock)
+    config18 = setup.work / "walkeeper18.toml"
+    try:
+        archive_everything(primary)  # the repository exists
+        primary.stop()
+        run_pg([bin18 / "initdb", "-D", data18, "-A", "trust", "-U", PG_USER, "--no-sync"])
+        run_pg(["sh", "-c", f"cat >> '{data18}/postgresql.conf'"],
+               input=f"port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{sock}'\n".encode())
+        run_pg([bin18 / "pg_ctl", "-D", data18, "-l", setup.work / "pg18.log", "-w", "start"])
+        c18 = ["-h", str(sock), "-p", str(port), "-U", PG_USER]
+        run_pg([bin18 / "psql", *c18, "-d", "postgres", "-X", "-c",
+                "create table t(id int); insert into t select generate_series(1, 42)"])
+        config18.write_text(setup.config.read_text() + f'[backup]\npg_bin_dir = "{bin18}"\n')
+        give_to_pg(config18)
+        meta = json.loads(ok(wk_config(config18, "dump", *c18, "-d", "postgres", "--json")).stdout)
+    finally:
+        run_pg([bin18 / "pg_ctl", "-D", data18, "-m", "immediate", "-w", "stop"], check=False)
+    assert meta["server_version"] // 10000 == 18
+    work = setup.work / "rt"
+    if not any(p.name.isdigit() and int(p.name) >= 18 for p in Path("/usr/lib/postgresql").glob("*")):
+        fail(setup.wk("restore-test", "--dump", meta["id"], "--workdir", work), 14,
+             "no PostgreSQL server of version 18 or newer", "found: 15")
+    proc = wk_config(config18, "restore-test", "--dump", meta["id"], "--workdir", work,
+                     "--check", "select count(*) = 42 from t", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["ok"] and record["pg_version"] == 18 and record["row_counts"]["postgres"] == {"public.t": 42}
+    assert list(work.iterdir()) == [] and not postgres_processes_in(work)
+
+
+def wk_config(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(as_pg([str(WALKEEPER_BIN), "--config", str(config), *map(str, args)]),
+                          capture_output=True, text=True, timeout=300)

@@ -63,6 +63,7 @@ def test_dump_restore_test_of_a_corrupted_dump_fails_with_the_integrity_reason(s
     corrupt_object(setup, meta["items"][0]["key"])
     work = setup.work / "rt"
     line = fail(setup.wk("restore-test", "--dump", meta["id"], "--workdir", work), 5, meta["items"][0]["key"])
+    print(line)
     assert "restore test" in line and ("corrupt" in line.lower() or "sha256" in line), line
     assert list(work.iterdir()) == [] and not postgres_processes_in(work)
     (record,) = json.loads(ok(setup.wk("restore-tests", "--json")).stdout)
@@ -88,6 +89,7 @@ def test_dump_restore_test_of_a_dump_all_set(setup: Setup) -> None:
                     "--check", "select tableowner = 'shopper' from pg_tables where tablename = 'orders'",
                     "--check", "select count(*) = 1 from pg_roles where rolname = 'shopper'")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(proc.stdout)
     assert f"dump {meta['id']}" in proc.stdout and "PASSED" in proc.stdout, proc.stdout
     (record,) = json.loads(ok(setup.wk("restore-tests", "--json")).stdout)
     assert record["row_counts"]["shop"]["public.orders"] == 300 and record["row_counts"]["stock"] == {

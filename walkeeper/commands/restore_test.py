@@ -341,7 +341,7 @@ def failure_error(record: RestoreTestRecord) -> WalkeeperError | None:
 def text_lines(record: RestoreTestRecord) -> list[str]:
     out = [
         f"restore test {record.id}: {'PASSED' if record.ok else 'FAILED (' + record.outcome + ')'}",
-        f"  {record.subject}, target {record.target}",
+        f"  {record.subject}, " + ("restores " if record.dump else "target ") + record.target,
     ]
     if not record.dump:
         out.append(f"  WAL: {record.wal_segments} segment(s) {record.wal_first} .. "

@@ -74,6 +74,13 @@ def restore_order(dump: DumpMeta) -> list[tuple[str, str | None]]:
     return out
 
 
+def dump_contents(dump: DumpMeta) -> str:
+    """What the test restores, for the record's ``target``: "globals + databases a, b" or "database a"."""
+    dbs = dump.databases
+    text = f"database{'s' if len(dbs) != 1 else ''} {', '.join(dbs) or '(none)'}"
+    return ("globals + " + text) if any(i.kind == "globals" for i in dump.items) else text
+
+
 def initdb(bindir: Path, work: WorkDir, user: str) -> None:
     proc = subprocess.run([str(bindir / "initdb"), "-D", str(work.data), "-U", user, "-A", "trust", "-E", "UTF8",
                            "--locale=C", "--no-sync", "--no-instructions"], capture_output=True, text=True,
@@ -133,7 +140,7 @@ def restore_test_dump(config: Config, opts: Options, *, progress: Callable[[str]
     record = RestoreTestRecord(
         id=test_id, started=started.isoformat(timespec="seconds"), finished="", ok=False, outcome="not-started",
         reason="", backup=None, dump=dump.id,
-        target=f"{dump.kind} dump of {', '.join(dump.databases) or '(no database)'}",
+        target=dump_contents(dump),
         walkeeper_version=__version__, pg_version=server_major, host=socket.gethostname())
     cluster = ScratchCluster(work, pg_ctl, user)
     checker = Checker(config, user, work.sock)

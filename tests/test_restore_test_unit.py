@@ -92,3 +92,24 @@ def test_globals_without_tablespaces(chunks: list[bytes]) -> None:
 
     out = b"".join(_without_tablespaces(iter(chunks)))
     assert out.rstrip(b"\n") == b"CREATE ROLE a;\nALTER ROLE a;"
+
+
+def _dump(*items: tuple[str, str | None]):  # type: ignore[no-untyped-def]
+    from walkeeper.catalog import DumpItem, DumpMeta
+
+    return DumpMeta(id="20260101T000000Z", label="", kind="all" if items[0][0] == "globals" else "database",
+                    start_time="", stop_time="", server_version=150004, pg_dump_version="15.4", options=[],
+                    items=[DumpItem(f"k{n}", kind, db, 1, 1, "") for n, (kind, db) in enumerate(items)],
+                    plain_size=1, stored_size=1)
+
+
+@pytest.mark.parametrize(("items", "order", "contents"), [
+    ([("globals", None), ("database", "postgres"), ("database", "shop")],
+     [("globals", None), ("database", "postgres"), ("database", "shop")], "globals + databases postgres, shop"),
+    ([("database", "shop")], [("database", "shop")], "database shop"),
+])
+def test_dump_restore_order_and_contents(items: list, order: list, contents: str) -> None:
+    from walkeeper.commands.restore_test_dump import dump_contents, restore_order
+
+    dump = _dump(*items)
+    assert restore_order(dump) == order and dump_contents(dump) == contents

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 META_KEY = "walkeeper.json"
 WAL_PREFIX = "wal/"
 FORMAT = 1
-GAP_POLL = 0.1  # seconds between looks for a segment stored out of order (one request each on S3)
+GAP_POLL = 0.1  # first wait between looks for a segment stored out of order (one request each on S3)
+GAP_POLL_MAX = 1.0  # the waits grow to this: a store in flight is seen quickly, a real gap costs few requests
 
 
 @dataclass(frozen=True)
@@ -333,8 +334,10 @@ class Repository:
         log.info("%s is missing while %s is stored: waiting up to %g s for a store in flight",
                  name.name, later, gap_wait)
         deadline = time.monotonic() + gap_wait
+        poll = GAP_POLL
         while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(GAP_POLL, left))
+            time.sleep(min(poll, left))
+            poll = min(poll * 1.5, GAP_POLL_MAX)  # a real gap on S3: ~15 requests in 10 s, not 100
             try:
                 return self.storage.get(key)
             except NotFound:

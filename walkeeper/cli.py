@@ -289,15 +289,20 @@ def backups_group(ctx: click.Context, as_json: bool) -> None:
 def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from walkeeper.catalog import Catalog
+    from walkeeper.catalog import BACKUP_PREFIX, Catalog
+    from walkeeper.repo.writers import writer_states
     from walkeeper.repository import open_repository
     from walkeeper.units import human_bytes as human
 
     catalog = Catalog(open_repository(app.config))
     backups = catalog.backups()
-    incomplete = catalog.incomplete_backup_ids()
+    _complete, states = writer_states(catalog.repo.storage, catalog.repo.storage.list(BACKUP_PREFIX))
+    running = [s for s in states.values() if s.alive]
+    incomplete = [i for i in catalog.incomplete_backup_ids() if not (i in states and states[i].alive)]
     if as_json:
-        click.echo(json.dumps({"backups": [asdict(b) for b in backups], "incomplete": incomplete}, indent=2))
+        click.echo(json.dumps({"backups": [asdict(b) for b in backups], "incomplete": incomplete,
+                               "running": [{"id": s.backup_id, "writer": s.describe()} for s in running]},
+                              indent=2))
         return
     if not backups:
         click.echo("no backups")
@@ -309,6 +314,8 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
                    f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} {b.label}")
     for i in incomplete:
         click.echo(f"{i:<18} INCOMPLETE (no metadata: interrupted, not usable)")
+    for s in running:
+        click.echo(f"{s.backup_id:<18} RUNNING ({s.describe()})")
 
 
 @backups_group.command("show")
@@ -501,6 +508,14 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
         click.echo("  no backups")
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
+    for running in doc["running_backups"]:
+        click.echo(f"  running backup {running['id']} ({running['writer']}), "
+                   f"{human_bytes(running['in_flight_bytes'])} in flight")
+    left = doc["leftovers"]
+    if left["objects"] or left["empty_directories"]:
+        click.echo(f"  leftovers of dead writers: {left['objects']} temporary object(s) or upload(s) holding "
+                   f"{human_bytes(left['bytes'])}, {left['empty_directories']} empty backup director(ies) "
+                   "(walkeeper expire or the next backup removes them)")
     for t in doc["timelines"]:
         span = f"{t['first']} .. {t['last']}" if t["first"] else "no segments"
         click.echo(f"  timeline {t['timeline']}: {span}, {t['segments']} segments, "
@@ -591,8 +606,17 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
     verb = "would remove" if dry_run else "removed"
     if plan.note:
         click.echo(plan.note)
+    for item in plan.leftovers:
+        if item.kind != "dir":
+            what = "incomplete upload" if item.kind == "upload" else "temporary object"
+            click.echo(f"{verb} {what} {item.path} of a dead writer ({item.size} bytes)")
     for key, size in plan.removals:
         click.echo(f"{verb} {key} ({size} bytes)")
+    for backup_id in plan.running_backups:
+        click.echo(f"kept running backup {backup_id} (its writer is alive)")
+    dirs = sum(item.kind == "dir" for item in plan.leftovers)
+    if dirs:
+        click.echo(f"{verb} {dirs} empty backup director{'y' if dirs == 1 else 'ies'}")
     click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
                f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
     click.echo(f"{verb} {len(plan.removals)} object(s), {human_bytes(plan.bytes_freed)} "

@@ -45,6 +45,7 @@ from walkeeper.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObje
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.config import Config
 from walkeeper.errors import (
+    AlreadyExists,
     ConfigError,
     ForeignClusterError,
     IntegrityError,
@@ -503,7 +504,11 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
         )
         held.stop_heartbeat()  # no write into the backup's directory after this but its metadata
         with held.writing(backup_key(backup_id, BACKUP_META)):
-            catalog.save_backup(backup)  # last: only now is the backup listed and usable
+            try:
+                catalog.save_backup(backup)  # last: only now is the backup listed and usable
+            except AlreadyExists:  # an earlier attempt whose answer was lost stored it already?
+                if catalog.backup(backup_id) != backup:
+                    raise
         confirm_published(catalog, backup, held)  # "done" only for a backup a restore can read
         return backup
     except BaseException:

@@ -233,12 +233,11 @@ class Reservation:
             backup_id = catalog.new_backup_id(stamp, skip=lost)
             writer = Writer(backup_id, machine.host, os.getpid(), datetime.now(UTC).isoformat(timespec="seconds"),
                             machine.boot_id, process_start(os.getpid()) or None, secrets.token_hex(8))
-            try:
+            with contextlib.suppress(AlreadyExists):  # taken, or our own put retried after a lost answer
                 storage.put(marker_key(backup_id), writer.to_json(), overwrite=False)
-                if read_writer(storage, backup_id) == writer:  # a store without atomic no-clobber may lose it
+            with contextlib.suppress(NotFound):
+                if read_writer(storage, backup_id) == writer:  # ours (a best-effort no-clobber may lose it)
                     return cls(storage, writer)
-            except AlreadyExists:
-                pass
             lost.append(backup_id)
             if len(lost) > 50:
                 raise LockedError(f"no free backup id near {stamp}: {len(lost)} ids were taken by other backups "
@@ -251,13 +250,16 @@ class Reservation:
 
     @contextlib.contextmanager
     def writing(self, key: str) -> Iterator[None]:
+        """Track ``key`` as written by this backup, whatever the put's outcome.
+
+        Keys under the reserved id are this backup's alone: a no-clobber refusal there can only come
+        from an earlier attempt of its own whose answer was lost, so a failed put is cleaned up too.
+        """
+        if not key.startswith(f"{BACKUP_PREFIX}{self.backup_id}/"):
+            raise ValueError(f"{key} is not under backup {self.backup_id}")
         self.check()
         self.written.append(key)
-        try:
-            yield
-        except AlreadyExists:
-            self.written.remove(key)  # someone else's object: not ours to remove
-            raise
+        yield
 
     def start_heartbeat(self, interval: float = HEARTBEAT) -> None:
         self._thread = threading.Thread(target=self._beat, args=(interval,), name="wk-heartbeat", daemon=True)

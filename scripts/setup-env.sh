@@ -18,6 +18,7 @@ command -v rsync >/dev/null || need+=(rsync)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v faketime >/dev/null || need+=(faketime)  # tests: a walkeeper with a wrong clock
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then echo "missing Debian packages: ${need[*]} (run as root to install them)" >&2; exit 1; fi

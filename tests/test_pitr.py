@@ -6,6 +6,7 @@ configuration file, so they run unchanged on every storage backend of ``backend_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,8 +31,10 @@ STATE_SQL = (
 )
 
 
-def start_primary(setup: Setup, name: str = "primary", *, archive: bool = True) -> Cluster:
+def start_primary(setup: Setup, name: str = "primary", *, archive: bool = True, xid_epoch: int = 0) -> Cluster:
     primary = Cluster(setup.work / name).initdb()
+    if xid_epoch:
+        run_pg([PG_BIN / "pg_resetwal", "-e", str(xid_epoch), primary.datadir])
     settings: dict[str, str | int] = {**primary.base_settings(), "wal_level": "replica"}
     if archive:
         settings.update({"archive_mode": "on", "archive_command": f"{walkeeper_cmd(setup.config)} wal-push %p"})
@@ -323,6 +326,86 @@ def test_refusals(setup: Setup) -> None:
     proc = setup.wk("restore", foreign["id"], "--pgdata", target)
     assert proc.returncode == 7 and "belongs to system" in proc.stderr, proc.stderr
     assert not target.exists()
+
+
+def insert_rows(cluster: Cluster, first: int, last: int) -> None:
+    """Rows ``first``..``last``, one committed transaction each, recording its 64-bit xid."""
+    cluster.psql(f"do $$ begin for i in {first}..{last} loop insert into rows values (i, pg_current_xact_id()); "
+                 "commit; end loop; end $$")
+
+
+def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) -> None:
+    """Two backups; --target-xid of a transaction that committed between them starts from the older one.
+
+    The cluster runs in xid epoch 1, so a row's 64-bit xid and its 32-bit xid differ (both forms are given).
+    """
+    primary = start_primary(setup, xid_epoch=1)
+    try:
+        primary.psql("create table rows(id int primary key, xid xid8 not null)")
+        insert_rows(primary, 1, 50)
+        archive_everything(primary)
+        first = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
+        insert_rows(primary, 51, 400)
+        second = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
+        insert_rows(primary, 401, 450)
+        archive_everything(primary)
+        xids = dict(line.split("|") for line in primary.psql("select id, xid from rows").splitlines())
+    finally:
+        primary.stop()
+    xid = {int(k): int(v) for k, v in xids.items()}
+    assert all(v >> 32 == 1 for v in xid.values())
+
+    # New backups record where transaction ids stood: the checkpoint's (as pg_controldata reads the
+    # backup's pg_control) and the next one once the backup had ended.
+    for meta, before, after in ((first, 50, 51), (second, 400, 401)):
+        assert meta["checkpoint_next_xid"] <= meta["stop_next_xid"], meta
+        assert xid[before] < meta["stop_next_xid"] <= xid[after], (meta, xid[before], xid[after])
+    restored = setup.work / "first-restored"
+    ok(setup.wk("restore", first["id"], "--pgdata", restored))
+    controldata = run_pg([PG_BIN / "pg_controldata", restored]).stdout.decode()
+    (line,) = [x for x in controldata.splitlines() if x.startswith("Latest checkpoint's NextXID:")]
+    epoch, low = line.split()[-1].split(":")
+    assert (int(epoch) << 32) + int(low) == first["checkpoint_next_xid"], line
+    shutil.rmtree(restored)
+
+    def rows_after_pitr(name: str, target: str) -> tuple[str, str]:
+        cluster, out = recover(setup, name, "--target-xid", target, "--target-action", "promote")
+        try:
+            return cluster.psql("select count(*), min(id), max(id) from rows"), out
+        finally:
+            cluster.stop()
+            shutil.rmtree(cluster.datadir)
+
+    # Row 100 committed between the backups: the older one, whatever form of its xid is given.
+    rows, out = rows_after_pitr("xid-100", str(xid[100] & 0xFFFFFFFF))
+    assert rows == "100|1|100", out
+    assert f"backup: {first['id']}" in out and "ended before transaction" in out, out
+    plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-xid", str(xid[420]), "--dry-run")).stdout
+    assert f"backup: {second['id']}" in plan, plan
+    plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-xid", str(xid[10]), "--dry-run")).stdout
+    assert f"backup: {first['id']}" in plan and "the oldest backup" in plan, plan
+    plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-xid", str(xid[100]), "--backup",
+                       second["id"], "--dry-run")).stdout  # the user's choice stands, with a warning
+    assert f"backup: {second['id']}" in plan and f"began before backup {second['id']} ended" in plan, plan
+
+    # Backups taken before walkeeper recorded the fields: read from their stored pg_control.
+    from walkeeper.catalog import BACKUP_META, Catalog, backup_key
+    from walkeeper.config import load_config
+    from walkeeper.repository import open_repository
+
+    repo = open_repository(load_config(str(setup.config), env={}))
+    catalog = Catalog(repo)
+    for meta in catalog.backups():
+        repo.storage.delete([backup_key(meta.id, BACKUP_META)])
+        catalog.save_backup(dataclasses.replace(meta, checkpoint_next_xid=None, stop_next_xid=None))
+    give_to_pg(setup.repo)
+    assert json.loads(ok(setup.wk("backups", "show", first["id"], "--json")).stdout)["checkpoint_next_xid"] is None
+    proc = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-xid", str(xid[420]), "--dry-run"))
+    assert f"backup: {second['id']}" in proc.stdout and "stored global/pg_control" in proc.stdout, proc.stdout
+    assert proc.stderr.count("from its stored global/pg_control") == 1, proc.stderr  # the newest only
+    rows, out = rows_after_pitr("xid-150", str(xid[150]))
+    assert rows == "150|1|150", out
+    assert f"backup: {first['id']}" in out and "stored global/pg_control" in out, out
 
 
 def test_backup_memory_is_bounded(setup: Setup) -> None:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObject, Catalog, backup_key
+from walkeeper.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.config import Config
 from walkeeper.errors import (
@@ -54,6 +55,7 @@ from walkeeper.errors import (
     RefusedError,
     StorageError,
     WalkeeperError,
+    running_as,
 )
 from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
 from walkeeper.repository import Repository, open_repository, wal_key
@@ -125,20 +127,54 @@ class ServerInfo:
     segment_size: int
     tablespaces: int
     size_estimate: int
+    clock_skew: float = 0.0  # this host's clock minus the server's (chronology.clock_skew)
 
 
 def server_info(config: Config, conn: ConnOptions) -> ServerInfo:
+    before = time.time()
     row = psql(config, conn, (
         "select (select system_identifier from pg_control_system()), current_setting('server_version_num'), "
         "(select setting from pg_settings where name = 'wal_segment_size'), "
         "(select count(*) from pg_tablespace where spcname not in ('pg_default', 'pg_global')), "
-        "(select sum(pg_database_size(oid)) from pg_database)"
+        "(select sum(pg_database_size(oid)) from pg_database), extract(epoch from now())"
     ))
+    after = time.time()
     try:
-        sysid, version, segsize, spaces, size = row.split("|")
-        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0))
+        sysid, version, segsize, spaces, size, server_now = row.split("|")
+        return ServerInfo(sysid, int(version), int(segsize), int(spaces), int(size or 0),
+                          round(clock_skew(before, float(server_now), after), 3))
     except ValueError:
         raise PostgresError(f"unexpected answer from the server: {row!r}") from None
+
+
+def server_next_xid(config: Config, conn: ConnOptions, info: ServerInfo) -> int | None:
+    """The server's next transaction id now (64-bit), asked right after pg_basebackup returned.
+
+    It is its snapshot's xmax: no transaction at or above it had ended, so each one's commit comes
+    after the end of the backup, and recovery from the backup can stop at it. The checkpoint's next
+    xid cannot tell that of a transaction that committed while the backup ran. A failed question
+    costs only precision (pitr falls back to the checkpoint's next xid), not the backup.
+    """
+    snapshot = "pg_current_snapshot()" if info.version_num >= 130000 else "txid_current_snapshot()"
+    xmax = "pg_snapshot_xmax" if info.version_num >= 130000 else "txid_snapshot_xmax"
+    try:
+        row = psql(config, conn, f"select (select system_identifier from pg_control_system()), {xmax}({snapshot})")
+        sysid, value = row.split("|")
+        if sysid != info.system_identifier:
+            raise PostgresError(f"the server is now database system {sysid}")
+        return int(value)
+    except (PostgresError, ValueError) as exc:
+        log.warning("could not record the next transaction id after the backup (%s); pitr --target-xid will use "
+                    "the checkpoint's", exc)
+        return None
+
+
+def warn_clock_skew(skew: float) -> None:
+    """The host's clock dates the backup (id, times): say so when it disagrees with the server's."""
+    if clock_off(skew):
+        log.warning("this host's clock is %s the server's (select now()): the backup's id and times are "
+                    "off by as much (recorded as clock_skew; 'latest' is chosen by WAL position, not by "
+                    "time); fix the clock (NTP) on this host or the server", describe_skew(skew))
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -278,7 +314,46 @@ class BackupFacts:
     stop_timeline: int = 0
     label: str = ""
     system_identifier: int | None = None
+    checkpoint_next_xid: int | None = None
     tablespaces: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ControlFacts:
+    """What walkeeper reads from a ``global/pg_control``."""
+
+    system_identifier: int
+    version: int  # pg_control_version: 1201 (12), 1300 (13-16), 1700 (17), 1800 (18)
+    next_xid: int | None  # checkPointCopy.nextXid, 64-bit (epoch << 32 | xid); None when not readable
+
+
+# ControlFileData (little-endian, natural alignment): system_identifier u64 @0, pg_control_version u32 @8,
+# catalog_version_no u32 @12, state enum @16, time int64 @24, checkPoint u64 @32, checkPointCopy @40.
+# CheckPoint: redo u64 @0, ThisTimeLineID u32 @8, PrevTimeLineID u32 @12, fullPageWrites bool @16
+# (17+: wal_level int @20), nextXid FullTransactionId u64 @24 (PostgreSQL 12+; before: nextXidEpoch u32 @20,
+# nextXid u32 @24). Checked against pg_controldata ("Latest checkpoint's NextXID: epoch:xid") on 15 and 18.
+_CHECKPOINT_COPY = 40
+_NEXT_XID = _CHECKPOINT_COPY + 24
+_FULL_XID_VERSION = 1201  # PostgreSQL 12 made nextXid a FullTransactionId
+
+
+def parse_pg_control(data: bytes) -> ControlFacts:
+    """The system identifier and the checkpoint's next transaction id of a ``global/pg_control``.
+
+    The next xid is None when the fields do not look like a checkpoint (an unknown layout): a wrong
+    number would make ``pitr --target-xid`` choose a backup that cannot reach the target.
+    """
+    if len(data) < _NEXT_XID + 8:
+        raise PostgresError(f"global/pg_control is too short ({len(data)} bytes)")
+    sysid, version = struct.unpack_from("<QI", data)
+    checkpoint, redo, tli = struct.unpack_from("<QQI", data, 32)
+    if version >= _FULL_XID_VERSION:
+        next_xid = struct.unpack_from("<Q", data, _NEXT_XID)[0]
+    else:
+        epoch, xid = struct.unpack_from("<II", data, _CHECKPOINT_COPY + 20)
+        next_xid = epoch << 32 | xid
+    plausible = 900 <= version < 10000 and 0 < redo <= checkpoint and tli >= 1 and next_xid & 0xFFFFFFFF >= 3
+    return ControlFacts(sysid, version, next_xid if plausible else None)
 
 
 def parse_backup_label(text: str, facts: BackupFacts) -> None:
@@ -327,9 +402,11 @@ def collect_facts(captured: dict[str, bytes], stderr: str) -> BackupFacts:
         facts.stop_lsn = parse_lsn(match.group(1))
         facts.stop_timeline = facts.timeline
     control = captured.get(PG_CONTROL)
-    if control is None or len(control) < 8:
+    if control is None:
         raise PostgresError("the backup holds no global/pg_control")
-    facts.system_identifier = struct.unpack_from("<Q", control)[0]
+    parsed = parse_pg_control(control)
+    facts.system_identifier = parsed.system_identifier
+    facts.checkpoint_next_xid = parsed.next_xid
     for line in captured.get("tablespace_map", b"").decode(errors="replace").splitlines():
         oid, _, location = line.partition(" ")
         if oid.isdigit():
@@ -423,6 +500,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
     repo.ensure_identity(int(info.system_identifier), info.segment_size, info.version_num // 10000)
     if options.wal not in ("archive", "include"):
         raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
+    warn_clock_skew(info.clock_skew)
 
     basebackup = pg_tool(config, "pg_basebackup")
     started = _utc_now()
@@ -477,6 +555,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                     captured["backup_manifest"] = manifest.read_bytes()
         progress.finish()
         stopped = _utc_now()  # pg_basebackup has returned: the backup ended (WAL may still be in flight)
+        stop_next_xid = server_next_xid(config, options.conn, info)
         facts = collect_facts(captured, stderr)
         if str(facts.system_identifier) != info.system_identifier:
             raise ForeignClusterError(
@@ -500,7 +579,8 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             plain_size=sum(o.plain_size for o in objects), stored_size=sum(o.stored_size for o in objects),
             objects=objects, tablespaces=facts.tablespaces,
             checkpoint_lsn=format_lsn(facts.checkpoint_lsn) if facts.checkpoint_lsn is not None else None,
-            host=socket.gethostname(), walkeeper_version=__version__,
+            checkpoint_next_xid=facts.checkpoint_next_xid, stop_next_xid=stop_next_xid,
+            host=socket.gethostname(), walkeeper_version=__version__, clock_skew=info.clock_skew,
         )
         held.stop_heartbeat()  # no write into the backup's directory after this but its metadata
         with held.writing(backup_key(backup_id, BACKUP_META)):
@@ -717,6 +797,47 @@ def _remove_restored(path: Path, existed: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _undo_restore(prepared: list[tuple[Path, bool]]) -> str:
+    """Remove what a failed restore wrote; returns what was done, for the error message."""
+    if not prepared:
+        return "nothing was written"
+    removed, emptied, left = [], [], []
+    for path, existed in reversed(prepared):
+        with contextlib.suppress(OSError):
+            _remove_restored(path, existed)
+        try:
+            clean = not path.exists() if not existed else not any(path.iterdir())
+        except OSError:
+            clean = False
+        (left if not clean else emptied if existed else removed).append(str(path))
+    notes = []
+    if removed:
+        notes.append(f"the partial restore was removed ({', '.join(removed)}, created by this restore, is gone)")
+    if emptied:
+        notes.append(f"the partial restore was removed from {', '.join(emptied)} (empty again, as before)")
+    if left:
+        notes.append(f"the partial restore could not be removed from {', '.join(left)}: remove it by hand")
+    return "; ".join(notes)
+
+
+def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> str:
+    """What went wrong writing ``target`` and what to do, without errno numbers."""
+    import errno
+
+    path = exc.filename or target
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return (f"{what} writing {target}: the backup needs {human_bytes(needed)} there; free that much or "
+                f"choose another {option}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        writable = target if target.exists() else target.parent
+        return (f"permission denied writing {path} (running as {running_as()}): make {writable} writable by this "
+                f"user or choose another {option}")
+    if exc.errno == errno.EROFS:
+        return f"{target} is on a read-only file system: choose another {option}"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
                    progress: bool | None = None) -> RestoreResult:
     """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum."""
@@ -746,10 +867,13 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     files = 0
     total = 0
     meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
+    writing = pgdata  # the target being written, for the error message
     try:
         for _obj, target in targets:
+            writing = target
             created.append((target, _prepare_target(target, "target directory")))
         for obj, target in targets:
+            writing = target
             decoder = Decoder(repo.keyring, expected_name=obj.key)
             with repo.storage.open(obj.key) as handle:
                 def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -773,20 +897,48 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                     lines.append(f"{obj.tablespace_oid} {target}\n")
             (pgdata / "tablespace_map").write_text("".join(lines))
         # Last: with pg_control in place the directory becomes startable.
+        writing = pgdata
         control = pgdata / PG_CONTROL
         control.parent.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(control, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(deferred[PG_CONTROL])
     except BaseException as exc:
-        for path, existed in reversed(created):
-            _remove_restored(path, existed)
+        undone = _undo_restore(created)
         if isinstance(exc, WalkeeperError | KeyboardInterrupt):
             raise
         if isinstance(exc, OSError):
-            raise StorageError(f"restore into {pgdata} failed: {exc}; the partial restore was removed") from None
+            option = "--pgdata" if writing == pgdata else "--tablespace-map"
+            needed = sum(o.plain_size for o, t in targets if t == writing)
+            raise StorageError(f"{_restore_os_error(exc, writing, option, needed)}; {undone}") from None
         raise
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
+
+
+def stored_pg_control(repo: Repository, backup: BackupMeta) -> ControlFacts:
+    """``global/pg_control`` of a stored backup, for facts its metadata does not record.
+
+    pg_basebackup sends pg_control last, so the base tar is decoded (not written anywhere) up to
+    its end: as costly as reading the whole backup once.
+    """
+    base = [o for o in backup.objects if o.tablespace_oid is None]
+    if not base:
+        raise IntegrityError(f"backup {backup.id} has no base tar")
+    captured: dict[str, bytes] = {}
+    scanner = TarScanner(captured)
+    decoder = Decoder(repo.keyring, expected_name=base[0].key)
+    with repo.storage.open(base[0].key) as handle:
+        for chunk in decoder.decode(handle.read):
+            scanner.feed(chunk)
+            if PG_CONTROL in captured or scanner.ended:
+                break
+    if PG_CONTROL not in captured:
+        raise IntegrityError(f"backup {backup.id} holds no {PG_CONTROL}")
+    facts = parse_pg_control(captured[PG_CONTROL])
+    if str(facts.system_identifier) != backup.system_identifier:
+        raise IntegrityError(f"backup {backup.id}: its {PG_CONTROL} names system {facts.system_identifier}, "
+                             f"its metadata {backup.system_identifier}")
+    return facts
 
 
 def restore(config: Config, backup_id: str | None, pgdata: str, tablespace_map: Iterable[str] = (),

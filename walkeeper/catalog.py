@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from walkeeper.chronology import newest, oldest_first
 from walkeeper.codec import decode_bytes, encode_bytes
 from walkeeper.errors import IntegrityError, InvalidName, NotFound, RefusedError, WalkeeperError
 from walkeeper.repository import Repository
@@ -80,9 +81,14 @@ class BackupMeta:
     objects: list[BackupObject]
     tablespaces: list[dict[str, str]] = field(default_factory=list)
     checkpoint_lsn: str | None = None
+    # Transaction ids (64-bit: epoch << 32 | xid), for choosing a backup for an xid target; None in
+    # backups taken before walkeeper recorded them (then read from the stored global/pg_control).
+    checkpoint_next_xid: int | None = None  # the next xid of the checkpoint in the backup's pg_control
+    stop_next_xid: int | None = None  # the server's next xid once the backup had ended (snapshot xmax)
     host: str | None = None
     walkeeper_version: str | None = None
     format: int = 1
+    clock_skew: float | None = None  # seconds the host clock was ahead of the server's (None: not measured)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
@@ -131,7 +137,7 @@ class Catalog:
         _header, data = decode_bytes(self.repo.keyring, blob, expected_name=key)
         try:
             doc = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise IntegrityError(f"{key} is not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{key} is not a JSON object")
@@ -144,7 +150,7 @@ class Catalog:
         self._put_json(backup_key(meta.id, BACKUP_META), meta.to_json())
 
     def backup_ids(self) -> list[str]:
-        """Ids with a metadata object (complete backups), oldest first."""
+        """Ids with a metadata object (complete backups), by id: the host clock's order, not an age order."""
         ids = []
         for info in self.repo.storage.list(BACKUP_PREFIX):
             parts = info.key.split("/")
@@ -174,16 +180,17 @@ class Catalog:
         return meta
 
     def backups(self) -> list[BackupMeta]:
-        """Every complete backup, oldest first; unreadable metadata is an error, never skipped."""
-        return [self.backup(i) for i in self.backup_ids()]
+        """Every complete backup, oldest first by WAL position (walkeeper.chronology); unreadable
+        metadata is an error, never skipped."""
+        return oldest_first(self.backup(i) for i in self.backup_ids())
 
     def resolve(self, backup_id: str | None) -> BackupMeta:
-        """``None`` or "latest": the newest backup."""
+        """``None`` or "latest": the newest backup by WAL position, whatever the clocks said."""
         if backup_id in (None, "latest"):
-            ids = self.backup_ids()
-            if not ids:
+            latest = newest(self.backups())
+            if latest is None:
                 raise RefusedError(f"no backups in {self.repo.storage.url}", hint="take one with walkeeper backup")
-            return self.backup(ids[-1])
+            return latest
         return self.backup(backup_id)
 
     def new_backup_id(self, stamp: str, skip: Iterable[str] = ()) -> str:

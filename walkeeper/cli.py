@@ -1,11 +1,14 @@
 """Command line: parse, build the context, call a command, map errors to exit codes.
 
 The only module that imports click. Errors from the library arrive as WalkeeperError and leave
-as one line on stderr and an exit code from ``errors.exit_code``; a traceback only with -v.
+as one line on stderr and an exit code from ``errors.exit_code``; a traceback only with -v. Bad
+command lines get one line too (click's usage block is for --help), and a reader that closes the
+pipe early (``walkeeper wal-list | head -1``) ends the command quietly with CLOSED_PIPE_CODE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +22,7 @@ import click
 
 from walkeeper import __version__
 from walkeeper.config import Config, load_config
-from walkeeper.errors import NotFound, WalkeeperError, exit_code
+from walkeeper.errors import CLOSED_PIPE_CODE, ConfigError, NotFound, RefusedError, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +51,22 @@ class CommandFailed(click.exceptions.Exit):
     """Carries the mapped exit code through click after the message has been printed."""
 
 
+def _closed_pipe() -> int:
+    """The reader of our output went away: stop quietly, like other Unix tools.
+
+    Points stdout and stderr at /dev/null so that the interpreter's final flush of what is still
+    buffered cannot fail again ("Exception ignored ... BrokenPipeError").
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE_CODE
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
@@ -71,19 +90,21 @@ def handle_errors(*, restore_command: bool = False, quiet_not_found: bool = Fals
                 return func(*args, **kwargs)
             except (click.exceptions.Exit, click.ClickException, click.Abort):
                 raise
+            except BrokenPipeError:
+                raise CommandFailed(_closed_pipe()) from None
             except NotFound as exc:
                 code = exit_code(exc, restore_command=restore_command)
                 if quiet_not_found:
                     log.debug("%s", exc)
                 else:
-                    _report(ctx.info_name, exc, verbose)
+                    _report(ctx, exc, verbose)
                     _notify(ctx, app, exc, code)
                 raise CommandFailed(code) from None
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
                 code = exit_code(exc, restore_command=restore_command)
-                _report(ctx.info_name, exc, verbose)
+                _report(ctx, exc, verbose)
                 _notify(ctx, app, exc, code)
                 raise CommandFailed(code) from None
 
@@ -92,10 +113,11 @@ def handle_errors(*, restore_command: bool = False, quiet_not_found: bool = Fals
     return decorate
 
 
-def _message(exc: BaseException) -> str:
+def _message(exc: BaseException, verbose: int = 0) -> str:
     if isinstance(exc, WalkeeperError):
         return str(exc)
-    return f"internal error: {exc.__class__.__name__}: {exc} (please report this; rerun with -v for details)"
+    details = "the traceback is above" if verbose else "rerun with -v for details"
+    return f"internal error: {exc.__class__.__name__}: {exc} (please report this; {details})"
 
 
 def _notify(ctx: click.Context, app: AppContext | None, exc: BaseException, code: int) -> None:
@@ -113,18 +135,20 @@ def _notify(ctx: click.Context, app: AppContext | None, exc: BaseException, code
         log.debug("notify: skipped (%s)", err)
 
 
-def _report(command: str | None, exc: BaseException, verbose: int) -> None:
-    message = _message(exc)
+def _report(ctx: click.Context, exc: BaseException, verbose: int) -> None:
+    """One line, prefixed with the full command ("walkeeper key generate: error: ...")."""
+    # One line even when a tool's own message spans several (psql's "error: ...\n\tIs the server running").
+    message = " ".join(part.strip() for part in _message(exc, verbose).splitlines() if part.strip())
     if verbose:
-        log.error("%s: traceback follows", command, exc_info=exc)
-    click.echo(f"walkeeper {command}: error: {message}", err=True)
+        log.error("%s: traceback follows", ctx.command_path, exc_info=exc)
+    click.echo(f"{ctx.command_path}: error: {message}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", envvar="WALKEEPER_CONFIG", type=click.Path(dir_okay=False),
+@click.option("--config", "config_path", envvar="WALKEEPER_CONFIG",  # checked when read: one error line
               help="TOML configuration file (env WALKEEPER_CONFIG).")
 @click.option("--repo", envvar="WALKEEPER_REPO", help="Repository URL or path (env WALKEEPER_REPO).")
-@click.option("-v", "--verbose", count=True, help="More output; -vv for debug and tracebacks.")
+@click.option("-v", "--verbose", count=True, help="More output and, on an error, its traceback; -vv for debug.")
 @click.version_option(__version__, prog_name="walkeeper")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, repo: str | None, verbose: int) -> None:
@@ -171,13 +195,13 @@ def wal_list_cmd(app: AppContext, as_json: bool) -> None:
     from walkeeper.repository import open_repository
 
     repo = open_repository(app.config, codec=False)
-    meta = repo.meta()
+    meta = repo.require_meta()  # a mistyped repository path is an error, as for status, not "empty"
     timelines = repo.timelines()
     if as_json:
         doc = {
             "repository": repo.storage.url,
-            "system_identifier": meta.system_identifier if meta else None,
-            "wal_segment_size": meta.wal_segment_size if meta else None,
+            "system_identifier": meta.system_identifier,
+            "wal_segment_size": meta.wal_segment_size,
             "timelines": [
                 {"timeline": t.timeline, "first": t.first, "last": t.last, "segments": t.count,
                  "gaps": [{"from": a, "to": b} for a, b in t.gaps], "partial": t.partial,
@@ -188,9 +212,6 @@ def wal_list_cmd(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"repository {repo.storage.url}")
-    if meta is None:
-        click.echo("  empty (nothing archived yet)")
-        return
     click.echo(f"  system identifier {meta.system_identifier}, segment size {meta.wal_segment_size}")
     for t in timelines:
         span = f"{t.first} .. {t.last}" if t.first else "no segments"
@@ -223,7 +244,12 @@ def key_generate_cmd(output: str | None) -> None:
     try:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise click.ClickException(f"{output} already exists; refusing to overwrite a key") from None
+        raise RefusedError(f"{output} already exists; refusing to overwrite a key",
+                           hint="choose another --output, or move the old key away first") from None
+    except OSError as exc:
+        what = "its directory does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
+        raise ConfigError(f"cannot write the key to {output}: {what}",
+                          hint="create the directory first or choose another --output") from None
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
@@ -294,7 +320,9 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from walkeeper.repository import open_repository
     from walkeeper.units import human_bytes as human
 
-    catalog = Catalog(open_repository(app.config))
+    repo = open_repository(app.config)
+    repo.require_meta()
+    catalog = Catalog(repo)
     backups = catalog.backups()
     _complete, states = writer_states(catalog.repo.storage, catalog.repo.storage.list(BACKUP_PREFIX))
     running = [s for s in states.values() if s.alive]
@@ -330,7 +358,9 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
     from walkeeper.catalog import Catalog
     from walkeeper.repository import open_repository
 
-    backup = Catalog(open_repository(app.config)).resolve(backup_id)
+    repo = open_repository(app.config)
+    repo.require_meta()
+    backup = Catalog(repo).resolve(backup_id)
     doc = asdict(backup)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -440,7 +470,9 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
     from walkeeper.catalog import Catalog
     from walkeeper.repository import open_repository
 
-    points = list(Catalog(open_repository(app.config)).restore_points())
+    repo = open_repository(app.config)
+    repo.require_meta()
+    points = list(Catalog(repo).restore_points())
     if as_json:
         click.echo(json.dumps([asdict(p) for p in points], indent=2))
         return
@@ -487,7 +519,7 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
     from walkeeper.repository import open_repository
-    from walkeeper.status import cluster_status, human_age, repository_status
+    from walkeeper.status import cluster_status, human_age, human_ago, repository_status
     from walkeeper.units import human_bytes
 
     doc = repository_status(open_repository(app.config))
@@ -503,7 +535,7 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
                f"{human_bytes(doc['total_bytes'])} stored")
     for b in doc["backups"]:
         click.echo(f"  backup {b['id']}: timeline {b['timeline']}, WAL {b['start_wal']} .. {b['stop_wal']}, "
-                   f"{human_bytes(b['stored_bytes'])}, ended {human_age(b['age_seconds'])} ago")
+                   f"{human_bytes(b['stored_bytes'])}, ended {human_ago(b['age_seconds'])}")
     if not doc["backups"]:
         click.echo("  no backups")
     for backup_id in doc["incomplete_backups"]:
@@ -527,7 +559,7 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
                else "  oldest recovery point: none (no backup)")
     newest = doc["newest_segment"]
     if newest:
-        click.echo(f"  newest segment: {newest['name']}, archived {human_age(newest['age_seconds'])} ago")
+        click.echo(f"  newest segment: {newest['name']}, archived {human_ago(newest['age_seconds'])}")
     c = doc.get("cluster")
     if c and "error" in c:
         click.echo(f"  server: not reachable ({c['error']})")
@@ -577,7 +609,10 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         except OSError as exc:
             result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
             result.status = UNKNOWN
-    click.echo(result.line())
+    try:
+        click.echo(result.line())
+    except BrokenPipeError:
+        raise CommandFailed(_closed_pipe()) from None
     raise CommandFailed(result.status)
 
 
@@ -623,18 +658,48 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
                f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
 
 
+def _usage_error(exc: click.ClickException, args: list[str]) -> int:
+    """A bad command line: one line on stderr (what, and where to look) and the code its caller needs."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # bare `walkeeper` or `walkeeper key`: the help
+        exc.show()
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "walkeeper"
+    message = exc.format_message().rstrip(".")
+    click.echo(f"{path}: error: {message} (see '{path} --help')", err=True)
+    if ctx is not None and ctx.info_name == "check":
+        # A monitoring plugin's caller reads 2 as CRITICAL: a broken check command line is UNKNOWN.
+        from walkeeper.status import STATE_NAMES, UNKNOWN
+
+        click.echo(f"WALKEEPER {STATE_NAMES[UNKNOWN]} - bad command line: {message}")
+        return UNKNOWN
+    # A restore_command with bad arguments must stop recovery, not read as "not found".
+    return exit_code(exc, restore_command=True) if "wal-fetch" in args else exc.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises SystemExit to the caller's caller)."""
     args = sys.argv[1:] if argv is None else argv
     try:
         result = cli.main(args=args, prog_name="walkeeper", standalone_mode=False)
+        sys.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is handled below
     except click.exceptions.Exit as exc:
-        return exc.exit_code
+        code = exc.exit_code
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _closed_pipe()
+        return code
     except click.ClickException as exc:
-        exc.show()
-        # A restore_command with bad arguments must stop recovery, not read as "not found".
-        return exit_code(exc, restore_command=True) if "wal-fetch" in args else exc.exit_code
+        return _usage_error(exc, args)
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+    except SystemExit:
+        # click's own answer to a closed pipe while it prints (help, usage): exit 1 after wrapping stdout
+        if "PacifyFlushWrapper" in type(sys.stdout).__name__:
+            return _closed_pipe()
+        raise
     return result if isinstance(result, int) else 0

@@ -2,8 +2,11 @@
 
 Every setting ``[section] key`` can be overridden by the environment variable
 ``WALKEEPER_<SECTION>_<KEY>`` (upper case), and the top-level ``repo`` by ``WALKEEPER_REPO``.
-Unknown keys and wrong types are errors that name the file (or variable), the key and what was
-expected: a typo in a backup tool's configuration must not silently fall back to a default.
+Unknown keys, wrong types and values out of range are errors that name the file (or variable), the
+key and what was expected: a typo in a backup tool's configuration must not silently fall back to a
+default. The same holds for a ``WALKEEPER_<SECTION>_*`` variable of a known section; other
+``WALKEEPER_*`` variables (WALKEEPER_CONFIG, the notify hook's WALKEEPER_EVENT, test knobs) are not
+settings and are left alone, so only those prefixed by a section name are checked.
 """
 
 from __future__ import annotations
@@ -155,6 +158,29 @@ _CHOICES = {
 }
 
 
+# Numeric settings with a valid range (inclusive; None = unbounded): checked when the file or the
+# environment is read, so that a bad value fails at load with the range, not later deep inside a command.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("compression", "level"): (1, 22),  # zstd's levels
+    ("retry", "attempts"): (1, None),
+    ("retry", "base_delay"): (0, None),
+    ("retry", "max_delay"): (0, None),
+    ("archive", "push_ahead"): (0, None),
+    ("archive", "workers"): (1, None),
+    ("archive", "idle_timeout"): (0, None),
+    ("restore", "prefetch"): (0, None),
+    ("restore", "workers"): (1, None),
+    ("restore", "idle_timeout"): (0, None),
+    ("s3", "connect_timeout"): (0, None),
+    ("s3", "read_timeout"): (0, None),
+    ("s3", "max_concurrency"): (1, None),
+    ("ssh", "connect_timeout"): (1, None),
+    ("ssh", "io_timeout"): (1, None),
+    ("notify", "timeout"): (0, None),
+    ("notify", "min_interval"): (0, None),
+}
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -202,9 +228,40 @@ def _coerce(value: Any, hint: Any, where: str, from_env: bool) -> Any:
 
 
 def _check_choice(section: str, key: str, value: Any, where: str) -> None:
+    """Refuse a value outside the setting's choices or numeric range, naming what is valid."""
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(str(c) for c in choices if c)}")
+    low, high = _RANGES.get((section, key), (None, None))
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{where}: expected a number, got nan")
+    if isinstance(value, int | float) and not isinstance(value, bool) and (
+            (low is not None and value < low) or (high is not None and value > high)):
+        valid = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{where}: {value} is out of range (valid: {valid})")
+
+
+def _check_env_names(env: Mapping[str, str], sections: dict[str, type]) -> None:
+    """A WALKEEPER_<SECTION>_* variable of a known section must name a setting (a typo is an error).
+
+    Other WALKEEPER_* variables are not settings (WALKEEPER_CONFIG, WALKEEPER_REPO, the notify hook's
+    WALKEEPER_EVENT ..., test and script knobs) and are not checked.
+    """
+    for name in env:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        for section, cls in sections.items():
+            prefix = f"{section.upper()}_"
+            if not rest.startswith(prefix):
+                continue
+            valid = [f"{ENV_PREFIX}{section}_{key}".upper() for key in _hints(cls)]
+            if name not in valid:
+                import difflib
+
+                near = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
+                raise ConfigError(f"unknown environment variable {name}: [{section}] has no such setting",
+                                  hint=f"did you mean {near[0]}? fix or unset it" if near else "unset it")
 
 
 def _section_values(section: str, cls: type, table: Mapping[str, Any], source: str,
@@ -233,9 +290,16 @@ def _read_file(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except PermissionError:
-        raise ConfigError(f"config file {path} is not readable by uid {os.getuid()}") from None
+        raise ConfigError(f"config file {path} is not readable by uid {os.getuid()}",
+                          hint="fix its permissions or run as its owner") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory", hint="give the path of the TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
 
 
 def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None,
@@ -261,6 +325,7 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
                 known = ", ".join(["repo", *(f"[{s}]" for s in sections)])
                 raise ConfigError(f"{path}: unknown key {key!r} (known: {known})")
 
+    _check_env_names(env, sections)
     for section, cls in sections.items():
         for key, hint in _hints(cls).items():
             name = f"{ENV_PREFIX}{section}_{key}".upper()

@@ -121,8 +121,20 @@ class LockedError(WalkeeperError):
     code = 16
 
 
+def running_as() -> str:
+    """Who this process runs as, for permission messages: 'postgres (uid 108)'."""
+    import os
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
 INTERNAL_ERROR_CODE = 19  # an unexpected exception: a bug in walkeeper
 USAGE_ERROR_CODE = 2  # bad command line (click's own code)
+CLOSED_PIPE_CODE = 141  # the reader of our output went away: what a shell reports for SIGPIPE (128 + 13)
 
 
 def exit_code(error: BaseException, *, restore_command: bool = False) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from walkeeper.chronology import oldest_first
 from walkeeper.codec import decode_bytes
 from walkeeper.errors import InvalidName, InvalidWal, WalkeeperError
 from walkeeper.repository import WAL_PREFIX, RepoMeta, Repository
@@ -57,11 +58,12 @@ class BackupInfo:
     stop_wal: str
     start_lsn: int
     stop_lsn: int
-    start_time: float
+    start_time: float  # the backup host's clock: for time windows and ages only, never for order
     stop_time: float
     wal_mode: str
     stored_size: int
     objects: tuple[tuple[str, str], ...]  # (key, sha256) of each data object
+    clock_skew: float | None = None  # host minus server clock at backup time, when measured
 
     @property
     def self_contained(self) -> bool:
@@ -73,7 +75,8 @@ def _epoch(text: str) -> float:
 
 
 def load_backups(repo: Repository) -> tuple[list[BackupInfo], list[str]]:
-    """(complete backups oldest first, ids of incomplete ones); empty without the backups feature."""
+    """(complete backups oldest first by WAL position, ids of incomplete ones); empty without the backups
+    feature."""
     try:
         from walkeeper.catalog import Catalog
     except ImportError:  # pragma: no cover - the backups feature is not installed
@@ -89,9 +92,9 @@ def load_backups(repo: Repository) -> tuple[list[BackupInfo], list[str]]:
             stop_wal=meta.stop_wal, start_lsn=parse_lsn(meta.start_lsn), stop_lsn=parse_lsn(meta.stop_lsn),
             start_time=_epoch(meta.start_time), stop_time=_epoch(meta.stop_time), wal_mode=meta.wal_mode,
             stored_size=meta.stored_size, objects=tuple((o.key, o.sha256) for o in meta.objects),
+            clock_skew=meta.clock_skew,
         ))
-    infos.sort(key=lambda b: (b.stop_time, b.id))
-    return infos, catalog.incomplete_backup_ids()
+    return oldest_first(infos), catalog.incomplete_backup_ids()
 
 
 @dataclass

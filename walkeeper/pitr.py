@@ -12,6 +12,7 @@ because PostgreSQL refuses more than one target and would otherwise use a stale 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from walkeeper.backup import RestoreResult, restore_backup
+from walkeeper import chronology
+from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
 from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
 from walkeeper.repository import Repository, open_repository
+from walkeeper.units import human_bytes
 from walkeeper.wal import (
     HistoryEntry,
     WalKind,
@@ -34,6 +37,8 @@ from walkeeper.wal import (
     parse_wal_name,
     segment_name,
 )
+
+log = logging.getLogger(__name__)
 
 BLOCK_BEGIN = "# BEGIN walkeeper pitr"
 BLOCK_END = "# END walkeeper pitr"
@@ -109,10 +114,142 @@ class Target:
         return "immediate (the end of the backup)" if self.kind == "immediate" else f"{self.kind} {self.value}"
 
 
+# -- transaction ids ---------------------------------------------------------------------------
+
+XID_SPACE = 1 << 32  # PostgreSQL's transaction ids are 32 bits; the epoch counts their wraparounds
+
+
 def parse_xid(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 3:
-        raise ConfigError(f"--target-xid {text!r}: expected a transaction id (a number, e.g. 123456)")
-    return int(text)
+    """A ``recovery_target_xid`` as PostgreSQL reads it: a 32-bit xid, or a 64-bit full xid (epoch << 32 |
+    xid, what pg_current_xact_id() and txid_current() return), of which recovery compares the low 32 bits."""
+    digits = text.strip()
+    if not digits.isdigit() or int(digits) >= 1 << 64:
+        raise ConfigError(f"--target-xid {text!r}: expected a transaction id: a 32-bit xid or the 64-bit form "
+                          "pg_current_xact_id() returns (e.g. 123456 or 4294967396)",
+                          hint="for epoch:xid as pg_controldata prints it, give epoch * 4294967296 + xid")
+    value = int(digits)
+    if value % XID_SPACE < 3:
+        raise ConfigError(f"--target-xid {text!r}: xid {value % XID_SPACE} is not a normal transaction id "
+                          "(the first one is 3): no transaction commits with it")
+    return value
+
+
+def full_xid(value: int, reference: int | None) -> int:
+    """The 64-bit transaction id meant by ``value``.
+
+    A 64-bit value says its epoch. A 32-bit one is the xid nearest to ``reference`` (a known full next xid):
+    within 2^31 transactions of it, before or after, PostgreSQL's own rule for relating a 32-bit xid to a
+    full one (FullXidRelativeTo; TransactionIdPrecedes compares the same way).
+    """
+    if value >= XID_SPACE or reference is None:
+        return value
+    delta = (value - reference) % XID_SPACE
+    if delta >= XID_SPACE // 2:
+        delta -= XID_SPACE
+    full = reference + delta
+    return full if full >= 0 else full + XID_SPACE
+
+
+def format_xid(full: int) -> str:
+    epoch, xid = divmod(full, XID_SPACE)
+    return str(xid) if epoch == 0 else f"{xid} of epoch {epoch} ({full})"
+
+
+@dataclass(frozen=True)
+class XidMark:
+    """Where a backup's transaction ids stood (64-bit next xids; None: not known)."""
+
+    backup: BackupMeta
+    checkpoint_next_xid: int | None = None  # at the checkpoint recovery from the backup starts from
+    stop_next_xid: int | None = None  # once the backup had ended
+    from_control: bool = False  # read from the stored pg_control (metadata older than the field)
+
+    @classmethod
+    def of(cls, backup: BackupMeta) -> XidMark:
+        return cls(backup, backup.checkpoint_next_xid, backup.stop_next_xid)
+
+    @property
+    def bound(self) -> int | None:
+        """Transactions from this xid on committed after the backup ended (checkpoint: after it began)."""
+        return self.stop_next_xid if self.stop_next_xid is not None else self.checkpoint_next_xid
+
+
+@dataclass(frozen=True)
+class XidChoice:
+    backup: BackupMeta
+    xid: int  # the target as a 64-bit xid
+    reason: str
+    settled: bool  # the backup began before the target transaction did (no older backup can do better)
+    warnings: tuple[str, ...] = ()
+
+
+def choose_for_xid(marks: list[XidMark], value: int) -> XidChoice:
+    """The backup recovery to transaction ``value`` starts from; ``marks`` oldest first.
+
+    Recovery stops at the first commit (or abort) record of the xid it replays. A transaction that
+    committed before the backup ended cannot be reached from that backup: before the backup's checkpoint
+    the record is not replayed ("recovery ended before configured recovery target was reached"); between
+    the checkpoint and the end of the backup it is, before the data is consistent ("requested recovery stop
+    point is before consistent recovery point"). A transaction at or above the server's next xid when the
+    backup ended had not ended then, so the newest backup whose next xid is at most the target reaches it.
+    For backups that only know their checkpoint's next xid that is the best guess, and a warning says what
+    PostgreSQL reports if the transaction committed while that backup ran.
+    """
+    if not marks:
+        raise RefusedError("the repository holds no backup", hint="take one with walkeeper backup")
+    known = [m for m in marks if m.bound is not None]
+    if not known:
+        return XidChoice(marks[0].backup, value, "the oldest backup: no backup records where transaction ids "
+                         "stood, and the oldest reaches the most transactions", False)
+    newest = known[-1]
+    assert newest.bound is not None
+    xid = full_xid(value, newest.bound)
+    shown = format_xid(xid)
+    warnings: list[str] = []
+    if value < XID_SPACE and xid >= XID_SPACE:
+        warnings.append(f"--target-xid {value} is a 32-bit xid: read as {shown}, the one nearest the newest "
+                        "backup; give the 64-bit form pg_current_xact_id() returns to mean another epoch")
+    if xid - newest.bound >= XID_SPACE // 2:
+        warnings.append(f"transaction {shown} is more than 2^31 transactions after the newest backup (next xid "
+                        f"{format_xid(newest.bound)}): no archive of this cluster is likely to hold it; check the "
+                        "number (another cluster's?)")
+    before = [m for m in known if m.bound is not None and m.bound <= xid]
+    if not before:
+        oldest = marks[0]
+        if oldest.stop_next_xid is not None:
+            since = f"before the oldest backup ended (the server's next xid then: {format_xid(oldest.stop_next_xid)})"
+        elif oldest.checkpoint_next_xid is not None:
+            since = f"before the oldest backup's checkpoint (its next xid: {format_xid(oldest.checkpoint_next_xid)})"
+        else:
+            since = "before every backup whose next xid is known"
+        return XidChoice(oldest.backup, xid, (
+            f"the oldest backup: transaction {shown} began {since}; recovery reaches it only if it committed "
+            "after this backup ended, else PostgreSQL stops with 'recovery ended before configured recovery "
+            "target was reached'"), False, tuple(warnings))
+    chosen = before[-1]
+    assert chosen.bound is not None
+    if xid - chosen.bound >= XID_SPACE:
+        raise RefusedError(
+            f"transaction {shown} began {xid - chosen.bound} transactions after backup {chosen.backup.id}, more "
+            f"than one wraparound: recovery compares 32-bit xids and would stop at transaction "
+            f"{format_xid(xid - XID_SPACE)} first",
+            hint="take a new backup, or recover to a time or LSN instead")
+    where = " (read from its stored global/pg_control)" if chosen.from_control else ""
+    if chosen.stop_next_xid is not None:
+        why = (f"the newest backup that ended before transaction {shown} could commit (the server's next xid "
+               f"when it ended: {format_xid(chosen.bound)})")
+    else:
+        why = (f"the newest backup whose checkpoint came before transaction {shown} began (the checkpoint's next "
+               f"xid: {format_xid(chosen.bound)}{where})")
+        older = [m for m in marks if m is not chosen and parse_lsn(m.backup.stop_lsn) < parse_lsn(
+            chosen.backup.stop_lsn)]
+        advice = f"give --backup {older[-1].backup.id}" if older else "no older backup can"
+        warnings.append(f"backup {chosen.backup.id} does not record the next xid at its end: if transaction {shown} "
+                        "committed while it ran, PostgreSQL stops with 'requested recovery stop point is before "
+                        f"consistent recovery point' ({advice})")
+    if chosen is newest:
+        why += "; it is the newest backup: recovery reaches the target if the archive holds its commit"
+    return XidChoice(chosen.backup, xid, why, True, tuple(warnings))
 
 
 # -- timelines ---------------------------------------------------------------------------------
@@ -217,6 +354,7 @@ def _on_path(backup: BackupMeta, path: list[TimelineStep]) -> bool:
 
 def choose_backup(backups: list[BackupMeta], target: Target, path: list[TimelineStep],
                   chosen_id: str | None) -> tuple[BackupMeta, str]:
+    """The backup for a time, LSN, restore point or immediate target (xid targets: ``choose_for_xid``)."""
     if not backups:
         raise RefusedError("the repository holds no backup", hint="take one with walkeeper backup")
     if chosen_id is not None:
@@ -236,25 +374,37 @@ def choose_backup(backups: list[BackupMeta], target: Target, path: list[Timeline
         raise RefusedError(f"no backup lies on the history of timeline {path[-1].timeline}")
     before = [b for b in usable if not _ended_after(b, target)]
     if not before:
-        oldest = min(usable, key=lambda b: parse_lsn(b.stop_lsn))
+        oldest = min(usable, key=chronology.position)
         raise RefusedError(
             f"the target ({target.describe()}) is before the end of every backup: the oldest, {oldest.id}, "
             f"ended at {oldest.stop_time} (LSN {oldest.stop_lsn}); a database cannot be recovered to a moment "
             "before its backup was complete",
         )
-    backup = max(before, key=lambda b: (parse_lsn(b.stop_lsn), b.stop_time))
+    backup = max(before, key=chronology.position)
     if target.kind == "time":
         why = f"the newest backup that ended before {target.value} (ended {backup.stop_time})"
     elif target.kind in ("lsn", "name"):
         why = f"the newest backup that ended before LSN {target.value if target.kind == 'lsn' else target.point.lsn}"  # type: ignore[union-attr]
         why += f" (ended at {backup.stop_lsn})"
-    elif target.kind == "xid":
-        why = ("the newest backup (an xid does not say when it committed; if it committed before this backup, "
-               "PostgreSQL stops with 'recovery ended before configured recovery target was reached': "
-               "choose an older one with --backup)")
     else:
         why = "the newest backup (recovery stops as soon as it is consistent)"
     return backup, why
+
+
+def xid_choice(repo: Repository, usable: list[BackupMeta], value: int) -> XidChoice:
+    """``choose_for_xid`` over backups whose next xids are read lazily: a backup whose metadata predates
+    them is read from its stored pg_control (a whole base tar), newest first and only until one qualifies."""
+    marks = [XidMark.of(b) for b in sorted(usable, key=chronology.position)]
+    for i in range(len(marks) - 1, -1, -1):
+        if marks[i].bound is None:
+            backup = marks[i].backup
+            log.warning("reading backup %s's next transaction id from its stored global/pg_control (its "
+                        "metadata predates recording it): decoding %s", backup.id, human_bytes(backup.plain_size))
+            marks[i] = XidMark(backup, stored_pg_control(repo, backup).next_xid, None, from_control=True)
+        choice = choose_for_xid(marks[i:], value)
+        if choice.settled or i == 0:
+            return choice
+    return choose_for_xid(marks, value)  # no backup: refused there
 
 
 def _ended_after(backup: BackupMeta, target: Target) -> str | None:
@@ -359,7 +509,22 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
             raise ConfigError(f"--target-timeline {target_timeline!r}: expected a number or 'latest'") from None
         explicit = True
     path = timeline_path(repo, tli)
-    backup, reason = choose_backup(backups, target, path, backup_id)
+    if target.kind == "xid" and backup_id is None and target.xid is not None:
+        usable = [b for b in backups if _on_path(b, path)]
+        if not usable and backups:
+            raise RefusedError(f"no backup lies on the history of timeline {path[-1].timeline}")
+        choice = xid_choice(repo, usable, target.xid)
+        backup, reason = choice.backup, choice.reason
+        warnings.extend(choice.warnings)
+    else:
+        backup, reason = choose_backup(backups, target, path, backup_id)
+        if target.kind == "xid" and target.xid is not None:
+            mark = XidMark.of(backup)  # --backup: warn from the metadata only (reading pg_control costs a backup)
+            if mark.bound is not None and full_xid(target.xid, mark.bound) < mark.bound:
+                when = "ended" if mark.stop_next_xid is not None else "began (its checkpoint)"
+                warnings.append(f"transaction {format_xid(full_xid(target.xid, mark.bound))} began before backup "
+                                f"{backup.id} {when}, next xid {format_xid(mark.bound)}: if it had committed by "
+                                "the end of the backup, recovery from it cannot stop at it")
     if not explicit:
         # 'latest' as PostgreSQL computes it starts from the backup's own timeline.
         tli = latest_timeline(repo, backup.stop_timeline, histories)
@@ -514,7 +679,8 @@ def make_target(catalog: Catalog, *, time: str | None = None, lsn: str | None = 
             raise ConfigError(f"--target-lsn: {exc}") from None
         return Target("lsn", lsn.strip().upper(), lsn=value)
     if xid:
-        return Target("xid", str(parse_xid(xid)), xid=parse_xid(xid))
+        value = parse_xid(xid)
+        return Target("xid", str(value), xid=value)
     if name:
         if len(name) >= 64:
             raise ConfigError("--target-name: restore point names are shorter than 64 characters")

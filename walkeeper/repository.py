@@ -69,12 +69,26 @@ class RepoMeta:
     def from_json(cls, data: bytes, where: str) -> RepoMeta:
         try:
             fields = json.loads(data)
+            if not isinstance(fields, dict):
+                raise TypeError("not a JSON object")
             meta = cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise IntegrityError(f"{where} is not a valid walkeeper repository file ({exc})") from None
+        for key, kinds in _META_TYPES.items():
+            value = getattr(meta, key)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise IntegrityError(f"{where} is not a valid walkeeper repository file "
+                                     f"({key} is {type(value).__name__})")
         if meta.format != FORMAT:
             raise IntegrityError(f"{where}: repository format {meta.format} is not supported by this walkeeper")
         return meta
+
+
+# What each field of the repository file may hold: anything else is a damaged file, not a crash later.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (int,), "system_identifier": (str, type(None)), "wal_segment_size": (int, type(None)),
+    "pg_version": (int, type(None)), "key_id": (str, type(None)), "created": (str,),
+}
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 Rules:
 
-* ``keep`` N: the newest N complete backups stay. ``keep_days`` D: every backup that ended within
-  the last D days stays, and so does the newest one that ended before the window, because recovery
-  to the first moment of the window starts from it. Both set: a backup kept by either rule stays.
+* ``keep`` N: the newest N complete backups stay, newest by WAL position (timeline, stop LSN: see
+  walkeeper.chronology), so a backup taken with a wrong host clock is never mistaken for the newest.
+  ``keep_days`` D: every backup that ended within the last D days (by the clock of the host that
+  took it) stays, and so does the newest one that ended before the window, because recovery to the
+  first moment of the window starts from it. Both set: a backup kept by either rule stays.
 * The newest backup always stays (so does the only one), and so does all WAL from the oldest
   retained backup's start onwards, on every timeline: nothing after the newest backup ever goes.
 * WAL segments, .partial and .backup files before that start go; restore points before it go.
@@ -28,6 +30,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from walkeeper.chronology import oldest_first
 from walkeeper.errors import ConfigError, RefusedError
 from walkeeper.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
@@ -75,9 +78,10 @@ def _backup_order(objects: list[tuple[str, int, float]]) -> list[tuple[str, int]
 
 def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: float | None,
                      now: float) -> list[BackupInfo]:
-    """The backups both rules keep (``backups`` oldest first); never empty when backups exist."""
+    """The backups both rules keep, oldest first (chronology.oldest_first); never empty when backups exist."""
     if not backups:
         return []
+    backups = oldest_first(backups)
     kept: set[str] = {backups[-1].id}
     if keep is not None:
         kept.update(b.id for b in backups[-keep:])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from walkeeper.chronology import clock_off, describe_skew, human_span
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, PostgresError
 from walkeeper.inventory import Inventory, read_inventory
@@ -45,11 +46,12 @@ def parse_duration(text: str) -> float:
 def human_age(seconds: float | None) -> str:
     if seconds is None:
         return "never"
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+    return human_span(max(0.0, seconds))
+
+
+def human_ago(seconds: float) -> str:
+    """'2.0h ago', or '30.0d in the future' for a moment a wrong clock put ahead of this host's."""
+    return f"{human_span(seconds)} in the future" if seconds < 0 else f"{human_span(seconds)} ago"
 
 
 # -- repository ------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
     last_arrival = inv.newest_wal_mtime()
     backups = [{"id": b.id, "timeline": b.timeline, "start_wal": b.start_wal, "stop_wal": b.stop_wal,
                 "stop_time": b.stop_time, "age_seconds": now - b.stop_time, "stored_bytes": b.stored_size,
-                "wal_mode": b.wal_mode} for b in inv.backups]
+                "wal_mode": b.wal_mode, "clock_skew": b.clock_skew} for b in inv.backups]
     oldest = inv.backups[0] if inv.backups else None
     return {
         "repository": repo.storage.url,
@@ -251,6 +253,25 @@ def _age_check(result: CheckResult, what: str, age: float | None, warn: float | 
         result.raise_to(WARNING, f"last {what} {human_age(age)} ago (warning above {human_age(warn)})")
 
 
+def clock_problems(doc: dict[str, Any]) -> list[str]:
+    """What says a clock is (or was) wrong: ages that come out negative, skews recorded at backup time.
+
+    Backups are ordered by WAL position, so a wrong clock cannot make 'latest' wrong; it still makes
+    ages, keep_days and time targets wrong, which is worth a WARNING.
+    """
+    problems = []
+    wal_age = doc["last_wal_age_seconds"]
+    if wal_age is not None and clock_off(min(wal_age, 0.0)):
+        problems.append(f"the newest WAL arrived {human_span(wal_age)} in the future by this host's clock")
+    for b in reversed(doc["backups"]):
+        if clock_off(min(b["age_seconds"], 0.0)):
+            problems.append(f"backup {b['id']} ended {human_span(b['age_seconds'])} in the future by this host's clock")
+        elif clock_off(b.get("clock_skew")):
+            problems.append(f"backup {b['id']} was taken with its host's clock {describe_skew(b['clock_skew'])} "
+                            "the server's")
+    return problems
+
+
 def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, dbname: str | None = None,
               now: float | None = None) -> CheckResult:
     """Evaluate the repository (and the server when asked); never raises."""
@@ -293,10 +314,17 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
             if doc["system_identifier"] and c["system_identifier"] != doc["system_identifier"]:
                 result.raise_to(CRITICAL, f"the server is system {c['system_identifier']}, the repository "
                                           f"belongs to {doc['system_identifier']}")
+    clock = clock_problems(doc)
+    if clock:
+        result.raise_to(WARNING, f"a clock is off: {clock[0]}" + (f" (and {len(clock) - 1} more)" if len(clock) > 1
+                                                                  else "") + "; check NTP on the hosts involved")
     newest = doc["newest_segment"]
-    result.facts.append(f"last WAL {human_age(wal_age)} ago" + (f" ({newest['name']})" if newest else ""))
+    if wal_age is None:
+        result.facts.append("no WAL archived yet")
+    else:
+        result.facts.append(f"last WAL {human_ago(wal_age)}" + (f" ({newest['name']})" if newest else ""))
     if doc["backups"]:
-        result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_age(backup_age)} ago")
+        result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_ago(backup_age)}")
     result.facts.append(f"{len(doc['backups'])} backup(s), {human_bytes(doc['total_bytes'])}")
     if result.cluster and result.cluster.get("archive_lag_segments") is not None:
         result.facts.append(f"archive lag {result.cluster['archive_lag_segments']} segment(s)")

@@ -15,6 +15,7 @@ names are all detected.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -22,13 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from walkeeper.codec.compress import (
-    Compression,
-    StreamDecompressor,
-    decompress_all,
-    decompress_chunks,
-    decompressor,
-)
+from walkeeper.codec.compress import Compression, decompress_all, decompress_chunks, decompress_stream
 from walkeeper.codec.keys import Keyring
 from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
 
@@ -38,6 +33,9 @@ CIPHERS = ("aes-256-gcm", "none")
 FRAME_SIZE = 1024 * 1024
 MAX_HEADER = 64 * 1024
 MAX_FRAME = 16 * 1024 * 1024 + 64
+# decode_bytes holds a whole plaintext in memory: WAL files (at most 1 GiB, PostgreSQL's largest
+# wal_segment_size) and small metadata. A trailer claiming more is corrupt, whatever it says.
+MAX_ONE_SHOT = 1024 * 1024 * 1024
 FLAG_LAST = 0x01
 TAG_SIZE = 16
 _PREAMBLE = struct.Struct(">8sBI")
@@ -194,14 +192,31 @@ def parse_header(data: bytes) -> ObjectHeader:
         raise IntegrityError("object is truncated inside its header")
     try:
         fields = json.loads(data[_PREAMBLE.size:end])
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the parser's depth
+        raise IntegrityError(f"object header is corrupted (not JSON: {exc.__class__.__name__})") from None
+    if not isinstance(fields, dict):
+        raise IntegrityError("object header is corrupted (not a JSON object)")
+    for key, kinds in _HEADER_FIELDS.items():
+        value = fields.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise IntegrityError(f"object header is corrupted (field {key!r} is {type(value).__name__})")
+    try:
         salt = bytes.fromhex(fields["salt"]) if fields.get("salt") else None
-        return ObjectHeader(
-            name=fields["name"], compression=fields["compression"], cipher=fields["cipher"],
-            key_id=fields.get("key_id"), salt=salt, sha256=fields.get("sha256"), size=fields.get("size"),
-            extra=fields.get("extra") or {}, raw=bytes(data[:end]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"object header is corrupted ({exc.__class__.__name__})") from None
+    except ValueError:
+        raise IntegrityError("object header is corrupted (salt is not hex)") from None
+    return ObjectHeader(
+        name=fields["name"], compression=fields["compression"], cipher=fields["cipher"],
+        key_id=fields.get("key_id"), salt=salt, sha256=fields.get("sha256"), size=fields.get("size"),
+        extra=fields.get("extra") or {}, raw=bytes(data[:end]),
+    )
+
+
+# The header fields a reader relies on, and the JSON types each may have (None: optional or null).
+_HEADER_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "compression": (str,), "cipher": (str,), "key_id": (str, type(None)),
+    "salt": (str, type(None)), "sha256": (str, type(None)), "size": (int, type(None)),
+    "extra": (dict, type(None)),
+}
 
 
 def read_header(read: Callable[[int], bytes]) -> ObjectHeader:
@@ -315,23 +330,17 @@ class Decoder:
         self.sha256 = digest.hex()
 
     def decode(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
-        """Plaintext chunk by chunk, in bounded memory (backups, dumps)."""
-        inflate: StreamDecompressor | None = None
+        """Plaintext chunk by chunk, in bounded memory (backups, dumps), whatever the object claims."""
+        payloads = self.payloads(read)
+        first = next(payloads, None)  # reads and checks the header: it names the compression
+        assert self.header is not None
         digest = hashlib.sha256()
         size = 0
-        for payload in self.payloads(read):
-            if inflate is None:
-                assert self.header is not None
-                inflate = decompressor(self.header.compression)
-            plain = inflate.decompress(payload)
-            if plain:
-                digest.update(plain)
-                size += len(plain)
-                yield plain
-        assert self.header is not None
-        if inflate is None:
-            inflate = decompressor(self.header.compression)
-        inflate.finish()
+        chunks = payloads if first is None else itertools.chain((first,), payloads)
+        for plain in decompress_stream(self.header.compression, chunks):
+            digest.update(plain)
+            size += len(plain)
+            yield plain
         self.check(digest.digest(), size)
 
 
@@ -363,6 +372,9 @@ def decode_bytes(keyring: Keyring | None, data: bytes, *,
     decoder = Decoder(keyring, expected_name=expected_name)
     compressed = b"".join(decoder.payloads(_BytesReader(data).read))
     assert decoder.header is not None and decoder.trailer is not None
+    if decoder.trailer[1] > MAX_ONE_SHOT:
+        raise IntegrityError(f"object {decoder.header.name} claims {decoder.trailer[1]} bytes, more than any "
+                             f"WAL file or metadata object ({MAX_ONE_SHOT}): corrupted")
     plain = decompress_all(decoder.header.compression, compressed, decoder.trailer[1])
     del compressed
     decoder.check(hashlib.sha256(plain).digest(), len(plain))

@@ -33,7 +33,10 @@ def open_storage(url: str, options: Any = None, *, retry: bool = True) -> Storag
     """Open the backend for ``url`` (a path, file://, s3://, ssh:// or rsync://)."""
     if not url:
         raise ConfigError("no repository configured", hint="set repo in the config file, WALKEEPER_REPO or --repo")
-    scheme = scheme_of(url)
+    try:
+        scheme = scheme_of(url)
+    except ValueError as exc:  # urlsplit: "Invalid IPv6 URL" and the like
+        raise ConfigError(f"invalid repository URL {url!r}: {exc}") from None
     target = BACKENDS.get(scheme)
     if target is None:
         raise ConfigError(f"unsupported repository URL {url!r}: scheme {scheme!r} is not one of {sorted(BACKENDS)}")
@@ -42,7 +45,10 @@ def open_storage(url: str, options: Any = None, *, retry: bool = True) -> Storag
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"the {scheme}:// backend is not available in this installation ({exc})") from None
-    storage: Storage = getattr(module, class_name).from_url(url, options)
+    try:
+        storage: Storage = getattr(module, class_name).from_url(url, options)
+    except ValueError as exc:  # urlsplit or .port on a malformed URL (ConfigError is not a ValueError)
+        raise ConfigError(f"invalid repository URL {url!r}: {exc}") from None
     if retry and scheme != "file":
         from walkeeper.storage.retry import RetryingStorage, RetryPolicy
 

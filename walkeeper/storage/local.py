@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError
+from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, running_as
 from walkeeper.storage.base import (
     TEMP_PREFIX,
     Leftover,
@@ -34,10 +34,12 @@ def _os_error(exc: OSError, action: str, path: Path) -> StorageError:
     if exc.errno == errno.EDQUOT:
         return StorageError(f"disk quota exceeded while {action} {path}")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return StorageError(
-            f"permission denied while {action} {path} (running as uid {os.getuid()})",
-            hint="the repository must be writable by the user running PostgreSQL",
-        )
+        if action in ("reading", "listing"):
+            hint = ("reading needs read permission only: let this user read the repository's files and read and "
+                    "enter its directories")
+        else:
+            hint = "the repository must be writable by the user running PostgreSQL (and walkeeper backup/expire)"
+        return StorageError(f"permission denied while {action} {path} (running as {running_as()})", hint=hint)
     if exc.errno == errno.EROFS:
         return StorageError(f"read-only file system while {action} {path}")
     return StorageError(f"error while {action} {path}: {exc.strerror or exc}")

@@ -33,6 +33,14 @@ class RetryPolicy:
             return cls()
         return cls(attempts=retry.attempts, base_delay=retry.base_delay, max_delay=retry.max_delay)
 
+    def max_backoff(self) -> float:
+        """The longest total sleep between attempts of one call (each delay is at most its cap)."""
+        return sum(min(self.max_delay, self.base_delay * (2 ** attempt)) for attempt in range(self.attempts - 1))
+
+    def worst_case(self, per_attempt: float) -> float:
+        """How long one call can take when every attempt times out after ``per_attempt`` seconds."""
+        return self.attempts * per_attempt + self.max_backoff()
+
     def delays(self) -> Iterator[float]:
         for attempt in range(self.attempts - 1):
             cap = min(self.max_delay, self.base_delay * (2 ** attempt))

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -56,14 +57,28 @@ _DENIED_CODES = {
 }
 
 
+def _require_sdk() -> None:
+    """Refuse an s3:// repository up front when boto3 or botocore is missing.
+
+    Checked when the storage is opened (find_spec imports nothing), because botocore is imported in
+    several places, the first of which is not always the client's construction.
+    """
+    import importlib.util
+
+    missing = [name for name in ("boto3", "botocore") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"an s3:// repository needs {' and '.join(missing)}, which this Python does not have",
+            hint=f"pip install 'walkeeper[s3]' into {sys.prefix}",
+        )
+
+
 def _import_boto3() -> Any:
     try:
         import boto3
     except ModuleNotFoundError:
-        raise ConfigError(
-            "an s3:// repository needs boto3, which is not installed",
-            hint="pip install 'walkeeper[s3]'",
-        ) from None
+        _require_sdk()
+        raise
     return boto3
 
 
@@ -96,6 +111,7 @@ class S3Storage:
         if prefix:
             validate_key(prefix)
         settings = getattr(options, "s3", None) or S3Config()
+        _require_sdk()
         return cls(parts.netloc, prefix, settings, RetryPolicy.from_options(options))
 
     # -- client and error mapping ---------------------------------------------------------
@@ -117,8 +133,12 @@ class S3Storage:
         config = BotoConfig(
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
-            # One retry inside botocore for a dropped keep-alive connection; RetryingStorage does the backoff.
-            retries={"max_attempts": 2, "mode": "standard"},
+            # No retry inside botocore: one retry policy, ours ([retry], RetryingStorage and _retrying), so that
+            # a call's worst case is attempts x (connect_timeout + read_timeout) + backoff, not that times
+            # botocore's own attempts. (botocore's "max_attempts" counts retries; total_max_attempts counts
+            # every attempt, the first included: 1 = no retry.) A dropped keep-alive connection is a
+            # TransientError like any other.
+            retries={"total_max_attempts": 1, "mode": "standard"},
             s3={"addressing_style": s.addressing_style},
             max_pool_connections=max(10, s.max_concurrency + 2),
             # Checksums only when an operation requires them: S3-compatible stores reject the newer defaults.
@@ -136,9 +156,11 @@ class S3Storage:
         from botocore.exceptions import (
             ClientError,
             ConnectionError,
+            ConnectTimeoutError,
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
 
         where = f"{self.url}/{key}" if key else self.url
@@ -169,8 +191,14 @@ class S3Storage:
                 hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, [s3] profile, or an instance role for the "
                      "user running PostgreSQL",
             )
+        endpoint = self.settings.endpoint_url or "the S3 endpoint"
+        if isinstance(exc, ReadTimeoutError):
+            return TransientError(f"no answer from {endpoint} within [s3] read_timeout = "
+                                  f"{self.settings.read_timeout:g}s while {action} {where}")
+        if isinstance(exc, ConnectTimeoutError):
+            return TransientError(f"cannot connect to {endpoint} within [s3] connect_timeout = "
+                                  f"{self.settings.connect_timeout:g}s while {action} {where}")
         if isinstance(exc, ConnectionError | HTTPClientError | OSError):
-            endpoint = self.settings.endpoint_url or "the S3 endpoint"
             return TransientError(f"network error while {action} {where} ({endpoint}): {exc}")
         return StorageError(f"S3 failure while {action} {where}: {exc}")
 
@@ -265,7 +293,7 @@ class S3Storage:
                 self._retrying(lambda: self._call("completing upload of", key, lambda: (
                     self._client.complete_multipart_upload(**args))))
             except (StorageError, NotFound):
-                # An earlier attempt (ours or botocore's own retry) may have completed the upload and lost
+                # An earlier attempt of ours may have completed the upload and lost
                 # only the answer: the upload is then gone (NoSuchUpload) or the key taken (If-None-Match).
                 if not self._holds_exactly(key, full, parts):
                     raise

@@ -140,3 +140,23 @@ def test_reservations_never_share_an_id(tmp_path: Path) -> None:
     assert [i.key for i in storage.list(f"backups/{first.backup_id}/")] == [f"backups/{first.backup_id}/other.tar"]
     assert storage.get(f"backups/{second.backup_id}/base.tar") == b"theirs"
     assert storage.get(marker_key(second.backup_id))
+
+
+def test_marker_age_is_measured_on_the_storage_clock(tmp_path: Path) -> None:
+    """From another host, a heartbeat is stale only by the storage's clock: a host whose clock runs
+    ahead (or a quiet repository) must not find a live writer dead."""
+    from walkeeper.repo.writers import writer_states
+    from walkeeper.storage.local import LocalStorage
+
+    storage = LocalStorage(tmp_path / "repo")
+    other = Writer("20260101T000000Z", "db2", 4242, "2026-01-01T00:00:00+00:00", "boot-z", "1", "t")
+    storage.put(marker_key(other.backup_id), other.to_json())
+    hour_ago = NOW - 3600
+    os.utime(storage.root / marker_key(other.backup_id), (hour_ago, hour_ago))
+    listing = list(storage.list("backups/"))
+    _complete, states = writer_states(storage, listing, now=NOW, machine=HERE)
+    assert states[other.backup_id].alive  # nothing newer was written: no evidence an hour went by
+    _complete, states = writer_states(storage, listing, now=NOW, machine=HERE, newest=NOW - 60)
+    assert not states[other.backup_id].alive and "last refreshed 3540s ago" in states[other.backup_id].why
+    _complete, states = writer_states(storage, listing, now=hour_ago + 60, machine=HERE, newest=NOW)
+    assert states[other.backup_id].alive  # our clock is behind: ours counts

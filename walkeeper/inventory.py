@@ -117,6 +117,7 @@ class Inventory:
     writer_states: dict[str, WriterState] = field(default_factory=dict)  # every incomplete backup with a marker
     complete_ids: set[str] = field(default_factory=set)
     leftovers: list[Leftover] = field(default_factory=list)  # only with read_inventory(leftovers=True)
+    newest_mtime: float | None = None  # the storage's clock, as of its latest write
     restore_points: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
     total_bytes: int = 0
 
@@ -202,6 +203,7 @@ def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = 
     backup_listing: list[ObjectInfo] = []
     for info in repo.storage.list(""):
         inv.total_bytes += info.size
+        inv.newest_mtime = max(inv.newest_mtime or 0.0, info.mtime)
         if info.key.startswith(WAL_PREFIX):
             try:
                 name = parse_wal_name(info.key.rsplit("/", 1)[1])
@@ -236,7 +238,7 @@ def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = 
         from walkeeper.repo.writers import writer_states
 
         inv.backups, incomplete = load_backups(repo)
-        inv.complete_ids, inv.writer_states = writer_states(repo.storage, backup_listing)
+        inv.complete_ids, inv.writer_states = writer_states(repo.storage, backup_listing, newest=inv.newest_mtime)
         inv.running_backups = [s for s in inv.writer_states.values() if s.alive]
         inv.incomplete_backups = [i for i in incomplete if not (i in inv.writer_states and inv.writer_states[i].alive)]
     if leftovers:

@@ -162,10 +162,18 @@ def read_writer(storage: Storage, backup_id: str) -> Writer:
 
 
 def writer_states(storage: Storage, objects: Iterable[ObjectInfo], *, now: float | None = None,
-                  machine: Here | None = None) -> tuple[set[str], dict[str, WriterState]]:
-    """From a listing of backups/: (ids of complete backups, state of each incomplete one's writer)."""
+                  machine: Here | None = None, newest: float | None = None
+                  ) -> tuple[set[str], dict[str, WriterState]]:
+    """From a listing of backups/: (ids of complete backups, state of each incomplete one's writer).
+
+    A marker's age is measured against the storage's own clock as far as the listing shows it (its
+    newest mtime, or ``newest`` from a wider listing) when that is behind ours: a host whose clock
+    runs ahead must not find a live writer's heartbeat stale.
+    """
     complete: set[str] = set()
     markers: dict[str, float] = {}
+    objects = list(objects)
+    seen = max([info.mtime for info in objects] + ([newest] if newest is not None else []), default=None)
     for info in objects:
         parts = info.key.split("/")
         if len(parts) == 3 and BACKUP_ID_RE.match(parts[1]):
@@ -174,6 +182,7 @@ def writer_states(storage: Storage, objects: Iterable[ObjectInfo], *, now: float
             elif parts[2] == WRITER_NAME:
                 markers[parts[1]] = info.mtime
     now = time.time() if now is None else now
+    now = min(now, seen) if seen is not None else now
     machine = machine or here()
     states = {}
     for backup_id, refreshed in sorted(markers.items()):
@@ -287,7 +296,7 @@ class Reservation:
     def check(self) -> None:
         if self.lost:
             raise LockedError(f"backup {self.backup_id} lost its reservation: {self.lost}; it was not recorded",
-                              hint="make sure no expire runs with a clock far off, then take the backup again")
+                              hint="was the backup stalled or the repository unreachable for minutes? take it again")
 
     def abandon(self) -> None:
         """Remove what this backup wrote (its metadata first), then its marker."""

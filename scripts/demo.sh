@@ -23,21 +23,13 @@ cleanup() {
 trap cleanup EXIT
 psql_() { as_pg "$PG_BIN/psql" -h "$DEMO" -p "$PORT" -X -A -t -v ON_ERROR_STOP=1 -d postgres -c "$1"; }
 
-say "1. a key and a configuration in $DEMO"
-as_pg "$WK" key generate --output "$DEMO/key"
-as_pg tee "$DEMO/walkeeper.toml" >/dev/null <<TOML
-repo = "$DEMO/repo"
-[compression]
-method = "zstd"
-level = 3
-[encryption]
-method = "aes-256-gcm"
-key_file = "$DEMO/key"
-TOML
+say "1. a cluster, and walkeeper init for it: repository, key and configuration in $DEMO"
+as_pg "$PG_BIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
+# as root, everything is created for the data directory's owner (postgres)
+"$WK" --repo "$DEMO/repo" init --pgdata "$PGDATA" --generate-key "$DEMO/key" --write-config "$DEMO/walkeeper.toml"
 cat "$DEMO/walkeeper.toml"
 
-say "2. a cluster archiving through: $WK --config $DEMO/walkeeper.toml wal-push %p"
-as_pg "$PG_BIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
+say "2. the cluster archives through: $WK --config $DEMO/walkeeper.toml wal-push %p"
 as_pg tee -a "$PGDATA/postgresql.conf" >/dev/null <<CONF
 port = $PORT
 listen_addresses = ''

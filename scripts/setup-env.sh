@@ -19,6 +19,7 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v faketime >/dev/null || need+=(faketime)  # tests: a walkeeper with a wrong clock
+command -v strace >/dev/null || need+=(strace)  # tests: what a restore fsyncs, and in which order
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then echo "missing Debian packages: ${need[*]} (run as root to install them)" >&2; exit 1; fi

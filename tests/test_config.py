@@ -73,3 +73,47 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_float_accepts_integer(tmp_path: Path) -> None:
     path = write(tmp_path, '[retry]\nmax_delay = 3\n')
     assert load_config(path, env={}).retry.max_delay == 3.0
+
+
+# -- the fast path reads the settings it needs exactly as the full path does ---------------------------------
+
+FAST_CASES = [  # (config text or None, read through a symlink in another directory, environment, --repo)
+    ('repo = "/r"\n', False, {}, None),
+    ('repo = "/r"\n[archive]\npush_ahead = 3\nstatus_dir = "st"\n[restore]\nprefetch = 0\nspool_dir = "../sp"\n',
+     False, {}, None),
+    ('repo = "/r"\n[archive]\nstatus_dir = "st"\n[restore]\nspool_dir = "sp/x"\n', True, {}, None),
+    ('repo = "/r"\n[archive]\nstatus_dir = "/abs/st"\n', True, {}, None),
+    ('repo = "/r"\n[archive]\nstatus_dir = "st"\n', True,
+     {"WALKEEPER_ARCHIVE_STATUS_DIR": "", "WALKEEPER_RESTORE_SPOOL_DIR": "/env/sp"}, None),
+    ('repo = "/r"\n[archive]\npush_ahead = 3\n', False,
+     {"WALKEEPER_ARCHIVE_PUSH_AHEAD": "7", "WALKEEPER_RESTORE_PREFETCH": "2", "WALKEEPER_REPO": "/e"}, None),
+    ('repo = "/r"\n', False, {"WALKEEPER_REPO": "/e"}, "/flag"),
+    (None, False, {"WALKEEPER_REPO": "/e", "WALKEEPER_ARCHIVE_STATUS_DIR": "rel/st"}, None),
+]
+
+
+@pytest.mark.parametrize(("text", "via_link", "env", "flag"), FAST_CASES)
+def test_fast_path_settings_equal_full_path_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     text: str | None, via_link: bool, env: dict[str, str],
+                                                     flag: str | None) -> None:
+    from walkeeper import fastpath
+
+    monkeypatch.setenv("WALKEEPER_STATE_ROOT", str(tmp_path / "state"))
+    path = None
+    if text is not None:
+        (tmp_path / "real").mkdir()
+        path = str(tmp_path / "real" / "walkeeper.toml")
+        Path(path).write_text(text)
+        if via_link:
+            (tmp_path / "links").mkdir()
+            (tmp_path / "links" / "walkeeper.toml").symlink_to(path)
+            path = str(tmp_path / "links" / "walkeeper.toml")
+    full = load_config(path, env=env, repo=flag)
+    # An empty directory setting means the default to both ("" here, None there).
+    expected = (full.repo, full.archive.push_ahead, full.restore.prefetch, full.archive.status_dir or None,
+                full.restore.spool_dir or None)
+    for _ in range(2):  # the second time from the fast path's cache of the file
+        fast = fastpath.load_settings(path, flag, env)
+        assert (fast.repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == expected
+    if text and 'status_dir = "st"' in text and not env:  # relative to the real file's directory
+        assert full.archive.status_dir == str(tmp_path / "real" / "st")

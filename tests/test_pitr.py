@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Setup
-from tests.pgharness import PG_BIN, Cluster, as_pg, give_to_pg, run_pg, walkeeper_cmd
+from tests.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, run_pg, walkeeper_cmd
 
 pytestmark = pytest.mark.postgres
 
@@ -476,6 +477,95 @@ def test_tablespaces_are_staged_and_mapped(setup: Setup) -> None:
         assert cluster.psql("select count(*) from t_in_space") == "1000"
         assert os.path.realpath(cluster.datadir / "pg_tblspc" / backup["objects"][1]["tablespace_oid"]) \
             == str(moved)
+    finally:
+        cluster.stop()
+
+
+_CALL = re.compile(r"^(\d+) +(\w+)\((.*?)(?:\) += (-?\d+).*| <unfinished \.\.\.>)$")
+_RESUMED = re.compile(r"^(\d+) +<\.\.\. \w+ resumed>.*= (-?\d+).*$")
+_PATH_IN_FD = re.compile(r"^\d+<(.*)>")
+
+
+def traced(setup: Setup, *args: str | os.PathLike[str]) -> list[tuple[str, list[str]]]:
+    """Run walkeeper under strace; the completed (syscall, [paths]) in the order they returned."""
+    out = setup.work / "strace.out"
+    cmd = ["strace", "-f", "-qq", "-y", "-o", str(out), "-e", "signal=none",
+           "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat",
+           *as_pg([str(WALKEEPER_BIN), "--config", str(setup.config), *map(str, args)])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
+    ok(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300))
+    calls: list[tuple[str, list[str]]] = []
+    pending: dict[str, tuple[str, str]] = {}
+    for line in out.read_text().splitlines():
+        if line.split(" ", 1)[-1].lstrip().startswith(("+++", "---")):
+            continue
+        call, resumed = _CALL.match(line), _RESUMED.match(line)
+        assert call or resumed, line
+        if call:
+            pid, name, argtext, result = call.groups()
+            if result is None:
+                pending[pid] = (name, argtext)  # unfinished: it counts when it returns
+                continue
+        else:
+            pid, result = resumed.groups()  # type: ignore[union-attr]
+            name, argtext = pending.pop(pid)
+        assert int(result) == 0, line
+        if name in ("fsync", "fdatasync"):
+            fd_path = _PATH_IN_FD.match(argtext)
+            assert fd_path, line
+            calls.append((name, [fd_path.group(1)]))
+        else:
+            calls.append((name, re.findall(r'"([^"]*)"', argtext)))
+    return calls
+
+
+def check_synced_before_pg_control(pgdata: Path, calls: list[tuple[str, list[str]]]) -> None:
+    """Every file and directory of ``pgdata`` was fsynced (a file: itself, or the temp name it was renamed
+    from) before global/pg_control got its name; pg_control itself before that, its directory after."""
+    control = str(pgdata / "global" / "pg_control")
+    synced: set[str] = set()
+    for at, (name, paths) in enumerate(calls):
+        if name in ("fsync", "fdatasync"):
+            synced.add(paths[0])
+        elif paths[-1] == control:
+            assert paths[0] in synced, "pg_control's data was not synced before it got its name"
+            assert (("fsync", [str(pgdata / "global")]) in calls[at + 1:]), "global/ not synced after pg_control"
+            break
+        elif paths[0] in synced:  # rename or link of a synced temp file
+            synced.add(paths[-1])
+    else:
+        raise AssertionError(f"no rename or link to {control} in the trace")
+    tree = [pgdata, *(p for p in pgdata.rglob("*") if not p.is_symlink() and str(p) != control)]
+    assert len(tree) > 500
+    missing = sorted(str(p) for p in tree if str(p) not in synced)
+    assert not missing, f"{len(missing)} of {len(tree)} not synced before pg_control, e.g. {missing[:5]}"
+    assert str(pgdata.parent) in synced  # the new target directory's own entry
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed (scripts/setup-env.sh installs it)")
+def test_restore_and_pitr_sync_everything_before_pg_control(setup: Setup) -> None:
+    """After a power loss a restored directory is complete or not startable: strace shows every file and
+    directory fsynced (pitr: the recovery settings too) before global/pg_control is written."""
+    setup.work = Path(os.path.realpath(setup.work))  # strace names descriptors by their real paths
+    primary = start_primary(setup)
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        ok(setup.wk("backup", *conn(primary), "--fast-checkpoint"))
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    restored = setup.work / "restored"
+    check_synced_before_pg_control(restored, traced(setup, "restore", "latest", "--pgdata", restored))
+    recovered = setup.work / "recovered"
+    calls = traced(setup, "pitr", "--pgdata", recovered, "--target-immediate", "--target-action", "promote")
+    check_synced_before_pg_control(recovered, calls)
+    assert (recovered / "recovery.signal").exists() and "walkeeper" in (recovered / "postgresql.auto.conf").read_text()
+    cluster = Cluster(recovered)  # and it recovers
+    cluster.configure({**cluster.base_settings(), "archive_mode": "off"})
+    cluster.start()
+    try:
+        cluster.wait_recovery_done()
+        assert int(cluster.psql("select count(*) from pgbench_branches")) == 1
     finally:
         cluster.stop()
 

@@ -153,6 +153,38 @@ def test_push_ahead_then_fast_path_for_each_later_call(setup: Setup, wal_source:
     wait_for(lambda: not pusher_pids(setup), timeout=20)  # it stops by itself with nothing to push
 
 
+def test_config_through_a_symlink_with_relative_state_dirs(setup: Setup, wal_source: Path) -> None:
+    """Relative status_dir/spool_dir are relative to the real file for the full and the fast path alike:
+    with the file reached through a link in another directory, the fast path still finds the records."""
+    real_dir, link_dir = setup.work / "conf", setup.work / "elsewhere"
+    for directory in (real_dir, link_dir):
+        directory.mkdir()
+        give_to_pg(directory)
+    real = real_dir / "walkeeper.toml"
+    setup.config.rename(real)
+    real.write_text(real.read_text() + '[archive]\npush_ahead = 4\nstatus_dir = "state/status"\nidle_timeout = 2\n'
+                    '[restore]\nprefetch = 4\nspool_dir = "state/spool"\n')
+    (link_dir / "walkeeper.toml").symlink_to(real)
+    setup.config = link_dir / "walkeeper.toml"
+    data = copy_datadir(wal_source, setup.work / "data")
+    first, second = ready(data)[:2]
+    assert setup.wk("wal-push", f"pg_wal/{first}", cwd=data).returncode == 0
+    wait_for(lambda: [p.name for p in (real_dir / "state" / "status").glob(f"*/{second}")] == [second])
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{second}", cwd=data)
+    assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+    assert not (link_dir / "state").exists()
+
+    restore = copy_datadir(wal_source, setup.work / "restore")
+    (restore / "recovery.signal").touch()
+    give_to_pg(restore)
+    assert setup.wk("wal-fetch", first, "pg_wal/RECOVERYXLOG", cwd=restore).returncode == 0
+    wait_for(lambda: any((real_dir / "state" / "spool").glob(f"*/{second}.meta")))
+    proc = setup.wk("-v", "wal-fetch", second, "pg_wal/RECOVERYXLOG", cwd=restore)
+    assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+    (restore / "recovery.signal").unlink()
+    assert not (link_dir / "state").exists()
+
+
 def test_fast_path_waits_for_the_segment_the_pusher_is_storing(setup: Setup, wal_source: Path) -> None:
     configure(setup, "push_ahead = 16\nworkers = 1\nidle_timeout = 2")
     data = copy_datadir(wal_source, setup.work / "data")

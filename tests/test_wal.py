@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tests.walfactory import MiB, make_segment
+from walkeeper import fastpath
 from walkeeper.errors import InvalidName, InvalidWal
 from walkeeper.wal import (
     WalKind,
@@ -109,3 +110,61 @@ def test_parse_history() -> None:
         parse_history("2\t0/1\n1\t0/2\n")
     with pytest.raises(InvalidWal):
         parse_history("x\ty\n")
+
+
+# -- the fast path and the full path judge names and first pages alike -------------------------------------
+
+NAME_CASES = [
+    "000000010000000000000001", "0000000A00000003000000FF", "000000020000000000000005.partial",
+    "000000010000000000000002.00000028.backup", "00000002.history", "00000001.history",
+    "", "00000001000000000000001", "0000000100000000000000011", "000000010000000000000001.gz",
+    "pg_wal/000000010000000000000001", "00000001000000000000000a", "000000010000000000000001.backup",
+    "000000010000000000000001.0000002.backup", "00000002.HISTORY", "0000000g.history", "RECOVERYXLOG",
+    "000000010000000000000001.tmp", "000000010000000000000001\n", "00000001000000000000001.partial",
+]
+
+
+@pytest.mark.parametrize("name", NAME_CASES)
+def test_fast_path_and_full_path_accept_the_same_names(name: str) -> None:
+    try:
+        parsed: WalKind | None = parse_wal_name(name).kind
+    except InvalidName:
+        parsed = None
+    assert fastpath.is_wal_name(name) == (parsed is not None)
+    assert fastpath.is_segment_name(name) == (parsed is WalKind.SEGMENT)
+
+
+SYSID = 7300000000000000001
+HEADER_CASES = [  # (make_segment arguments, bytes kept, file size told, full path's verdict)
+    ({}, None, None, None),
+    ({"header_tli": 1, "timeline": 2}, None, None, None),
+    ({"magic": 0xD118}, None, None, None),
+    ({"magic": 0xD100}, None, None, "magic"),
+    ({"header_tli": 3, "timeline": 2}, None, None, "timeline"),
+    ({"pageaddr": 4 * MiB}, None, None, "renamed"),
+    ({"size": 2 * MiB}, None, MiB, "bytes"),
+    ({}, 10, None, "too short"),
+    ({"size": 3 * MiB}, None, None, "segment size"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "keep", "told", "verdict"), HEADER_CASES)
+def test_fast_path_and_full_path_check_first_pages_alike(kwargs: dict[str, int], keep: int | None,
+                                                        told: int | None, verdict: str | None) -> None:
+    args = {"timeline": 1, **kwargs}
+    tli = args.pop("timeline")
+    size = args.pop("size", MiB)
+    name, data = make_segment(tli, 5, sysid=SYSID, size=MiB, **args)
+    if size != MiB:  # a header claiming another segment size
+        data = data[:32] + size.to_bytes(4, "little") + data[36:]
+    data = data[:keep] if keep else data
+    if verdict is None:
+        check_segment(parse_wal_name(name), data)
+    else:
+        with pytest.raises((InvalidWal, InvalidName), match=verdict):
+            check_segment(parse_wal_name(name), data)
+    fits = fastpath.segment_header_fits(name, data[:64], told or len(data), SYSID)
+    assert fits == (verdict is None)
+    if verdict is None:  # the fast path also insists on this data directory's system
+        assert not fastpath.segment_header_fits(name, data[:64], len(data), SYSID + 1)
+        assert not fastpath.segment_header_fits(name, data[:64], len(data), None)

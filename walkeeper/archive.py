@@ -18,6 +18,7 @@ from pathlib import Path
 
 from walkeeper import fastpath
 from walkeeper.config import Config
+from walkeeper.durable import write_file
 from walkeeper.errors import InvalidWal, NotFound, StorageError
 from walkeeper.repository import PushResult, Repository, open_repository
 from walkeeper.wal import check_segment, parse_wal_name
@@ -86,7 +87,9 @@ def push_with_pusher(config: Config, repo: Repository, path: Path, status: str) 
     """Push PostgreSQL's own file, marked as being pushed by this process so the pusher leaves it alone."""
     marker = os.path.join(status, path.name + fastpath.PUSHING_SUFFIX)
     try:
-        fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": path.name, "pid": os.getpid()})
+        # Not synced: a pid is meaningless after a crash (and a dead pid's marker is ignored).
+        fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": path.name, "pid": os.getpid()},
+                              sync=False)
     except (OSError, ValueError) as exc:
         log.warning("cannot mark %s as being pushed: %s", path.name, exc)
     try:
@@ -105,7 +108,7 @@ def start_pusher(config: Config, status: str, own: Path) -> bool:
     if not others or fastpath.holder_alive(status, fastpath.PUSH_LOCK_FILE, fastpath.PUSH_STARTING_FILE):
         return False
     datadir = os.getcwd()
-    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):
+    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-push see this pusher while its interpreter starts
     return _spawn(["walkeeper.pusher", status, datadir, config.source or "", config.repo, own.name], datadir,
                   os.path.join(status, "push.log"))
@@ -153,17 +156,15 @@ def outside_data_directory(path: str, datadir: str, setting: str) -> None:
 
 
 def write_file_atomically(dest: Path, data: bytes) -> None:
-    """Write ``data`` to a temp name beside ``dest`` and rename it into place."""
-    tmp = dest.with_name(f"{dest.name}.walkeeper-{os.getpid()}.tmp")
+    """Write ``data`` to a temp name beside ``dest`` and rename it into place.
+
+    Not synced: PostgreSQL reads %p at once and durable_rename()s (fsyncs) the segments and history
+    files it keeps (KeepFileRestoredFromArchive).
+    """
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, dest)
+        write_file(dest, data, sync=False)
     except OSError as exc:
         raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 @dataclass(frozen=True)
@@ -205,11 +206,11 @@ def start_prefetch(config: Config, name: str) -> bool:
     if config.restore.spool_dir:
         outside_data_directory(config.restore.spool_dir, datadir, "[restore] spool_dir")
     spool = fastpath.spool_dir(config.restore.spool_dir, config.repo, datadir)
-    fastpath.write_record(os.path.join(spool, fastpath.REQUEST_FILE),
-                          {"v": fastpath.RECORD_VERSION, "name": name, "served": 1})
+    fastpath.write_record(os.path.join(spool, fastpath.REQUEST_FILE),  # a hint to the live prefetcher: not synced
+                          {"v": fastpath.RECORD_VERSION, "name": name, "served": 1}, sync=False)
     if prefetcher_running(spool):
         return False
-    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):
+    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
     return _spawn(["walkeeper.prefetch", spool, datadir, config.source or "", config.repo], datadir,
                   os.path.join(spool, "prefetch.log"))

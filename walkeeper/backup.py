@@ -13,8 +13,10 @@ rather than from a separate connection that could reach another server.
 
 Restore: each object streams through the decoder into a safe tar extractor (no absolute paths,
 no ``..``, no links that leave the target, regular files/directories/symlinks only).
-``global/pg_control`` is written last, after every checksum was verified: a directory left
-behind by a killed restore has no pg_control and PostgreSQL refuses to start on it. On an error
+``global/pg_control`` is written last, after every checksum was verified and every other file and
+directory is on disk (fsync; files are synced in a background thread while the next ones are
+decoded): a directory left behind by a killed restore or a power loss has no pg_control and
+PostgreSQL refuses to start on it. On an error
 the directory is removed (or emptied, if it existed before).
 """
 
@@ -45,6 +47,7 @@ from walkeeper.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObje
 from walkeeper.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.config import Config
+from walkeeper.durable import TreeSync, fsync_dir, write_file
 from walkeeper.errors import (
     AlreadyExists,
     ConfigError,
@@ -672,7 +675,7 @@ def _safe_join(root: Path, name: str) -> Path:
     return root.joinpath(*parts)
 
 
-def _mkdirs(root: Path, path: Path, name: str) -> None:
+def _mkdirs(root: Path, path: Path, name: str, sync: TreeSync | None = None) -> None:
     """Create ``path`` and missing parents under ``root``, each 0700, never through a link."""
     missing = []
     probe = path
@@ -682,6 +685,8 @@ def _mkdirs(root: Path, path: Path, name: str) -> None:
     _check_inside(root, probe, name)
     for directory in reversed(missing):
         os.mkdir(directory, 0o700)
+        if sync:
+            sync.add_dir(directory.parent)
 
 
 def _check_inside(root: Path, path: Path, name: str) -> None:
@@ -690,10 +695,12 @@ def _check_inside(root: Path, path: Path, name: str) -> None:
         raise IntegrityError(f"backup member {name!r} would be written outside the target (through a link)")
 
 
-def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, bytes]) -> int:
+def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, bytes],
+                sync: TreeSync | None = None) -> int:
     """Extract a tar stream under ``root`` refusing anything that could escape it; returns file count.
 
-    ``global/pg_control`` is kept in ``deferred`` instead of being written.
+    ``global/pg_control`` is kept in ``deferred`` instead of being written. With ``sync``, every file
+    written and every directory whose entries changed is handed to it to be made durable.
     """
     root = Path(os.path.realpath(root))
     count = 0
@@ -704,24 +711,35 @@ def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, by
             _check_inside(root, dest.parent, member.name)
             name = _member_name(member.name).strip("/")
             if member.isdir():
-                _mkdirs(root, dest, member.name)
+                _mkdirs(root, dest, member.name, sync)
                 _check_inside(root, dest, member.name)
                 os.chmod(dest, (member.mode & 0o750) | 0o700)
+                if sync:
+                    sync.add_dir(dest)  # its mode (and, once synced, entries written into it)
             elif member.isfile():
                 handle = tar.extractfile(member)
                 assert handle is not None
                 if name == PG_CONTROL:
                     deferred[name] = handle.read()
                     continue
-                _mkdirs(root, dest.parent, member.name)
+                _mkdirs(root, dest.parent, member.name, sync)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              (member.mode & 0o640) | 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    while True:
-                        chunk = handle.read(CHUNK)
-                        if not chunk:
-                            break
-                        out.write(chunk)
+                try:
+                    with os.fdopen(fd, "wb", closefd=False) as out:
+                        while True:
+                            chunk = handle.read(CHUNK)
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if sync:
+                    sync.add_file(fd)  # fsynced (and closed) in the background while we write the next one
+                    sync.add_dir(dest.parent)
+                else:
+                    os.close(fd)
                 count += 1
             elif member.issym():
                 target = member.linkname
@@ -729,8 +747,10 @@ def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, by
                 if os.path.isabs(target) or not (resolved + os.sep).startswith(str(root) + os.sep):
                     raise IntegrityError(
                         f"backup holds a link {member.name!r} -> {target!r} that leaves the target; refused")
-                _mkdirs(root, dest.parent, member.name)
+                _mkdirs(root, dest.parent, member.name, sync)
                 os.symlink(target, dest)
+                if sync:
+                    sync.add_dir(dest.parent)
             else:
                 raise IntegrityError(f"backup holds {member.name!r}, which is not a file, directory or "
                                      "symlink (hard links and devices are refused)")
@@ -839,8 +859,14 @@ def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> s
 
 
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
-                   progress: bool | None = None) -> RestoreResult:
-    """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum."""
+                   progress: bool | None = None,
+                   before_control: Callable[[Path], None] | None = None) -> RestoreResult:
+    """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum.
+
+    Every file and directory is durable (fsync) before ``global/pg_control`` is written, and
+    ``before_control(pgdata)`` (pitr's recovery settings) runs in between: after a crash or power
+    loss at any point the directory is either complete or not startable.
+    """
     began = time.monotonic()
     repo_meta = repo.require_meta()
     if repo_meta.system_identifier not in (None, backup.system_identifier):
@@ -867,11 +893,16 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     files = 0
     total = 0
     meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
+    sync = TreeSync()
     writing = pgdata  # the target being written, for the error message
     try:
         for _obj, target in targets:
             writing = target
-            created.append((target, _prepare_target(target, "target directory")))
+            existed = _prepare_target(target, "target directory")
+            created.append((target, existed))
+            sync.add_dir(target)
+            if not existed:
+                sync.add_dir(target.parent)  # the new target's own entry
         for obj, target in targets:
             writing = target
             decoder = Decoder(repo.keyring, expected_name=obj.key)
@@ -881,7 +912,7 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                         meter.add(len(chunk))
                         yield chunk
                 reader = _StreamReader(counted(decoder.decode(handle.read)))
-                files += extract_tar(reader.read, target, deferred if target == pgdata else {})
+                files += extract_tar(reader.read, target, deferred if target == pgdata else {}, sync)
                 reader.exhaust()
             if decoder.sha256 != obj.sha256 or decoder.size != obj.plain_size:
                 raise IntegrityError(f"{obj.key} decodes to sha256 {decoder.sha256} ({decoder.size} bytes), "
@@ -895,14 +926,17 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             for obj, target in targets:
                 if obj.tablespace_oid is not None:
                     lines.append(f"{obj.tablespace_oid} {target}\n")
-            (pgdata / "tablespace_map").write_text("".join(lines))
+            write_file(pgdata / "tablespace_map", "".join(lines).encode())  # replaces the backup's own
+        sync.finish()  # every file and directory written so far is on disk
+        if before_control:
+            before_control(pgdata)
         # Last: with pg_control in place the directory becomes startable.
         writing = pgdata
         control = pgdata / PG_CONTROL
-        control.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(control, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(deferred[PG_CONTROL])
+        if not control.parent.is_dir():
+            control.parent.mkdir(mode=0o700)
+            fsync_dir(pgdata)
+        write_file(control, deferred[PG_CONTROL], replace=False)  # durable: file, then global/
     except BaseException as exc:
         undone = _undo_restore(created)
         if isinstance(exc, WalkeeperError | KeyboardInterrupt):
@@ -912,6 +946,8 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             needed = sum(o.plain_size for o, t in targets if t == writing)
             raise StorageError(f"{_restore_os_error(exc, writing, option, needed)}; {undone}") from None
         raise
+    finally:
+        sync.close()
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
 
 

@@ -22,6 +22,7 @@ import click
 
 from walkeeper import __version__
 from walkeeper.config import Config, load_config
+from walkeeper.durable import write_file
 from walkeeper.errors import CLOSED_PIPE_CODE, ConfigError, NotFound, RefusedError, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
@@ -212,6 +213,9 @@ def wal_list_cmd(app: AppContext, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"repository {repo.storage.url}")
+    if not timelines:
+        click.echo("  empty (nothing archived yet)")
+        return
     click.echo(f"  system identifier {meta.system_identifier}, segment size {meta.wal_segment_size}")
     for t in timelines:
         span = f"{t.first} .. {t.last}" if t.first else "no segments"
@@ -233,8 +237,6 @@ def key_group() -> None:
 @handle_errors()
 def key_generate_cmd(output: str | None) -> None:
     """Print a new random 256-bit key for key_file."""
-    import os
-
     from walkeeper.codec import generate_key
 
     key = generate_key()
@@ -242,7 +244,7 @@ def key_generate_cmd(output: str | None) -> None:
         click.echo(key)
         return
     try:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_file(output, (key + "\n").encode(), replace=False)  # durable, never half a key
     except FileExistsError:
         raise RefusedError(f"{output} already exists; refusing to overwrite a key",
                            hint="choose another --output, or move the old key away first") from None
@@ -250,8 +252,6 @@ def key_generate_cmd(output: str | None) -> None:
         what = "its directory does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
         raise ConfigError(f"cannot write the key to {output}: {what}",
                           hint="create the directory first or choose another --output") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
     click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
 
 
@@ -267,6 +267,46 @@ def _conn_options(func: F) -> F:
     ]):
         func = option(func)
     return func
+
+
+def _run_as_owner(app: AppContext, command: str, *, pgdata: str | None = None) -> None:
+    """As root: switch to the owner of the local repository / target data directory, or refuse (privileges.py)."""
+    from walkeeper.privileges import run_as_owner
+
+    account = run_as_owner(command, app.config.repo, pgdata=pgdata)
+    if account is not None:
+        log.info("running as %s, the owner of what %s writes", account.describe(), command)
+
+
+@cli.command("init", context_settings={"help_option_names": ["--help"]})
+@click.option("--owner", metavar="USER", help="As root: create everything for USER (default: the owner of --pgdata).")
+@click.option("--pgdata", "-D", type=click.Path(file_okay=False, exists=True),
+              help="Record this data directory's database system identifier (read from global/pg_control).")
+@_conn_options
+@click.option("--generate-key", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write a new key to FILE (mode 0600) unless it exists, and use it.")
+@click.option("--write-config", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write a configuration file naming the repository and the key, unless it exists.")
+@pass_app
+@handle_errors()
+def init_cmd(app: AppContext, owner: str | None, pgdata: str | None, host: str | None, port: str | None,
+             user: str | None, dbname: str | None, generate_key: str | None, write_config: str | None) -> None:
+    """Create the repository (with key and configuration if asked) before the first wal-push.
+
+    Idempotent; a repository of another database system is refused (exit 7). Connection options
+    (-h/-p/-U/-d) record the system identifier of a running server instead of --pgdata.
+    """
+    from walkeeper.backup import ConnOptions
+    from walkeeper.init import InitOptions, next_steps, run_init
+
+    conn = ConnOptions(host, port, user, dbname) if any((host, port, user, dbname)) else None
+    report = run_init(app.config, InitOptions(owner=owner, pgdata=pgdata, conn=conn, generate_key=generate_key,
+                                              write_config=write_config, config_path=app.config_path))
+    for line in report.lines:
+        click.echo(line)
+    click.echo("done" if report.changed else "nothing changed: everything was already in place")
+    for line in next_steps(report):
+        click.echo(line)
 
 
 @cli.command("backup", context_settings={"help_option_names": ["--help"]})
@@ -285,6 +325,7 @@ def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | 
                fast_checkpoint: bool, label: str | None, wal: str, wal_wait_timeout: float | None,
                as_json: bool) -> None:
     """Take a base backup with pg_basebackup, streamed into the repository."""
+    _run_as_owner(app, "backup")
     from dataclasses import asdict
 
     from walkeeper.backup import BackupOptions, ConnOptions, take_backup
@@ -385,6 +426,7 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
 @handle_errors()
 def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...]) -> None:
     """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
+    _run_as_owner(app, "restore", pgdata=pgdata)
     from walkeeper.backup import restore
     from walkeeper.units import human_bytes as human
 
@@ -417,6 +459,8 @@ def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: 
              target_timeline: str | None, exclusive: bool, backup_id: str | None, standby: bool,
              no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool) -> None:
     """Point-in-time recovery: choose a backup, check WAL coverage, restore, write recovery settings."""
+    if not dry_run:
+        _run_as_owner(app, "pitr", pgdata=pgdata)
     from walkeeper.pitr import pitr
 
     result = pitr(app.config, pgdata, time=target_time, lsn=target_lsn, xid=target_xid, name=target_name,
@@ -451,6 +495,7 @@ def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: 
 def restore_point_cmd(app: AppContext, name: str, host: str | None, port: str | None, user: str | None,
                       dbname: str | None, switch_wal: bool) -> None:
     """Create a named restore point (pg_create_restore_point) and record it in the repository."""
+    _run_as_owner(app, "restore-point")
     from walkeeper.backup import ConnOptions
     from walkeeper.restorepoints import create_restore_point
 
@@ -592,7 +637,6 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         parse_duration,
         prometheus_text,
         run_check,
-        write_atomically,
     )
 
     try:
@@ -605,7 +649,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
     if prometheus_file:
         try:
-            write_atomically(prometheus_file, prometheus_text(result, repo_url))
+            # Durable and atomic: the collector never reads half a file (its temp name does not end in .prom).
+            write_file(prometheus_file, prometheus_text(result, repo_url).encode(), mode=0o644)
         except OSError as exc:
             result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
             result.status = UNKNOWN
@@ -626,6 +671,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
 @handle_errors()
 def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_run: bool, as_json: bool) -> None:
     """Remove expired backups and the WAL and restore points no retained backup needs."""
+    if not dry_run:
+        _run_as_owner(app, "expire")
     from walkeeper.repository import open_repository
     from walkeeper.retention import expire
     from walkeeper.units import human_bytes

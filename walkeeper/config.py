@@ -17,13 +17,19 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from walkeeper.configbase import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    PREFETCH,
+    PUSH_AHEAD,
+    REPO_ENV,
+    config_dir,
+    env_name,
+    resolve_path,
+)
 from walkeeper.errors import ConfigError
-
-ENV_PREFIX = "WALKEEPER_"
-CONFIG_ENV = "WALKEEPER_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class SshConfig:
 class ArchiveConfig:
     """[archive]: wal-push behaviour (push-ahead: README "Speed")."""
 
-    push_ahead: int = 16  # .ready segments the background pusher stores ahead of PostgreSQL's calls (0 = off)
+    push_ahead: int = PUSH_AHEAD  # .ready segments the background pusher stores ahead of PostgreSQL's calls (0 = off)
     workers: int = 2  # segments the pusher compresses/encrypts/stores in parallel
     status_dir: str | None = None  # records of pushed-ahead segments; default under /var/tmp/walkeeper-<uid>
     idle_timeout: float = 10.0  # the pusher exits after this many seconds with nothing to push
@@ -91,7 +97,7 @@ class ArchiveConfig:
 class RestoreConfig:
     """[restore]: wal-fetch behaviour (prefetch: README "Speed")."""
 
-    prefetch: int = 16  # segments the background prefetcher keeps ready ahead of recovery (0 = off)
+    prefetch: int = PREFETCH  # segments the background prefetcher keeps ready ahead of recovery (0 = off)
     spool_dir: str | None = None  # default under /var/tmp/walkeeper-<uid>, outside the data directory
     workers: int = 2  # parallel downloads/decodes of the prefetcher
     spool_max_mb: int = 1024  # upper bound of the spool's size, whatever prefetch says
@@ -140,7 +146,8 @@ class Config:
     source: str | None = field(default=None, metadata={"internal": True})
 
 
-# Settings holding file paths: relative values in a config file are relative to that file.
+# Settings holding file paths: relative values in a config file are relative to that file's own
+# directory (symlinks followed: walkeeper.configbase.config_dir, which the fast path uses too).
 PATH_FIELDS = {
     ("encryption", "key_file"),
     ("ssh", "identity_file"),
@@ -255,7 +262,7 @@ def _check_env_names(env: Mapping[str, str], sections: dict[str, type]) -> None:
             prefix = f"{section.upper()}_"
             if not rest.startswith(prefix):
                 continue
-            valid = [f"{ENV_PREFIX}{section}_{key}".upper() for key in _hints(cls)]
+            valid = [env_name(section, key) for key in _hints(cls)]
             if name not in valid:
                 import difflib
 
@@ -265,7 +272,7 @@ def _check_env_names(env: Mapping[str, str], sections: dict[str, type]) -> None:
 
 
 def _section_values(section: str, cls: type, table: Mapping[str, Any], source: str,
-                    base_dir: Path | None) -> dict[str, Any]:
+                    base_dir: str | None) -> dict[str, Any]:
     hints = _hints(cls)
     values: dict[str, Any] = {}
     for key, value in table.items():
@@ -276,7 +283,7 @@ def _section_values(section: str, cls: type, table: Mapping[str, Any], source: s
         value = _coerce(value, hints[key], where, from_env=False)
         _check_choice(section, key, value, where)
         if (section, key) in PATH_FIELDS and value and base_dir is not None:
-            value = str((base_dir / value).resolve()) if not os.path.isabs(value) else value
+            value = resolve_path(value, base_dir)
         values[key] = value
     return values
 
@@ -313,7 +320,7 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
 
     if path:
         data = _read_file(path)
-        base_dir = Path(path).resolve().parent
+        base_dir = config_dir(path)
         for key, value in data.items():
             if key in sections:
                 if not isinstance(value, dict):
@@ -328,13 +335,13 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     _check_env_names(env, sections)
     for section, cls in sections.items():
         for key, hint in _hints(cls).items():
-            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            name = env_name(section, key)
             if name in env:
                 value = _coerce(env[name], hint, f"environment variable {name}", from_env=True)
                 _check_choice(section, key, value, f"environment variable {name}")
                 raw[section][key] = value
-    if env.get("WALKEEPER_REPO"):
-        top["repo"] = env["WALKEEPER_REPO"]
+    if env.get(REPO_ENV):
+        top["repo"] = env[REPO_ENV]
     if repo:
         top["repo"] = repo
 

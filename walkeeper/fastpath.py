@@ -33,7 +33,12 @@ import os
 import stat as stat_mod
 import struct
 import sys
-from _collections_abc import Callable  # already loaded by os; collections.abc would import collections (~1 ms)
+from _collections_abc import Callable, Iterator  # loaded by os; collections.abc would import collections (~1 ms)
+
+from walkeeper.configbase import CONFIG_ENV, PREFETCH, PUSH_AHEAD, REPO_ENV, config_dir, env_name, resolve_path
+from walkeeper.durable import write_file
+from walkeeper.errors import WalkeeperError
+from walkeeper.walformat import check_first_page, is_segment_name, is_wal_name
 
 RECORD_VERSION = "2"  # key=value records; version 1 (JSON) records are ignored, so the full path answers
 REQUEST_FILE = "request"
@@ -45,29 +50,7 @@ STARTING_GRACE = 10.0
 META_SUFFIX = ".meta"
 MISSING_SUFFIX = ".missing"  # the prefetcher could not get this one: the full path must answer
 PUSHING_SUFFIX = ".pushing"  # a process (pid inside) is pushing this file now
-TEMP_PREFIX = ".tmp-"
-_HEX = frozenset("0123456789ABCDEF")
-# uint16 magic, uint16 info, uint32 tli, uint64 pageaddr, uint32 rem_len, (pad 4), uint64 sysid, uint32 seg_size
-_LONG_HEADER = struct.Struct("<HHIQI4xQI")
-_KNOWN_MAGICS = {0xD101, 0xD106, 0xD10D, 0xD110, 0xD113, 0xD116, 0xD118}
 _GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose"}
-
-
-def is_segment_name(name: str) -> bool:
-    return len(name) == 24 and _HEX.issuperset(name)
-
-
-def is_wal_name(name: str) -> bool:
-    """A name archive_command may be given: segment, .partial, .backup or .history (as walkeeper.wal says)."""
-    if len(name) == 24:
-        return _HEX.issuperset(name)
-    if name.endswith(".partial"):
-        return is_segment_name(name[:-8])
-    if name.endswith(".history"):
-        return len(name) == 16 and _HEX.issuperset(name[:8])
-    if name.endswith(".backup"):
-        return len(name) == 40 and is_segment_name(name[:24]) and name[24] == "." and _HEX.issuperset(name[25:33])
-    return False
 
 
 # -- settings (the few the fast paths need), read exactly as walkeeper.config reads them ---------------
@@ -76,18 +59,18 @@ def is_wal_name(name: str) -> bool:
 class FastSettings:
     def __init__(self) -> None:
         self.repo = ""
-        self.push_ahead = 16  # keep in step with walkeeper.config defaults
+        self.push_ahead = PUSH_AHEAD
         self.status_dir: str | None = None
-        self.prefetch = 16
+        self.prefetch = PREFETCH
         self.spool_dir: str | None = None
         self.verbose = 0
         self.wait_timeout = 30.0  # longest wait for a segment the prefetcher is fetching
 
 
 def _coerce_int(value: object) -> int:
-    if isinstance(value, bool):
+    if type(value) is not int:  # walkeeper.config refuses anything else: let the full path say so
         raise ValueError(value)
-    return int(value)  # type: ignore[call-overload]
+    return value
 
 
 def parse_global_args(argv: list[str], command: str) -> tuple[str | None, str | None, int, list[str]] | None:
@@ -133,23 +116,27 @@ def _read_config_file(path: str) -> dict[str, str]:
     """The few fast-path values of a config file, through a cache keyed on the file's identity.
 
     tomllib costs ~7 ms to import; the cache (a record in the private state root) is rewritten
-    whenever the file's inode, size, mtime or ctime change.
+    whenever the file's inode, size, mtime or ctime change. Relative paths are resolved as
+    walkeeper.config resolves them (walkeeper.configbase: against the real file's directory).
     """
-    st = os.stat(path)
+    real = os.path.realpath(path)
+    st = os.stat(real)
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    absolute = os.path.abspath(path)
-    cache = os.path.join(state_root(), f"config-{_sha256_hex(absolute.encode())[:16]}")
+    cache = os.path.join(state_root(), f"config-{_sha256_hex(real.encode())[:16]}")
     cached = read_record(cache)
-    if cached and cached.get("path") == absolute and cached.get("ident") == ident:
+    if cached and cached.get("path") == real and cached.get("ident") == ident:
         return cached
     import tomllib
 
-    with open(path, "rb") as handle:
+    with open(real, "rb") as handle:
         data = tomllib.load(handle)
-    base = os.path.dirname(absolute)
+    base = config_dir(real)
     archive = data.get("archive", {})
     restore = data.get("restore", {})
-    values: dict[str, str] = {"repo": str(data.get("repo", ""))}
+    repo = data.get("repo", "")
+    if not isinstance(repo, str):
+        raise ValueError("repo")
+    values: dict[str, str] = {"repo": repo}
     if "push_ahead" in archive:
         values["push_ahead"] = str(_coerce_int(archive["push_ahead"]))
     if "prefetch" in restore:
@@ -157,9 +144,10 @@ def _read_config_file(path: str) -> dict[str, str]:
     for table, key in ((archive, "status_dir"), (restore, "spool_dir")):
         value = table.get(key)
         if value:
-            values[key] = value if os.path.isabs(value) else os.path.realpath(os.path.join(base, value))
+            values[key] = resolve_path(value, base)
     try:
-        write_record(cache, {"v": RECORD_VERSION, "path": absolute, "ident": ident, **values})
+        # Synced: a torn cache could read as a valid record that lacks a setting (written once per change).
+        write_record(cache, {"v": RECORD_VERSION, "path": real, "ident": ident, **values})
     except (OSError, ValueError):
         pass  # not cacheable (a value with a newline): read the file next time too
     return values
@@ -169,7 +157,7 @@ def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str,
                   ) -> FastSettings:
     """The fast-path settings; raises on anything unusual (the caller then takes the full path)."""
     s = FastSettings()
-    path = config_path or env.get("WALKEEPER_CONFIG") or None
+    path = config_path or env.get(CONFIG_ENV) or None
     if path:
         values = _read_config_file(path)
         s.repo = values.get("repo", "")
@@ -177,16 +165,14 @@ def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str,
         s.prefetch = int(values.get("prefetch", s.prefetch))
         s.status_dir = values.get("status_dir")
         s.spool_dir = values.get("spool_dir")
-    if "WALKEEPER_ARCHIVE_PUSH_AHEAD" in env:
-        s.push_ahead = int(env["WALKEEPER_ARCHIVE_PUSH_AHEAD"])
-    if "WALKEEPER_RESTORE_PREFETCH" in env:
-        s.prefetch = int(env["WALKEEPER_RESTORE_PREFETCH"])
-    if "WALKEEPER_ARCHIVE_STATUS_DIR" in env:
-        s.status_dir = env["WALKEEPER_ARCHIVE_STATUS_DIR"] or None
-    if "WALKEEPER_RESTORE_SPOOL_DIR" in env:
-        s.spool_dir = env["WALKEEPER_RESTORE_SPOOL_DIR"] or None
-    if env.get("WALKEEPER_REPO"):
-        s.repo = env["WALKEEPER_REPO"]
+    for attr, section, key in (("push_ahead", "archive", "push_ahead"), ("prefetch", "restore", "prefetch")):
+        if env_name(section, key) in env:
+            setattr(s, attr, int(env[env_name(section, key)]))
+    for attr, section in (("status_dir", "archive"), ("spool_dir", "restore")):
+        if env_name(section, attr) in env:
+            setattr(s, attr, env[env_name(section, attr)] or None)
+    if env.get(REPO_ENV):
+        s.repo = env[REPO_ENV]
     if repo_flag:
         s.repo = repo_flag
     if not isinstance(s.repo, str) or not s.repo:
@@ -247,27 +233,15 @@ def identity(st: os.stat_result) -> dict[str, str]:
             "mtime_ns": str(st.st_mtime_ns), "ctime_ns": str(st.st_ctime_ns)}
 
 
-def write_record(path: str, doc: dict[str, object]) -> None:
-    """Write ``key=value`` lines to a temp name and rename it into place (readers see all or nothing)."""
+def write_record(path: str, doc: dict[str, object], *, sync: bool = True) -> None:
+    """Write ``key=value`` lines atomically (readers see all or nothing); durable unless ``sync`` is False."""
     lines = []
     for key, value in doc.items():
         text = str(value)
         if "\n" in text or "=" in key or "\n" in key:
             raise ValueError(f"record field {key!r} must fit on one line (and its name hold no '=')")
         lines.append(f"{key}={text}\n")
-    tmp = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, "".join(lines).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    write_file(path, "".join(lines).encode(), sync=sync)
 
 
 def read_record(path: str) -> dict[str, str] | None:
@@ -322,19 +296,14 @@ def pg_control_sysid(datadir: str) -> int | None:
 
 
 def segment_header_fits(name: str, head: bytes, size: int, sysid: int | None) -> bool:
-    """The first page header belongs to segment ``name`` of system ``sysid`` and the file is whole."""
-    if len(head) < _LONG_HEADER.size or not is_segment_name(name):
+    """The first page header belongs to segment ``name`` of system ``sysid`` and the file is whole:
+    the full path's checks (walkeeper.walformat.check_first_page) plus the system identifier."""
+    if sysid is None or not is_segment_name(name):
         return False
-    magic, info, tli, pageaddr, _rem, file_sysid, seg_size = _LONG_HEADER.unpack_from(head)
-    if magic not in _KNOWN_MAGICS or not info & 0x0002 or seg_size != size or size & (size - 1):
+    try:
+        return check_first_page(name, head, size)[4] == sysid
+    except WalkeeperError:
         return False
-    per = 0x100000000 // size
-    segno = int(name[8:16], 16) * per + int(name[16:24], 16)
-    if int(name[16:24], 16) >= per or pageaddr != segno * size:
-        return False
-    if tli == 0 or tli > int(name[:8], 16):
-        return False
-    return sysid is not None and file_sysid == sysid
 
 
 def _say(settings: FastSettings, message: str) -> None:
@@ -443,7 +412,8 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     meta_path = source + META_SUFFIX
     request = os.path.join(spool, REQUEST_FILE)
     # Tell the prefetcher where recovery is (and that this one is not served yet, so it keeps or fetches it).
-    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 0})
+    # Not synced (here and below): a hint to the live prefetcher, rewritten by every call.
+    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 0}, sync=False)
     meta = read_record(meta_path)
     if meta is None:
         meta = wait_for_prefetcher(spool, name, settings.wait_timeout)
@@ -476,7 +446,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     finally:
         os.close(fd)
     remove_file(meta_path)
-    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 1})
+    write_record(request, {"v": RECORD_VERSION, "name": name, "served": 1}, sync=False)
     _say(settings, f"restored {name} from the prefetch spool (fast path)")
     return 0
 
@@ -545,21 +515,17 @@ def wait_for_prefetcher(spool: str, name: str, timeout: float) -> dict[str, str]
 
 
 def _copy_into_place(fd: int, size: int, dest: str) -> None:
-    tmp = f"{dest}.walkeeper-{os.getpid()}.tmp"
-    try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            offset = 0
-            while offset < size:
-                sent = os.sendfile(out, fd, offset, size - offset)
-                if sent == 0:
-                    raise OSError("short copy")
-                offset += sent
-        finally:
-            os.close(out)
-        os.replace(tmp, dest)
-    finally:
-        remove_file(tmp)
+    def chunks() -> Iterator[bytes]:
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+            if not chunk:
+                raise OSError("short copy")
+            offset += len(chunk)
+            yield chunk
+
+    # Not synced: PostgreSQL reads %p at once and durable_rename()s (fsyncs) what it keeps.
+    write_file(dest, chunks(), sync=False)
 
 
 def try_fast_path(argv: list[str]) -> int | None:

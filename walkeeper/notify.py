@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from walkeeper.config import Config
+from walkeeper.durable import write_file
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,7 @@ def _update_state(path: Path, event: str, now: float, min_interval: float) -> tu
             entry["suppressed"] = 0
         else:
             entry["suppressed"] = suppressed + 1
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_file(path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
         return send, suppressed
     finally:
         os.close(lock_fd)

@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from walkeeper import chronology
 from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
 from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.config import Config
+from walkeeper.durable import fsync_dir, write_file
 from walkeeper.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
 from walkeeper.repository import Repository, open_repository
 from walkeeper.units import human_bytes
@@ -626,22 +628,21 @@ def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
         notes.append(f"commented out {changed} earlier recovery setting line(s) in {auto}")
     if text and not text.endswith("\n"):
         text += "\n"
-    tmp = auto.with_name(auto.name + ".walkeeper.tmp")
-    tmp.write_text(text + settings_block(plan, command))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, auto)
+    # Each file durable and replaced atomically (never rewritten in place): a crash leaves the old or the new.
+    write_file(auto, (text + settings_block(plan, command)).encode())
     conf = pgdata / "postgresql.conf"
     if conf.exists():
         original = conf.read_text()
         updated, changed = _comment_out(original, include_restore=False)
         if changed:
-            conf.write_text(updated)
+            write_file(conf, updated.encode(), mode=stat.S_IMODE(conf.stat().st_mode))
             notes.append(f"commented out {changed} recovery_target* line(s) in {conf}")
     signal = pgdata / ("standby.signal" if plan.standby else "recovery.signal")
     other = pgdata / ("recovery.signal" if plan.standby else "standby.signal")
-    signal.touch(mode=0o600)
+    write_file(signal, b"")
     if other.exists():
         other.unlink()
+        fsync_dir(pgdata)
         notes.append(f"removed {other.name}")
     return notes
 
@@ -751,8 +752,10 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
         return PitrResult(plan, None, [f"would write into {directory}/postgresql.auto.conf:",
                                        *("    " + line for line in settings_block(plan, command).splitlines())],
                           directory, True)
-    restored = None
-    if not no_restore:
-        restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map)
-    notes = write_settings(directory, plan, command)
+    if no_restore:
+        return PitrResult(plan, None, write_settings(directory, plan, command), directory, False)
+    notes: list[str] = []
+    # The settings are written before pg_control: a directory is never startable without them.
+    restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map,
+                              before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command)))
     return PitrResult(plan, restored, notes, directory, False)

@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from walkeeper import fastpath
 from walkeeper.archive import log_helper_stopped, recovering
 from walkeeper.config import Config, load_config
+from walkeeper.durable import TEMP_PREFIX, write_file
 from walkeeper.errors import GapError, NotFound
 from walkeeper.repository import Repository, open_repository
 from walkeeper.wal import WalKind, parse_wal_name, segment_name, segno_of
@@ -72,7 +73,7 @@ class Prefetcher:
 
     def clear(self, *, temps_only: bool = False) -> None:
         for entry in os.listdir(self.spool):
-            if entry.startswith(fastpath.TEMP_PREFIX) or (not temps_only and (
+            if entry.startswith(TEMP_PREFIX) or (not temps_only and (
                     fastpath.is_segment_name(entry.split(".", 1)[0]))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.spool, entry))
@@ -85,22 +86,16 @@ class Prefetcher:
             if name not in self.wanted:
                 return  # recovery moved on (or to another timeline) while we downloaded
         final = self._path(name)
-        tmp = os.path.join(self.spool, f"{fastpath.TEMP_PREFIX}{name}.{threading.get_ident()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.rename(tmp, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        # Not synced (nor its meta record): a spool file written before a crash is never served after it
+        # (the boot id in its meta record no longer matches).
+        write_file(final, data, sync=False)
         st = os.stat(final)
         # The repository verified the bytes (AEAD, SHA-256, size, page header); from here on the file's
         # identity (inode, size, mtime, ctime) and the boot id show that nobody has touched it since.
         fastpath.write_record(final + fastpath.META_SUFFIX, {
             "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo,
             "boot_id": fastpath.boot_id(), **fastpath.identity(st),
-        })
+        }, sync=False)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(final + fastpath.MISSING_SUFFIX)
         with self.lock:
@@ -132,6 +127,7 @@ class Prefetcher:
             self.retry_at[name] = time.monotonic() + RETRY_MISSING
             self._discard(name)
             # A waiting wal-fetch stops waiting and asks the repository itself (which reports the error).
+            # Not synced: the marker matters only to a wal-fetch waiting now.
             with contextlib.suppress(OSError), open(self._path(name) + fastpath.MISSING_SUFFIX, "w"):
                 pass
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from walkeeper import fastpath
 from walkeeper.archive import log_helper_stopped, push_file, ready_files
 from walkeeper.config import Config, load_config
+from walkeeper.durable import TEMP_PREFIX
 from walkeeper.repository import Repository, open_repository
 
 log = logging.getLogger("walkeeper.pusher")
@@ -58,7 +59,9 @@ class Pusher:
         file = self.pg_wal / name
         marker = self._path(name) + fastpath.PUSHING_SUFFIX
         try:
-            fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": name, "pid": os.getpid()})
+            # Not synced: a pid is meaningless after a crash (and a dead pid's marker is ignored).
+            fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": name, "pid": os.getpid()},
+                                  sync=False)
             before = os.stat(file)
             result = push_file(self.repo, file, look_first=False)  # files ahead are rarely stored already
             delay = os.environ.get("WALKEEPER_TEST_PUSH_AHEAD_DELAY")  # fault-injection tests only
@@ -68,7 +71,7 @@ class Pusher:
             if fastpath.identity(before) != fastpath.identity(after):
                 log.warning("%s changed while it was pushed ahead; not recording it", name)
                 return False
-            fastpath.write_record(self._path(name), {
+            fastpath.write_record(self._path(name), {  # synced, like the object it vouches for
                 "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo, "sha256": result.sha256,
                 **fastpath.identity(after)})
             return True
@@ -102,7 +105,7 @@ class Pusher:
         now = time.time()
         for entry in os.listdir(self.status):
             path = self._path(entry)
-            if entry.startswith(fastpath.TEMP_PREFIX):
+            if entry.startswith(TEMP_PREFIX):
                 try:
                     if now - os.stat(path).st_mtime > STALE_TEMP:
                         fastpath.remove_file(path)

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from walkeeper.codec import CodecSettings, Keyring, check_round_trip, decode_bytes, encode_bytes, read_header
 from walkeeper.codec.compress import Compression
@@ -170,7 +170,8 @@ class Repository:
         if meta is None:
             raise StorageError(
                 f"no walkeeper repository at {self.storage.url} ({META_KEY} is missing)",
-                hint="check repo in the configuration; the repository is created by the first wal-push",
+                hint="check repo in the configuration; a new repository is created by walkeeper init "
+                     "(or the first wal-push)",
             )
         return meta
 
@@ -181,23 +182,44 @@ class Repository:
 
     def ensure_identity(self, system_identifier: int | None, segment_size: int | None,
                         pg_version: int | None) -> RepoMeta:
-        """Record the cluster on first use; refuse WAL of any other cluster afterwards."""
+        """Record the cluster on first use; refuse WAL of any other cluster afterwards.
+
+        A repository initialised without a cluster (``walkeeper init`` with no data directory) or
+        first written by a history file gets the missing facts from the first segment or backup.
+        """
         key_id = self._codec.keyring.active_id if self._codec and self._codec.cipher != "none" and \
             self._codec.keyring else None
         meta = self.meta()
-        if meta is None or (meta.system_identifier is None and system_identifier is not None):
+        if meta is None:
             fresh = RepoMeta(
                 system_identifier=str(system_identifier) if system_identifier is not None else None,
-                wal_segment_size=segment_size, pg_version=pg_version,
-                key_id=(meta.key_id if meta else None) or key_id,
-                created=(meta.created if meta else "") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                wal_segment_size=segment_size, pg_version=pg_version, key_id=key_id,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
             try:
-                self.storage.put(META_KEY, fresh.to_json(), overwrite=meta is not None)
+                self.storage.put(META_KEY, fresh.to_json(), overwrite=False)
                 self._meta = fresh
             except AlreadyExists:
                 self._meta = None  # another process initialised it first: check against theirs
             meta = self.require_meta()
+        self._check_identity(meta, system_identifier, segment_size, key_id)
+        missing = {
+            "system_identifier": str(system_identifier) if meta.system_identifier is None and
+            system_identifier is not None else None,
+            "wal_segment_size": segment_size if meta.wal_segment_size is None else None,
+            "pg_version": pg_version if meta.pg_version is None else None,
+            "key_id": key_id if meta.key_id is None else None,
+        }
+        missing = {k: v for k, v in missing.items() if v is not None}
+        if missing:
+            self.storage.put(META_KEY, replace(meta, **missing).to_json(), overwrite=True)
+            self._meta = None  # read back: a concurrent writer of another cluster loses here, not silently
+            meta = self.require_meta()
+            self._check_identity(meta, system_identifier, segment_size, key_id)
+        return meta
+
+    def _check_identity(self, meta: RepoMeta, system_identifier: int | None, segment_size: int | None,
+                        key_id: str | None) -> None:
         if system_identifier is not None and meta.system_identifier not in (None, str(system_identifier)):
             raise ForeignClusterError(
                 f"this WAL comes from database system {system_identifier}, but repository "
@@ -214,7 +236,6 @@ class Repository:
                 f"id {meta.key_id}",
                 hint="configure the repository's key_file",
             )
-        return meta
 
     # -- WAL --------------------------------------------------------------------------------
 

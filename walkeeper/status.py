@@ -399,19 +399,3 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
             metric("walkeeper_archive_lag_seconds", "gauge", "Seconds since the last archived segment "
                    "while segments wait.", [("", float(c["archive_lag_seconds"]))])
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Temp file beside the target, fsync, rename: the collector never reads half a file."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

@@ -1,7 +1,7 @@
 """A repository in a local (or mounted) directory.
 
-Durability follows the classic recipe: temp file, fsync, rename (or link when overwriting is not
-allowed), fsync the directory. Directories are created 0700 and files 0600.
+Durability follows the classic recipe (walkeeper.durable.write_file): temp file, fsync, rename (or
+link when overwriting is not allowed), fsync the directory. Directories are created 0700 and files 0600.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from walkeeper.durable import fsync_dir, write_file
 from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, running_as
 from walkeeper.storage.base import (
-    TEMP_PREFIX,
     Leftover,
     ObjectInfo,
     Source,
@@ -43,14 +42,6 @@ def _os_error(exc: OSError, action: str, path: Path) -> StorageError:
     if exc.errno == errno.EROFS:
         return StorageError(f"read-only file system while {action} {path}")
     return StorageError(f"error while {action} {path}: {exc.strerror or exc}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStorage:
@@ -88,52 +79,20 @@ class LocalStorage:
                 continue
             except OSError as exc:
                 raise _os_error(exc, "creating directory", path) from None
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def put(self, key: str, source: Source, *, overwrite: bool = True,
             metadata: dict[str, str] | None = None) -> None:
         """Durable, atomic write; metadata is not kept (readers use the object header instead)."""
         path = self._path(key)
         self._makedirs(path.parent)
-        tmp = path.with_name(f"{TEMP_PREFIX}.{path.name}.{secrets.token_hex(4)}")
         try:
-            # 1. Write to a temp name nobody else reads; O_EXCL so two writers never share it.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                for chunk in iter_source(source):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-                # 2. Flush the data to disk before the name points at it.
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # 3. Publish: rename replaces; link refuses an existing name atomically.
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                self._link_no_clobber(tmp, path, key)
-            # 4. Make the new directory entry itself durable.
-            _fsync_dir(path.parent)
-        except OSError as exc:
-            raise _os_error(exc, "writing", path) from None
-        finally:
-            # 5. Never leave a temp file behind, whatever happened above.
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                os.unlink(tmp)
-
-    def _link_no_clobber(self, tmp: Path, path: Path, key: str) -> None:
-        try:
-            os.link(tmp, path)
+            # Temp name (hidden from list), fsync, rename or no-clobber link, fsync of the directory.
+            write_file(path, iter_source(source), replace=overwrite)
         except FileExistsError:
             raise AlreadyExists(f"object {key} already exists") from None
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
-                raise
-            # File systems without hard links: check then rename (not atomic against a racing writer).
-            if path.exists():
-                raise AlreadyExists(f"object {key} already exists") from None
-            os.replace(tmp, path)
+            raise _os_error(exc, "writing", path) from None
 
     def open(self, key: str) -> BinaryIO:
         path = self._path(key)
@@ -206,7 +165,7 @@ class LocalStorage:
                 raise _os_error(exc, "deleting", path) from None
             touched.add(path.parent)
         for directory in touched:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
         """Hidden files (temp files of killed writers) and empty directories under ``prefix``."""
@@ -244,7 +203,7 @@ class LocalStorage:
             if leftover.kind == "dir" and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 return  # written to meanwhile: no longer a leftover
             raise _os_error(exc, "removing", path) from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def close(self) -> None:
         return None

@@ -210,9 +210,9 @@ def test_deleted_segment_is_a_gap_everywhere(backend_setup: Setup) -> None:
 
     proc = setup.wk("verify")
     assert proc.returncode == 5, (proc.returncode, proc.stdout, proc.stderr)
-    assert f"timeline 1: 1 segment(s) missing: {missing};" in proc.stdout
-    assert "what to do: put the missing segment(s) back" in proc.stdout
-    assert proc.stdout.strip().endswith("verify: FAILED, 1 problem(s)"), proc.stdout
+    assert f"timeline 1: 1 segment missing: {missing};" in proc.stdout
+    assert "what to do: put the missing segment back" in proc.stdout
+    assert proc.stdout.strip().endswith("verify: FAILED, 1 problem"), proc.stdout
     code, doc = run_json(setup, "verify")
     assert code == 5 and not doc["ok"]
     [gap] = doc["problems"]
@@ -234,7 +234,7 @@ def test_deleted_segment_is_a_gap_everywhere(backend_setup: Setup) -> None:
         assert tl["gaps"] == [{"from": missing, "to": missing}]
     assert status_json(setup)["gaps"] == 1
     code, line, metrics = check_line(setup, "--max-wal-age", "1h")
-    assert code == 1 and line.startswith("WALKEEPER WARNING - 1 gap(s) in the WAL archive"), line
+    assert code == 1 and line.startswith("WALKEEPER WARNING - 1 gap in the WAL archive"), line
     assert metrics["walkeeper_wal_gaps"] == 1 and metrics["walkeeper_check_status"] == 1
 
     # Pushing the segment again closes the gap: the same commands agree that the archive is whole.
@@ -262,7 +262,7 @@ def test_corrupted_segment_is_caught_by_deep_verify_only(backend_setup: Setup) -
     assert proc.returncode == 5, (proc.returncode, proc.stdout, proc.stderr)
     assert f"ERROR: {bad}: " in proc.stdout and "objects read back: 5" in proc.stdout
     assert "what to do: restore this object from another copy" in proc.stdout
-    assert proc.stdout.strip().endswith("verify: FAILED, 1 problem(s)"), proc.stdout
+    assert proc.stdout.strip().endswith("verify: FAILED, 1 problem"), proc.stdout
     code, doc = run_json(setup, "verify", "--deep")
     assert code == 5 and not doc["ok"] and doc["objects_read"] == 5
     [problem] = doc["problems"]
@@ -318,7 +318,8 @@ def test_interrupted_backup_is_listed_as_incomplete_and_only_warned_about(backen
 
 def removal_keys(stdout: str, verb: str) -> list[str]:
     return [line.split()[len(verb.split())] for line in stdout.splitlines()
-            if line.startswith(verb + " ") and line.endswith(" bytes)") and "object(s)" not in line]
+            if line.startswith(verb + " ") and line.endswith(" bytes)") and " object, " not in line
+            and " objects, " not in line]
 
 
 def test_expire_removes_exactly_what_readme_says(backend_setup: Setup) -> None:
@@ -354,7 +355,8 @@ def test_expire_removes_exactly_what_readme_says(backend_setup: Setup) -> None:
     assert [k for k in planned if k.startswith("wal/")] == [  # WAL oldest first
         key_of(seg(1, 1)), key_of(seg(1, 2)), key_of(label), key_of(seg(1, 3))]
     freed = sum(before[k] for k in expected)
-    assert f"would remove {len(expected)} object(s)" in proc.stdout and f"({freed} bytes)" in proc.stdout
+    summary = f"would remove {len(expected)} object{'' if len(expected) == 1 else 's'}, "
+    assert summary in proc.stdout and f"({freed} bytes)" in proc.stdout
     code, doc = run_json(setup, "expire", "--keep", "2", "--dry-run")
     assert code == 0 and doc["dry_run"] and set(doc["objects"]) == expected and doc["bytes_freed"] == freed
     assert doc["expired_backups"] == ["20260101T000000Z"] and doc["first_wal_kept"] == seg(1, 4)

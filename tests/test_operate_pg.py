@@ -40,10 +40,10 @@ def test_operating_a_real_archive(setup: Setup) -> None:
         assert doc["system_identifier"] == cluster["system_identifier"]
         assert doc["newest_segment"]["name"] == cluster["last_archived_wal"]
         text = ok(setup.wk("status", env=env)).stdout
-        assert "archive lag: 0 segment(s)" in text and f"backup {second['id']}" in text
+        assert "archive lag: 0 segments" in text and f"backup {second['id']}" in text
 
         line = ok(setup.wk("check", "--cluster", "--max-wal-age", "1h", "--max-backup-age", "1h", env=env)).stdout
-        assert line.startswith("WALKEEPER OK - ") and "archive lag 0 segment(s)" in line
+        assert line.startswith("WALKEEPER OK - ") and "archive lag 0 segments" in line
         assert ok(setup.wk("verify", "--deep")).stdout.strip().endswith("verify: OK, the archive is whole")
 
         # Expire the first backup: the dry run names exactly what then goes.

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,7 +237,8 @@ def test_pitr_second_run_replaces_block_and_comments_out_other_targets(setup: Se
                       ("2030-01-01 10:00:00+05:30", "2030-01-01 04:30:00.000000+00")):
         proc = setup.wk("pitr", "--pgdata", setup.work / "never", "--target-time", text, "--dry-run")
         # The archive does not reach 2030: refused, naming the target as it would be written.
-        assert proc.returncode == 15 and f"target time {utc}" in proc.stderr, proc.stderr
+        assert proc.returncode == 15 and f"target time {utc} is in the future" in proc.stderr, proc.stderr
+        assert "pg_switch_wal" not in proc.stderr and proc.stderr.startswith("walkeeper pitr: error: ")
 
 
 def test_refusals(setup: Setup) -> None:
@@ -279,12 +281,20 @@ def test_refusals(setup: Setup) -> None:
     hole = later[1]
     saved = hole.read_bytes()
     hole.unlink()
-    proc = setup.wk("pitr", "--pgdata", target, "--target-time", after)
+    began = time.monotonic()
+    proc = setup.wk("pitr", "--pgdata", target, "--target-time", after, env={"WALKEEPER_RESTORE_GAP_WAIT": "1"})
     assert proc.returncode == 8 and hole.name in proc.stderr and "Nothing was written" in proc.stderr, proc.stderr
-    assert not target.exists()
-    hole.write_bytes(saved)
-    give_to_pg(hole)
-    ok(setup.wk("pitr", "--pgdata", target, "--target-time", after, "--dry-run"))
+    assert not target.exists() and time.monotonic() - began >= 1  # a gap only once [restore] gap_wait is over
+
+    def put_back() -> None:  # as a primary still storing it would, while the plan is being checked
+        hole.write_bytes(saved)
+        give_to_pg(hole)
+
+    storer = threading.Timer(1.0, put_back)
+    storer.start()
+    ok(setup.wk("pitr", "--pgdata", target, "--target-time", after, "--dry-run",
+                env={"WALKEEPER_RESTORE_GAP_WAIT": "30"}))
+    storer.join()
 
     # A corrupted backup object: an error, and no directory left that looks usable.
     (obj,) = (setup.repo / "backups" / backup["id"]).glob("*.tar")

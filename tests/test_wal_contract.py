@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,10 @@ from tests.walfactory import MiB, fake_datadir, make_segment
 SYSID = 7300000000000000001
 
 
-def push(setup: Setup, name: str, data: bytes, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def push(setup: Setup, name: str, data: bytes, where: str = "pgdata", **kwargs: object
+         ) -> subprocess.CompletedProcess[str]:
     """Write ``data`` as pg_wal/NAME in a fake data directory and run wal-push with %p relative."""
-    datadir = fake_datadir(setup.work / "pgdata")
+    datadir = fake_datadir(setup.work / where)
     (datadir / "pg_wal" / name).write_bytes(data)
     give_to_pg(datadir)
     return setup.wk("wal-push", f"pg_wal/{name}", cwd=datadir, **kwargs)  # type: ignore[arg-type]
@@ -169,14 +172,38 @@ def test_missing_segment_and_history_exit_1_quietly(setup: Setup) -> None:
         assert not dest.exists()
 
 
-def test_gap_is_fatal(setup: Setup) -> None:
-    for segno in (3, 4, 6):
-        name, data = make_segment(1, segno, sysid=SYSID)
-        assert push(setup, name, data).returncode == 0
-    proc, dest = fetch(setup, "000000010000000000000005")
-    assert_fatal(proc, 208, "000000010000000000000006")
-    assert not dest.exists()
-    assert_quiet_not_found(fetch(setup, "000000010000000000000007")[0])
+@pytest.mark.parametrize("backend_setup", ["local", "s3"], indirect=True)
+def test_segment_stored_out_of_order_is_waited_for_and_a_real_gap_is_fatal(backend_setup: Setup) -> None:
+    """Missing N with N+1 stored: served if N is stored during the wait, exit 208 after it; no N+1: exit 1."""
+    setup = backend_setup
+    segments = dict(make_segment(1, segno, sysid=SYSID) for segno in range(3, 9))
+    names = sorted(segments)
+    for name in (names[0], names[2], names[4]):  # 3, 5, 7: 4 and 6 missing, later ones stored
+        assert push(setup, name, segments[name]).returncode == 0
+
+    # 4 is being stored by another process (a parallel push) while PostgreSQL asks for it.
+    storer = threading.Timer(1.5, lambda: push(setup, names[1], segments[names[1]], where="other"))
+    storer.start()
+    began = time.monotonic()
+    proc, dest = fetch(setup, names[1], env={"WALKEEPER_RESTORE_GAP_WAIT": "30"})
+    elapsed = time.monotonic() - began
+    storer.join()
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == segments[names[1]] and 1.5 <= elapsed < 30
+
+    # 6 never comes: a gap, once the wait is over (and never "not found").
+    began = time.monotonic()
+    proc, dest = fetch(setup, names[3], env={"WALKEEPER_RESTORE_GAP_WAIT": "1"})
+    elapsed = time.monotonic() - began
+    assert_fatal(proc, 208, names[4])
+    assert "did not appear within 1 s" in proc.stderr and "gap_wait" in proc.stderr
+    assert not dest.exists() and elapsed >= 1
+
+    # Nothing after 8: "not found" at once, however long the wait for a gap would be.
+    began = time.monotonic()
+    proc, dest = fetch(setup, names[5], env={"WALKEEPER_RESTORE_GAP_WAIT": "30"})
+    assert_quiet_not_found(proc)
+    assert not dest.exists() and time.monotonic() - began < 15
 
 
 def test_tampered_object_is_fatal(setup: Setup) -> None:

@@ -13,6 +13,7 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def read_wal_file(path: Path) -> bytes:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def push_file(repo: Repository, path: Path, *, look_first: bool = True) -> PushResult:
-    """Validate one WAL file and store it: the body of archive_command (``look_first``: see push_wal)."""
+def push_file(repo: Repository, path: Path, *, look_first: bool = True,
+              before_store: Callable[[], None] | None = None) -> PushResult:
+    """Validate one WAL file and store it: the body of archive_command (``look_first``, ``before_store``:
+    see push_wal)."""
     name = parse_wal_name(path.name)
     data = read_wal_file(path)
     if name.is_segment_like:
@@ -49,7 +52,7 @@ def push_file(repo: Repository, path: Path, *, look_first: bool = True) -> PushR
         repo.ensure_identity(header.system_identifier, header.segment_size, header.pg_version)
     else:
         repo.ensure_identity(None, None, None)
-    return repo.push_wal(name, data, look_first=look_first)
+    return repo.push_wal(name, data, look_first=look_first, before_store=before_store)
 
 
 def wal_push(config: Config, path: str) -> PushResult:
@@ -173,16 +176,16 @@ class FetchResult:
     size: int
 
 
-def fetch_file(repo: Repository, name_text: str, dest: Path) -> FetchResult:
-    """The body of restore_command: fetch, verify, place."""
+def fetch_file(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0) -> FetchResult:
+    """The body of restore_command: fetch, verify, place (``gap_wait``: see Repository.fetch_wal)."""
     name = parse_wal_name(name_text)
-    data = repo.fetch_wal(name)
+    data = repo.fetch_wal(name, gap_wait=gap_wait)
     write_file_atomically(dest, data)
     return FetchResult(name.name, len(data))
 
 
 def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
-    result = fetch_file(open_repository(config), name, Path(dest))
+    result = fetch_file(open_repository(config), name, Path(dest), gap_wait=config.restore.gap_wait)
     if config.restore.prefetch > 0:
         try:
             start_prefetch(config, name)

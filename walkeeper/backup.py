@@ -62,7 +62,7 @@ from walkeeper.errors import (
 )
 from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
 from walkeeper.repository import Repository, open_repository, wal_key
-from walkeeper.units import human_bytes
+from walkeeper.units import human_bytes, plural
 from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
 
 log = logging.getLogger(__name__)
@@ -109,18 +109,36 @@ class ConnOptions:
         return out
 
 
-def psql(config: Config, conn: ConnOptions, sql: str, *, timeout: float = 120) -> str:
+def psql(config: Config, conn: ConnOptions, sql: str, *, timeout: float = 120, connect_timeout: int = 10) -> str:
+    """Run one statement with psql and return its unaligned output (fields split by '|').
+
+    The one psql runner: every command that asks the server goes through it. A failure is one
+    line (psql's own message spans several: "error: ...\n\tIs the server running ...").
+    """
     cmd = [pg_tool(config, "psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", *conn.args(), "-c", sql]
     if not conn.dbname:
         # psql defaults the database to the user name; a fresh cluster only has "postgres".
         cmd[-2:-2] = ["-d", os.environ.get("PGDATABASE", "postgres")]
+    env = dict(os.environ)
+    env.setdefault("PGCONNECT_TIMEOUT", str(connect_timeout))  # an unreachable host fails in seconds
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=env)
     except subprocess.TimeoutExpired:
         raise PostgresError(f"psql did not answer within {timeout:.0f}s") from None
+    except OSError as exc:
+        raise PostgresError(f"cannot run psql: {exc.strerror or exc}") from None
     if proc.returncode != 0:
-        raise PostgresError(f"psql failed: {proc.stderr.strip() or proc.returncode}")
+        raise PostgresError(f"psql failed: {one_line(proc.stderr) or f'exit {proc.returncode}'}")
     return proc.stdout.strip()
+
+
+def one_line(text: str) -> str:
+    """psql's (or any tool's) multi-line message as one line, without its "psql: error: " prefix."""
+    parts = [part.strip() for part in text.splitlines() if part.strip()]
+    if parts and parts[0].startswith("psql: error: "):
+        parts[0] = parts[0][len("psql: error: "):]
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -538,7 +556,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                 proc.kill()
             stderr = proc.stderr
         else:
-            print(f"the cluster has {info.tablespaces} tablespace(s): pg_basebackup cannot stream them; "
+            print(f"the cluster has {plural(info.tablespaces, 'tablespace')}: pg_basebackup cannot stream them; "
                   "staging the tars in a temporary directory first", file=sys.stderr)
             with tempfile.TemporaryDirectory(prefix="walkeeper-backup-") as tmp:
                 proc = _Proc([*cmd, "-D", tmp])
@@ -963,11 +981,14 @@ def stored_pg_control(repo: Repository, backup: BackupMeta) -> ControlFacts:
     captured: dict[str, bytes] = {}
     scanner = TarScanner(captured)
     decoder = Decoder(repo.keyring, expected_name=base[0].key)
+    meter = Progress(f"reading backup {backup.id} for its pg_control", base[0].plain_size)
     with repo.storage.open(base[0].key) as handle:
         for chunk in decoder.decode(handle.read):
+            meter.add(len(chunk))
             scanner.feed(chunk)
             if PG_CONTROL in captured or scanner.ended:
                 break
+    meter.finish()
     if PG_CONTROL not in captured:
         raise IntegrityError(f"backup {backup.id} holds no {PG_CONTROL}")
     facts = parse_pg_control(captured[PG_CONTROL])

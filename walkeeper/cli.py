@@ -68,10 +68,25 @@ def _closed_pipe() -> int:
     return CLOSED_PIPE_CODE
 
 
+class _CommandFormatter(logging.Formatter):
+    """Log lines name the whole command and say what they are: "walkeeper pitr: warning: ..."."""
+
+    command = "walkeeper"
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+        return f"{self.command}: {kind.get(record.levelno, '')}{super().format(record)}"
+
+
+def _name_command(ctx: click.Context) -> None:
+    """From here on, log lines carry the full command path (known only once click has parsed it)."""
+    _CommandFormatter.command = ctx.command_path
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("walkeeper: %(message)s"))
+    handler.setFormatter(_CommandFormatter("%(message)s"))
     root = logging.getLogger("walkeeper")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -85,6 +100,7 @@ def handle_errors(*, restore_command: bool = False, quiet_not_found: bool = Fals
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = click.get_current_context()
+            _name_command(ctx)
             app = ctx.find_object(AppContext)
             verbose = app.verbose if app else 0
             try:
@@ -122,13 +138,13 @@ def _message(exc: BaseException, verbose: int = 0) -> str:
 
 
 def _notify(ctx: click.Context, app: AppContext | None, exc: BaseException, code: int) -> None:
-    """[notify] on_failure for the commands that must be watched (see walkeeper.notify); never raises."""
+    """Record the failure of a watched command and run [notify] on_failure (walkeeper.notify); never raises."""
     if app is None:
         return
     try:
         from walkeeper.notify import EVENTS, notify_failure
 
-        if ctx.info_name not in EVENTS or not app.config.notify.on_failure:
+        if ctx.info_name not in EVENTS:
             return
         obj = next((str(ctx.params[k]) for k in ("path", "name", "backup_id") if ctx.params.get(k)), "")
         notify_failure(app.config, ctx.info_name, obj, _message(exc), code)
@@ -141,7 +157,7 @@ def _report(ctx: click.Context, exc: BaseException, verbose: int) -> None:
     # One line even when a tool's own message spans several (psql's "error: ...\n\tIs the server running").
     message = " ".join(part.strip() for part in _message(exc, verbose).splitlines() if part.strip())
     if verbose:
-        log.error("%s: traceback follows", ctx.command_path, exc_info=exc)
+        log.error("traceback follows", exc_info=exc)
     click.echo(f"{ctx.command_path}: error: {message}", err=True)
 
 
@@ -452,12 +468,13 @@ def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tu
 @click.option("--no-restore", is_flag=True, help="The directory already holds a restored backup: settings only.")
 @click.option("--tablespace-map", multiple=True, metavar="OLD=NEW", help="As for restore.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The plan (and what was written) as JSON.")
 @pass_app
 @handle_errors()
 def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: str | None,
              target_xid: str | None, target_name: str | None, target_immediate: bool, target_action: str,
              target_timeline: str | None, exclusive: bool, backup_id: str | None, standby: bool,
-             no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool) -> None:
+             no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Point-in-time recovery: choose a backup, check WAL coverage, restore, write recovery settings."""
     if not dry_run:
         _run_as_owner(app, "pitr", pgdata=pgdata)
@@ -467,6 +484,9 @@ def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: 
                   immediate=target_immediate, action=target_action, target_timeline=target_timeline,
                   exclusive=exclusive, backup_id=backup_id, standby=standby, no_restore=no_restore,
                   dry_run=dry_run, config_path=app.config_path, repo_flag=app.repo, tablespace_map=tablespace_map)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
     for line in result.plan.lines():
         click.echo(line)
     if result.dry_run:
@@ -519,7 +539,9 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
     repo.require_meta()
     points = list(Catalog(repo).restore_points())
     if as_json:
-        click.echo(json.dumps([asdict(p) for p in points], indent=2))
+        from walkeeper.units import utc_text
+
+        click.echo(json.dumps([{**asdict(p), "time": utc_text(p.time)} for p in points], indent=2))
         return
     if not points:
         click.echo("no restore points")
@@ -554,28 +576,70 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int) -> None:
         raise CommandFailed(IntegrityError.code)
 
 
-@cli.command("status")
+@cli.command("status", context_settings={"help_option_names": ["--help"]})
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--cluster/--no-cluster", default=True, show_default=True,
-              help="Also ask the server (psql through PGHOST/PGPORT/PGUSER...) for pg_stat_archiver.")
-@click.option("-d", "--dbname", help="Database name or conninfo for --cluster (default PGDATABASE or postgres).")
+              help="Also ask the server (psql with the connection options) for pg_stat_archiver.")
+@_conn_options
 @pass_app
 @handle_errors()
-def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None) -> None:
+def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, port: str | None, user: str | None,
+               dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
+    from walkeeper.backup import ConnOptions
     from walkeeper.repository import open_repository
-    from walkeeper.status import cluster_status, human_age, human_ago, repository_status
-    from walkeeper.units import human_bytes
+    from walkeeper.status import cluster_status, local_failures, repository_status, status_json
 
-    doc = repository_status(open_repository(app.config))
+    config = app.config
+    repo_error: WalkeeperError | None = None
+    try:
+        doc = repository_status(open_repository(config))
+    except WalkeeperError as exc:  # the server's side is still worth showing: it may say why
+        repo_error = exc
+        doc = {"repository": config.repo, "error": str(exc)}
     if cluster:
         try:
-            doc["cluster"] = cluster_status(app.config, dbname=dbname)
+            doc["cluster"] = cluster_status(config, ConnOptions(host, port, user, dbname))
         except WalkeeperError as exc:
             doc["cluster"] = {"error": str(exc)}
+    doc["walkeeper_failures"] = local_failures(config)
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
-        return
+        click.echo(json.dumps(status_json(doc), indent=2))
+    else:
+        _print_status(doc)
+    if repo_error is not None:
+        raise repo_error
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    """`walkeeper status` as text: the repository (or why it cannot be read), the server, local failures."""
+    from walkeeper.status import human_age
+    from walkeeper.units import iso_utc, plural
+
+    if "error" in doc:
+        click.echo(f"repository {doc['repository']}: cannot be read ({doc['error']})")
+    else:
+        _print_repository(doc)
+    c = doc.get("cluster")
+    if c and "error" in c:
+        click.echo(f"  server: not reachable ({c['error']})")
+    elif c:
+        click.echo(f"  server: current WAL {c['current_wal'] or '(in recovery)'}, last archived "
+                   f"{c['last_archived_wal']}, {c['archived_count']} archived, {c['failed_count']} failed"
+                   + (f" (last failure {c['last_failed_wal']}, STILL FAILING)" if c["failing"] else ""))
+        if c["archive_lag_segments"] is not None:
+            click.echo(f"  archive lag: {plural(c['archive_lag_segments'], 'segment')}"
+                       + (f", {human_age(c['archive_lag_seconds'])}" if c["archive_lag_seconds"] else ""))
+    for event, entry in sorted(doc["walkeeper_failures"].items()):
+        click.echo(f"  walkeeper {event} failures on this host: {entry['failures']}"
+                   + (f", last at {iso_utc(entry['last_failure'])}" if entry.get("last_failure") else "")
+                   + (f": {entry['last_error']}" if entry.get("last_error") else ""))
+
+
+def _print_repository(doc: dict[str, Any]) -> None:
+    from walkeeper.status import human_ago
+    from walkeeper.units import human_bytes, plural
+
     click.echo(f"repository {doc['repository']} (system {doc['system_identifier']}), "
                f"{human_bytes(doc['total_bytes'])} stored")
     for b in doc["backups"]:
@@ -590,12 +654,13 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
                    f"{human_bytes(running['in_flight_bytes'])} in flight")
     left = doc["leftovers"]
     if left["objects"] or left["empty_directories"]:
-        click.echo(f"  leftovers of dead writers: {left['objects']} temporary object(s) or upload(s) holding "
-                   f"{human_bytes(left['bytes'])}, {left['empty_directories']} empty backup director(ies) "
+        objects = plural(left["objects"], "temporary object or upload", "temporary objects or uploads")
+        dirs = plural(left["empty_directories"], "empty backup directory", "empty backup directories")
+        click.echo(f"  leftovers of dead writers: {objects} holding {human_bytes(left['bytes'])}, {dirs} "
                    "(walkeeper expire or the next backup removes them)")
     for t in doc["timelines"]:
         span = f"{t['first']} .. {t['last']}" if t["first"] else "no segments"
-        click.echo(f"  timeline {t['timeline']}: {span}, {t['segments']} segments, "
+        click.echo(f"  timeline {t['timeline']}: {span}, {plural(t['segments'], 'segment')}, "
                    f"{human_bytes(t['stored_bytes'])}{', history file' if t['history'] else ''}")
         for gap in t["gaps"]:
             click.echo(f"    GAP: {gap['from']} .. {gap['to']} missing")
@@ -605,31 +670,29 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, dbname: str | None
     newest = doc["newest_segment"]
     if newest:
         click.echo(f"  newest segment: {newest['name']}, archived {human_ago(newest['age_seconds'])}")
-    c = doc.get("cluster")
-    if c and "error" in c:
-        click.echo(f"  server: not reachable ({c['error']})")
-    elif c:
-        click.echo(f"  server: current WAL {c['current_wal'] or '(in recovery)'}, last archived "
-                   f"{c['last_archived_wal']}, {c['archived_count']} archived, {c['failed_count']} failed"
-                   + (f" (last failure {c['last_failed_wal']}, STILL FAILING)" if c["failing"] else ""))
-        if c["archive_lag_segments"] is not None:
-            click.echo(f"  archive lag: {c['archive_lag_segments']} segment(s)"
-                       + (f", {human_age(c['archive_lag_seconds'])}" if c["archive_lag_seconds"] else ""))
 
 
-@cli.command("check")
+@cli.command("check", context_settings={"help_option_names": ["--help"]})
 @click.option("--max-wal-age", help="CRITICAL when the newest WAL is older (e.g. 15m, 1h).")
 @click.option("--max-backup-age", help="CRITICAL when the newest backup is older (e.g. 26h, 8d).")
 @click.option("--warn-wal-age", help="WARNING when the newest WAL is older.")
 @click.option("--warn-backup-age", help="WARNING when the newest backup is older.")
-@click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql through the libpq environment).")
-@click.option("-d", "--dbname", help="Database name or conninfo for --cluster.")
+@click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql with the connection options).")
+@click.option("--archive", is_flag=True, help="Preflight instead: check the server's archive settings, force a WAL "
+              "switch and wait until that segment is in this repository and reads back.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="--archive: seconds to wait for the segment.")
+@_conn_options
 @click.option("--prometheus", "prometheus_file", type=click.Path(dir_okay=False),
               help="Also write a node-exporter textfile (atomically) to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON (status, reasons, what was read).")
 @pass_app
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
-              warn_backup_age: str | None, cluster: bool, dbname: str | None, prometheus_file: str | None) -> None:
+              warn_backup_age: str | None, cluster: bool, archive: bool, timeout: float, host: str | None,
+              port: str | None, user: str | None, dbname: str | None, prometheus_file: str | None,
+              as_json: bool) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
+    from walkeeper.backup import ConnOptions
     from walkeeper.status import (
         UNKNOWN,
         CheckResult,
@@ -639,12 +702,23 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         run_check,
     )
 
+    _name_command(click.get_current_context())
+    if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age))):
+        raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
+    conn = ConnOptions(host, port, user, dbname)
+    doc: dict[str, Any] = {}
     try:
         config = app.config
-        thresholds = Thresholds(*(parse_duration(v) if v else None
-                                  for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age)))
-        result = run_check(config, thresholds, cluster=cluster, dbname=dbname)
         repo_url = config.repo
+        if archive:
+            from walkeeper.preflight import run_archive_check
+
+            preflight = run_archive_check(config, conn, timeout)
+            result, doc = preflight.result, preflight.doc
+        else:
+            thresholds = Thresholds(*(parse_duration(v) if v else None
+                                      for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age)))
+            result = run_check(config, thresholds, cluster=cluster, conn=conn)
     except Exception as exc:
         result, repo_url = CheckResult(UNKNOWN, [_message(exc)]), app.repo or ""
     if prometheus_file:
@@ -655,7 +729,17 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
             result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
             result.status = UNKNOWN
     try:
-        click.echo(result.line())
+        if as_json:
+            from walkeeper.status import STATE_NAMES, status_json
+
+            if not archive:
+                doc = {"repository": repo_url, **({"repo": status_json(result.repo)} if result.repo else {}),
+                       **({"cluster": status_json(result.cluster)} if result.cluster else {})}
+            click.echo(json.dumps({"status": STATE_NAMES[result.status], "exit_code": result.status,
+                                   "line": result.line(), "reasons": result.messages, "facts": result.facts,
+                                   **doc}, indent=2))
+        else:
+            click.echo(result.line())
     except BrokenPipeError:
         raise CommandFailed(_closed_pipe()) from None
     raise CommandFailed(result.status)
@@ -675,7 +759,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
         _run_as_owner(app, "expire")
     from walkeeper.repository import open_repository
     from walkeeper.retention import expire
-    from walkeeper.units import human_bytes
+    from walkeeper.units import human_bytes, plural
 
     if keep is None and keep_days is None:
         keep, keep_days = app.config.retention.keep, app.config.retention.keep_days
@@ -701,7 +785,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, dry_r
         click.echo(f"{verb} {dirs} empty backup director{'y' if dirs == 1 else 'ies'}")
     click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
                f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
-    click.echo(f"{verb} {len(plan.removals)} object(s), {human_bytes(plan.bytes_freed)} "
+    click.echo(f"{verb} {plural(len(plan.removals), 'object')}, {human_bytes(plan.bytes_freed)} "
                f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
 
 

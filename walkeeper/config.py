@@ -102,6 +102,7 @@ class RestoreConfig:
     workers: int = 2  # parallel downloads/decodes of the prefetcher
     spool_max_mb: int = 1024  # upper bound of the spool's size, whatever prefetch says
     idle_timeout: float = 60.0  # the prefetcher exits after this many seconds without a request
+    gap_wait: float = 10.0  # a missing segment with later ones stored: wait this long for it before "gap"
 
 
 @dataclass(frozen=True)

@@ -306,9 +306,10 @@ def segment_header_fits(name: str, head: bytes, size: int, sysid: int | None) ->
         return False
 
 
-def _say(settings: FastSettings, message: str) -> None:
+def _say(settings: FastSettings, command: str, message: str) -> None:
+    """-v output of a fast path, prefixed like the CLI's: "walkeeper wal-push: ..."."""
     if settings.verbose:
-        sys.stderr.write(f"walkeeper: {message}\n")
+        sys.stderr.write(f"walkeeper {command}: {message}\n")
 
 
 # -- the fast paths ----------------------------------------------------------------------------------------
@@ -333,12 +334,12 @@ def try_wal_push(argv: list[str]) -> int | None:
             return None
     st = os.stat(path)
     if not record_matches(record, name, settings.repo, st):
-        _say(settings, f"{name}: push-ahead record does not match the file any more; pushing it again")
+        _say(settings, "wal-push", f"{name}: push-ahead record does not match the file any more; pushing it again")
         return None
     # PostgreSQL marks the file .done when we return 0; a crash before that makes it call again,
     # and then the full path finds the identical object in the repository.
     remove_file(record_path)
-    _say(settings, f"{name} was already pushed ahead (fast path)")
+    _say(settings, "wal-push", f"{name} was already pushed ahead (fast path)")
     return 0
 
 
@@ -432,7 +433,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
             # Corrupted, replaced or not ours: never serve it; the full path fetches directly.
             for stale in (source, meta_path):
                 remove_file(stale)
-            _say(settings, f"{name}: prefetched file failed verification; discarded, fetching directly")
+            _say(settings, "wal-fetch", f"{name}: prefetched file failed verification; discarded, fetching directly")
             return None
         dest_abs = os.path.join(cwd, dest)
         if os.stat(os.path.dirname(dest_abs) or ".").st_dev == st.st_dev:
@@ -447,7 +448,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
         os.close(fd)
     remove_file(meta_path)
     write_record(request, {"v": RECORD_VERSION, "name": name, "served": 1}, sync=False)
-    _say(settings, f"restored {name} from the prefetch spool (fast path)")
+    _say(settings, "wal-fetch", f"restored {name} from the prefetch spool (fast path)")
     return 0
 
 

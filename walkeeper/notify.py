@@ -1,6 +1,7 @@
 """Failure notifications: ``[notify] on_failure = "command"``.
 
-The CLI calls ``notify_failure`` from its one error handler after a failed wal-push, a wal-fetch
+The CLI calls ``notify_failure`` from its one error handler (which records the failure in the
+state file whether or not a command is configured) after a failed wal-push, a wal-fetch
 hard error (never for a plain "not in the archive"), a failed backup or expire. The command runs
 with ``/bin/sh -c`` and receives, in its environment:
 
@@ -70,8 +71,13 @@ def read_state(path: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in doc.items() if isinstance(v, dict)} if isinstance(doc, dict) else {}
 
 
-def _update_state(path: Path, event: str, now: float, min_interval: float) -> tuple[bool, int]:
-    """Record one failure of ``event``; returns (send now?, failures suppressed since the last send)."""
+def _update_state(path: Path, event: str, now: float, min_interval: float, *, error: str = "",
+                  obj: str = "") -> tuple[bool, int]:
+    """Record one failure of ``event``; returns (send now?, failures suppressed since the last send).
+
+    The entry keeps the last error and its object too: ``walkeeper check --archive`` quotes them
+    when the server's archiver fails (PostgreSQL's own view holds only the file name and the time).
+    """
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -82,6 +88,8 @@ def _update_state(path: Path, event: str, now: float, min_interval: float) -> tu
         entry = state.setdefault(event, {})
         entry["failures"] = int(entry.get("failures", 0)) + 1
         entry["last_failure"] = now
+        entry["last_error"] = error[:500]
+        entry["last_object"] = obj[:200]
         last_sent = float(entry.get("last_sent", 0) or 0)
         send = not (0 <= now - last_sent < min_interval)
         suppressed = int(entry.get("suppressed", 0))
@@ -97,20 +105,25 @@ def _update_state(path: Path, event: str, now: float, min_interval: float) -> tu
 
 
 def notify_failure(config: Config, event: str, obj: str, error: str, exit_status: int) -> bool:
-    """Run the on_failure command for one failure, unless rate-limited. Never raises.
+    """Record one failure in the state file and run the on_failure command unless rate-limited.
 
-    Returns True when the command was started.
+    Never raises. The failure is recorded also without a command (for ``check``). Returns True
+    when the command was started.
     """
     try:
         command = config.notify.on_failure
-        if not command:
-            return False
         now = time.time()
         try:
-            send, suppressed = _update_state(state_path(config), event, now, config.notify.min_interval)
+            send, suppressed = _update_state(state_path(config), event, now, config.notify.min_interval,
+                                             error=error, obj=obj)
         except OSError as exc:
+            if not command:
+                log.debug("notify: cannot record the failure (%s)", exc)
+                return False
             log.warning("notify: cannot use the state file (%s); sending anyway", exc)
             send, suppressed = True, 0
+        if not command:
+            return False
         if not send:
             log.info("notify: %s already notified less than %ss ago; not sending again", event,
                      config.notify.min_interval)

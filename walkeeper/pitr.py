@@ -19,9 +19,11 @@ import shlex
 import shutil
 import stat
 import sys
+import time as clock
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from walkeeper import chronology
 from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
@@ -30,10 +32,11 @@ from walkeeper.config import Config
 from walkeeper.durable import fsync_dir, write_file
 from walkeeper.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
 from walkeeper.repository import Repository, open_repository
-from walkeeper.units import human_bytes
+from walkeeper.units import human_bytes, plural
 from walkeeper.wal import (
     HistoryEntry,
     WalKind,
+    format_lsn,
     parse_history,
     parse_lsn,
     parse_wal_name,
@@ -46,13 +49,14 @@ BLOCK_BEGIN = "# BEGIN walkeeper pitr"
 BLOCK_END = "# END walkeeper pitr"
 TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
 ACTIONS = ("pause", "promote", "shutdown")
+GAP_RECHECK = 0.5  # seconds between listings while a gap may be a store in flight
 
 
 # -- targets -----------------------------------------------------------------------------------
 
 _TS_RE = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
-    r"\s*(?P<zone>Z|UTC|GMT|[+-]\d{1,2}(?::?\d{2})?|[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)+)?$"
+    r"\s*(?P<zone>Z|UTC|GMT|[+-]\d{1,2}(?::?\d{2})?|[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*)?$"
 )
 
 
@@ -88,6 +92,12 @@ def parse_target_time(text: str, *, local_zone: timezone | None = None) -> datet
             raise ConfigError(f"--target-time {text!r}: offset {zone} is out of range")
         delta = timedelta(hours=hours, minutes=minutes)
         return naive.replace(tzinfo=timezone(delta if zone[0] == "+" else -delta))
+    if "/" not in zone and zone == zone.upper():
+        # CET, EST or MET are zoneinfo keys too, but whoever writes them means an abbreviation, which
+        # PostgreSQL reads from its own timezone_abbreviations table: refuse rather than guess.
+        raise ConfigError(f"--target-time {text!r}: {zone} is an ambiguous abbreviation, not a time zone walkeeper "
+                          "can check",
+                          hint="use a full zone name such as Europe/Berlin, or a numeric offset such as +01")
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -323,7 +333,7 @@ class Plan:
             f"  because: {self.reason}",
             "timeline: " + " -> ".join(str(s.timeline) for s in self.path)
             + ("" if self.timeline_explicit else " (the latest timeline, PostgreSQL's default)"),
-            f"WAL: {self.segments} segment(s) {self.first_wal} .. {self.last_wal or '(end of archive)'} "
+            f"WAL: {plural(self.segments, 'segment')} {self.first_wal} .. {self.last_wal or '(end of archive)'} "
             "all present in the repository",
         ]
         if self.target.kind != "none":
@@ -454,6 +464,12 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
             later = any(s > segno and tli_for(s) == t for t in path_tlis for s in present.get(t, {}))
             if last is not None or segno <= stop_seg or later:
                 raise _gap(name, backup, target)
+            if target.kind == "time" and target.time is not None and target.time > datetime.now(UTC):
+                raise RefusedError(
+                    f"the target time {target.value} is in the future (now {format_target_time(datetime.now(UTC))}"
+                    " by this host's clock): no archived WAL can reach it yet",
+                    hint="choose a moment in the past; to follow the archive as it grows, use --standby",
+                )
             if target.kind == "time":
                 raise RefusedError(
                     f"the archive ends before {name}, and nothing in it was archived after the target time "
@@ -470,6 +486,24 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
             # The first segment archived after the target time holds (or passes) the target.
             return segment_name(tli_for(first), first, size), name, count
         segno += 1
+
+
+def check_coverage_settled(repo: Repository, backup: BackupMeta, target: Target, path: list[TimelineStep],
+                           gap_wait: float) -> tuple[str, str | None, int]:
+    """``check_coverage``, reporting a gap only if it is still there after ``gap_wait`` seconds.
+
+    While the primary archives, parallel pushes may store a segment after a later one; a plan made in
+    that moment would refuse a whole archive (as wal-fetch would, see Repository.fetch_wal).
+    """
+    deadline = clock.monotonic() + gap_wait
+    while True:
+        try:
+            return check_coverage(repo, backup, target, path)
+        except GapError:
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                raise
+            clock.sleep(min(GAP_RECHECK, left))
 
 
 def archived_after(mtime: float, moment: datetime) -> bool:
@@ -494,7 +528,7 @@ def _gap(name: str, backup: BackupMeta, target: Target) -> GapError:
 
 
 def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: str, target_timeline: str | None,
-               exclusive: bool, backup_id: str | None, standby: bool) -> Plan:
+               exclusive: bool, backup_id: str | None, standby: bool, gap_wait: float = 0.0) -> Plan:
     backups = catalog.backups()
     histories = {n.timeline for n, _s, _m in repo.iter_wal() if n.kind is WalKind.HISTORY}
     warnings: list[str] = []
@@ -548,7 +582,7 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
                         f"after the target time, by branching from timeline {branch.timeline}; recovery follows "
                         f"timeline {path[-1].timeline}. For timeline {branch.timeline}'s own history after the "
                         f"branch point, use --target-timeline {branch.timeline}")
-    first, last, count = check_coverage(repo, backup, target, path)
+    first, last, count = check_coverage_settled(repo, backup, target, path, gap_wait)
     return Plan(target, backup, reason, tli, explicit, path, first, last, count, action, exclusive, standby,
                 warnings)
 
@@ -625,7 +659,7 @@ def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
     text = re.sub(rf"(?ms)^{re.escape(BLOCK_BEGIN)}.*?^{re.escape(BLOCK_END)}\n?", "", text)
     text, changed = _comment_out(text, include_restore=True)
     if changed:
-        notes.append(f"commented out {changed} earlier recovery setting line(s) in {auto}")
+        notes.append(f"commented out {plural(changed, 'earlier recovery setting line')} in {auto}")
     if text and not text.endswith("\n"):
         text += "\n"
     # Each file durable and replaced atomically (never rewritten in place): a crash leaves the old or the new.
@@ -636,7 +670,7 @@ def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
         updated, changed = _comment_out(original, include_restore=False)
         if changed:
             write_file(conf, updated.encode(), mode=stat.S_IMODE(conf.stat().st_mode))
-            notes.append(f"commented out {changed} recovery_target* line(s) in {conf}")
+            notes.append(f"commented out {plural(changed, 'recovery_target* line')} in {conf}")
     signal = pgdata / ("standby.signal" if plan.standby else "recovery.signal")
     other = pgdata / ("recovery.signal" if plan.standby else "standby.signal")
     write_file(signal, b"")
@@ -656,6 +690,32 @@ class PitrResult:
     notes: list[str]
     pgdata: Path
     dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """`pitr --json` (docs/json.md): the plan, and what was written unless --dry-run."""
+        plan, target, backup = self.plan, self.plan.target, self.plan.backup
+        restored = self.restored
+        return {
+            "pgdata": str(self.pgdata), "dry_run": self.dry_run,
+            "target": {"kind": target.kind,
+                       "value": target.time.astimezone(UTC).isoformat(timespec="microseconds") if target.time
+                       else target.value or None,
+                       "settings": [line for line in settings_block(plan, "").splitlines()
+                                    if line.startswith("recovery_target")]},
+            "backup": {"id": backup.id, "label": backup.label, "stop_time": backup.stop_time,
+                       "stop_lsn": backup.stop_lsn, "stop_timeline": backup.stop_timeline},
+            "reason": plan.reason,
+            "timelines": [{"timeline": s.timeline, "begin_lsn": format_lsn(s.begin),
+                           "end_lsn": None if s.end is None else format_lsn(s.end)} for s in plan.path],
+            "timeline_explicit": plan.timeline_explicit,
+            "wal": {"first": plan.first_wal, "last": plan.last_wal, "segments": plan.segments},
+            "action": plan.action, "exclusive": plan.exclusive, "standby": plan.standby,
+            "warnings": plan.warnings,
+            "restored": None if restored is None else {
+                "backup": restored.backup.id, "files": restored.files, "bytes": restored.bytes,
+                "seconds": round(restored.seconds, 3)},
+            "notes": self.notes,
+        }
 
 
 def make_target(catalog: Catalog, *, time: str | None = None, lsn: str | None = None, xid: str | None = None,
@@ -743,7 +803,7 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
     if backup_id == "latest":
         backup_id = catalog.resolve("latest").id
     plan = build_plan(repo, catalog, target, action=action, target_timeline=target_timeline,
-                      exclusive=exclusive, backup_id=backup_id, standby=standby)
+                      exclusive=exclusive, backup_id=backup_id, standby=standby, gap_wait=config.restore.gap_wait)
     command = restore_command(config_path or config.source, repo_flag)
     if not (config_path or config.source):
         plan.warnings.append("no configuration file: restore_command relies on WALKEEPER_* variables being set "

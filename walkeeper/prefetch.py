@@ -81,7 +81,9 @@ class Prefetcher:
     # -- one download ------------------------------------------------------------------------------------
 
     def fetch(self, name: str) -> None:
-        data = self.repo.fetch_wal(parse_wal_name(name))  # decrypts, checks SHA-256, size and page header
+        # Decrypts, checks SHA-256, size and page header. No gap_wait: a segment missing while later ones
+        # are stored is marked .missing at once and retried; PostgreSQL's own wal-fetch does the bounded wait.
+        data = self.repo.fetch_wal(parse_wal_name(name))
         with self.lock:
             if name not in self.wanted:
                 return  # recovery moved on (or to another timeline) while we downloaded

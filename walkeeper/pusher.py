@@ -29,13 +29,18 @@ from walkeeper import fastpath
 from walkeeper.archive import log_helper_stopped, push_file, ready_files
 from walkeeper.config import Config, load_config
 from walkeeper.durable import TEMP_PREFIX
-from walkeeper.repository import Repository, open_repository
+from walkeeper.repository import Repository, open_repository, wal_key
+from walkeeper.wal import parse_wal_name
 
 log = logging.getLogger("walkeeper.pusher")
 POLL = 0.01
 RETRY_FAILED = 5.0  # a failed file is tried again after this long (PostgreSQL's own call reports it)
 PRUNE_EVERY = 1.0
 STALE_TEMP = 60.0
+
+
+class NotYourTurn(Exception):
+    """An earlier segment is not stored: this one waits for a later round (never reported to PostgreSQL)."""
 
 
 class Pusher:
@@ -50,6 +55,7 @@ class Pusher:
         self.inflight: dict[str, Future[bool]] = {}
         self.retry_at: dict[str, float] = {}
         self.skip = set(skip)  # the starting call's own file, and every file this pusher has stored
+        self.stored: set[str] = set()  # added to by the workers themselves, the moment a store returns
 
     def _path(self, name: str) -> str:
         return os.path.join(self.status, name)
@@ -63,7 +69,9 @@ class Pusher:
             fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": name, "pid": os.getpid()},
                                   sync=False)
             before = os.stat(file)
-            result = push_file(self.repo, file, look_first=False)  # files ahead are rarely stored already
+            # look_first=False: files ahead are rarely stored already.
+            result = push_file(self.repo, file, look_first=False, before_store=lambda: self.wait_turn(name))
+            self.stored.add(name)
             delay = os.environ.get("WALKEEPER_TEST_PUSH_AHEAD_DELAY")  # fault-injection tests only
             if delay:
                 time.sleep(float(delay))
@@ -80,6 +88,33 @@ class Pusher:
             return False
         finally:
             fastpath.remove_file(marker)  # after the record: a waiting fast path sees one or the other
+
+    def wait_turn(self, name: str) -> None:
+        """Return once every earlier segment of ``name``'s timeline still .ready is stored; raise NotYourTurn
+        if one of them is neither stored nor being stored (its push failed).
+
+        Ordered publish: a standby or a PITR reading the archive meanwhile never finds segment N missing
+        while N+1 is stored, which it could not tell from a gap. Encoding still runs in parallel; only
+        the stores are in order. (wal-fetch also waits, bounded, for such a segment: other writers.)
+        """
+        if not fastpath.is_segment_name(name):
+            return
+        while True:
+            pending = [n for n in ready_files(self.pg_wal) if n < name and fastpath.is_segment_name(n)
+                       and n[:8] == name[:8] and n not in self.stored]
+            if not pending:
+                return
+            for earlier in pending:
+                future = self.inflight.get(earlier)
+                if (future is not None and not future.done()) or fastpath.pushing_pid(self.status, earlier):
+                    break  # being stored by a worker or by PostgreSQL's own call: wait for it
+                if self.repo.stored_sha256(wal_key(parse_wal_name(earlier))) is None:
+                    raise NotYourTurn(f"{earlier}, before it, is not stored (its push failed); storing "
+                                      f"{name} first would look like a gap to a standby")
+                self.stored.add(earlier)  # stored and not .done yet, or stored by another writer
+            else:
+                return
+            time.sleep(POLL)
 
     def candidates(self, ready: list[str], recorded: set[str]) -> list[str]:
         """Waiting files nobody has stored or is storing, within the push-ahead bound, in PostgreSQL's order."""

@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 from walkeeper.codec import CodecSettings, Keyring, check_round_trip, decode_bytes, encode_bytes, read_header
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 META_KEY = "walkeeper.json"
 WAL_PREFIX = "wal/"
 FORMAT = 1
+GAP_POLL = 0.1  # seconds between looks for a segment stored out of order (one request each on S3)
 
 
 @dataclass(frozen=True)
@@ -253,12 +254,14 @@ class Repository:
             raise IntegrityError(f"stored object {key} records no checksum")
         return header.sha256
 
-    def push_wal(self, name: WalName, data: bytes, *, look_first: bool = True) -> PushResult:
+    def push_wal(self, name: WalName, data: bytes, *, look_first: bool = True,
+                 before_store: Callable[[], None] | None = None) -> PushResult:
         """Store one WAL file durably; identical re-push is a no-op, different content is refused.
 
         ``look_first`` checks for a stored object before encoding (cheap re-pushes after a crash);
         without it the no-clobber store finds out (one request less per object on S3). Either way
-        nothing stored is ever overwritten.
+        nothing stored is ever overwritten. ``before_store`` runs after encoding, just before the
+        object becomes visible (the pusher waits there for earlier segments; raising stores nothing).
         """
         key = wal_key(name)
         new_sha = hashlib.sha256(data).hexdigest()
@@ -268,6 +271,8 @@ class Repository:
         blob, sha = encode_bytes(self.codec, name.name, data, sha256=new_sha)
         if self.self_check:  # check what we wrote before claiming success: it must decode back to ``data``
             check_round_trip(self.keyring, blob, name=name.name, plain=data, sha256=new_sha)
+        if before_store is not None:
+            before_store()
         try:
             self.storage.put(key, blob, overwrite=False, metadata={"sha256": sha, "size": str(len(data))})
         except AlreadyExists:
@@ -290,21 +295,18 @@ class Repository:
         log.info("%s is already archived with identical content", name.name)
         return PushResult(name.name, False, existing, size, 0)
 
-    def fetch_wal(self, name: WalName) -> bytes:
-        """The verified plaintext of a WAL file; NotFound only when it is really not there."""
+    def fetch_wal(self, name: WalName, *, gap_wait: float = 0.0) -> bytes:
+        """The verified plaintext of a WAL file; NotFound only when it is really not there.
+
+        A missing segment while a later one of its timeline is stored is either a store still in
+        flight (parallel pushes finish out of order) or a gap: see ``_missing_segment``.
+        """
         meta = self.require_meta()
         key = wal_key(name)
         try:
             blob = self.storage.get(key)
         except NotFound:
-            later = self.later_segment(name) if name.kind is WalKind.SEGMENT else None
-            if later:
-                raise GapError(
-                    f"{name.name} is missing from the archive, but later WAL of timeline {name.timeline} "
-                    f"exists ({later}); stopping recovery instead of ending it early",
-                    hint="put the missing segment back into the repository, or choose a recovery target before it",
-                ) from None
-            raise
+            blob = self._missing_segment(name, gap_wait)
         _header, data = decode_bytes(self.keyring, blob, expected_name=name.name)
         if name.kind is WalKind.SEGMENT:
             size = meta.wal_segment_size or DEFAULT_SEGMENT_SIZE
@@ -315,6 +317,35 @@ class Repository:
             except InvalidWal as exc:
                 raise IntegrityError(f"stored {name.name} is not the segment its name says: {exc}") from None
         return data
+
+    def _missing_segment(self, name: WalName, gap_wait: float) -> bytes:
+        """The object of segment ``name`` if it turns up within ``gap_wait`` s; NotFound or GapError if not.
+
+        Nothing later stored: "not found" at once (PostgreSQL asks for the next segment all the time).
+        A later segment stored: a parallel pusher may have finished it before ``name``, so always wait
+        (bounded) for ``name`` rather than judge "recently stored" by mtimes, which come from another
+        clock (S3's, in whole seconds). Only a real gap pays the wait; it is never "not found".
+        """
+        later = self.later_segment(name) if name.kind is WalKind.SEGMENT else None
+        if later is None:
+            raise NotFound(f"{name.name} is not in the archive")
+        key = wal_key(name)
+        log.info("%s is missing while %s is stored: waiting up to %g s for a store in flight",
+                 name.name, later, gap_wait)
+        deadline = time.monotonic() + gap_wait
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(GAP_POLL, left))
+            try:
+                return self.storage.get(key)
+            except NotFound:
+                continue
+        raise GapError(
+            f"{name.name} is missing from the archive, but later WAL of timeline {name.timeline} "
+            f"exists ({later}) and it did not appear within {gap_wait:g} s; stopping recovery instead of "
+            f"ending it early",
+            hint="put the missing segment back into the repository, or choose a recovery target before it "
+                 "(if the primary stores segments more slowly than that, raise [restore] gap_wait)",
+        )
 
     def later_segment(self, name: WalName) -> str | None:
         """The first archived segment of the same timeline after ``name``, if any."""

@@ -36,6 +36,7 @@ from walkeeper.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inven
 from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
 from walkeeper.repository import Repository
 from walkeeper.storage.base import Leftover
+from walkeeper.units import plural
 from walkeeper.wal import WalKind
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
     inv = read_inventory(repo, leftovers=True)
     if inv.history_errors:
         raise RefusedError(
-            "cannot read the history file(s) of timeline(s) "
+            f"cannot read the history {'file' if len(inv.history_errors) == 1 else 'files'} of "
+            f"{'timeline' if len(inv.history_errors) == 1 else 'timelines'} "
             f"{', '.join(map(str, sorted(inv.history_errors)))}; refusing to expire without knowing the timelines",
             hint="walkeeper verify explains")
     plan = plan_expire(inv, keep=keep, keep_days=keep_days, now=now)
@@ -183,8 +185,8 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
     if batch:
         repo.storage.delete(batch)
     _remove_empty_directories(repo, plan)
-    log.info("expired %d backup(s), %d object(s), %d bytes", len(plan.expired_backups), len(plan.removals),
-             plan.bytes_freed)
+    log.info("expired %s, %s, %d bytes", plural(len(plan.expired_backups), "backup"),
+             plural(len(plan.removals), "object"), plan.bytes_freed)
     return plan
 
 

@@ -2,29 +2,26 @@
 (when a connection is possible through libpq's environment) what the server's archiver says.
 
 ``check`` speaks the monitoring-plugin protocol (Nagios, Icinga, Sensu...): exit 0 OK, 1 WARNING,
-2 CRITICAL, 3 UNKNOWN and one summary line with performance data. ``write_prometheus`` writes a
-node-exporter textfile atomically (temp file in the same directory, then rename).
+2 CRITICAL, 3 UNKNOWN and one summary line with performance data. ``prometheus_text`` is the
+node-exporter textfile, which the CLI writes durably (walkeeper.durable).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from walkeeper.backup import ConnOptions
 from walkeeper.chronology import clock_off, describe_skew, human_span
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, PostgresError
 from walkeeper.inventory import Inventory, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.units import human_bytes
+from walkeeper.units import human_bytes, iso_utc, plural
 from walkeeper.wal import parse_lsn, parse_wal_name, segment_of_lsn
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -123,6 +120,46 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
     }
 
 
+def status_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """A status (or cluster) document with every moment as ISO 8601 UTC, as every --json prints times.
+
+    The in-memory documents keep POSIX seconds for arithmetic (ages, the check, prometheus).
+    """
+    out = dict(doc)
+    for key in ("last_wal_arrival", "last_archived_time", "last_failed_time"):
+        if key in out:
+            out[key] = iso_utc(out[key])
+    if out.get("backups"):
+        out["backups"] = [{**b, "stop_time": iso_utc(b["stop_time"])} for b in out["backups"]]
+    if out.get("oldest_recovery_point"):
+        out["oldest_recovery_point"] = {**out["oldest_recovery_point"],
+                                        "time": iso_utc(out["oldest_recovery_point"]["time"])}
+    if out.get("newest_segment"):
+        out["newest_segment"] = {**out["newest_segment"], "archived": iso_utc(out["newest_segment"]["archived"])}
+    if out.get("leftovers"):
+        out["leftovers"] = {**out["leftovers"], "items": [{**i, "mtime": iso_utc(i["mtime"])}
+                                                          for i in out["leftovers"]["items"]]}
+    if isinstance(out.get("cluster"), dict):
+        out["cluster"] = status_json(out["cluster"])
+    if isinstance(out.get("walkeeper_failures"), dict):
+        out["walkeeper_failures"] = {event: {**entry, "last_failure": iso_utc(entry.get("last_failure"))}
+                                     for event, entry in out["walkeeper_failures"].items()}
+    return out
+
+
+def local_failures(config: Config) -> dict[str, dict[str, Any]]:
+    """walkeeper's own failure record on this host (walkeeper.notify's state file), per command."""
+    from walkeeper.notify import read_state, state_path
+
+    try:
+        state = read_state(state_path(config))
+    except Exception:  # an unusable state file is no failure of status
+        return {}
+    return {event: {"failures": int(entry.get("failures", 0)), "last_failure": entry.get("last_failure"),
+                    "last_error": entry.get("last_error") or None, "last_object": entry.get("last_object") or None}
+            for event, entry in state.items() if entry.get("failures")}
+
+
 # -- the server -------------------------------------------------------------------------------------
 
 _CLUSTER_SQL = """
@@ -141,37 +178,17 @@ from pg_stat_archiver a
 """
 
 
-def _psql_path(config: Config) -> str:
-    if config.backup.pg_bin_dir:
-        return str(Path(config.backup.pg_bin_dir) / "psql")
-    found = shutil.which("psql")
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"),
-                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
-    if candidates:
-        return str(candidates[-1])
-    raise PostgresError("psql not found", hint="install the PostgreSQL client or set [backup] pg_bin_dir")
+def cluster_status(config: Config, conn: ConnOptions | None = None) -> dict[str, Any]:
+    """pg_stat_archiver and the current WAL file, read with psql (flags, else the libpq environment)."""
+    from walkeeper.backup import psql
 
-
-def cluster_status(config: Config, *, dbname: str | None = None, timeout: float = 15) -> dict[str, Any]:
-    """pg_stat_archiver and the current WAL file, read with psql through the libpq environment."""
-    env = dict(os.environ)
-    env.setdefault("PGCONNECT_TIMEOUT", "5")
-    cmd = [_psql_path(config), "-X", "-A", "-t", "-q", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
-           "-d", dbname or env.get("PGDATABASE", "postgres"), "-c", _CLUSTER_SQL]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise PostgresError(f"psql did not answer within {timeout:.0f}s") from None
-    except OSError as exc:
-        raise PostgresError(f"cannot run psql: {exc}") from None
-    if proc.returncode != 0:
-        raise PostgresError(f"cannot read the server's archiver status: {proc.stderr.strip() or proc.returncode}")
-    fields = proc.stdout.strip().split("\x1f")
+        row = psql(config, conn or ConnOptions(), _CLUSTER_SQL, timeout=15)
+    except PostgresError as exc:
+        raise PostgresError(f"cannot read the server's archiver status: {exc}") from None
+    fields = row.split("|")
     if len(fields) != 12:
-        raise PostgresError(f"unexpected psql output: {proc.stdout.strip()[:200]!r}")
+        raise PostgresError(f"unexpected psql output: {row[:200]!r}")
     (archived, last_wal, last_time, failed, failed_wal, failed_time, in_recovery, current,
      server_now, archive_mode, seg_size, sysid) = fields
     size = int(seg_size)
@@ -272,7 +289,7 @@ def clock_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, dbname: str | None = None,
+def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, conn: ConnOptions | None = None,
               now: float | None = None) -> CheckResult:
     """Evaluate the repository (and the server when asked); never raises."""
     from walkeeper.notify import read_state, state_path
@@ -300,17 +317,17 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
     _age_check(result, "WAL archived", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
     _age_check(result, "backup", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
     if doc["gaps"]:
-        result.raise_to(WARNING, f"{doc['gaps']} gap(s) in the WAL archive (run walkeeper verify)")
+        result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
     if cluster:
         try:
-            result.cluster = cluster_status(config, dbname=dbname)
-        except Exception as exc:
-            result.raise_to(WARNING, f"cannot read the server's archiver status: {exc}")
+            result.cluster = cluster_status(config, conn)
+        except Exception as exc:  # the message says what could not be read, on one line
+            result.raise_to(WARNING, str(exc))
         else:
             c = result.cluster
             if c["failing"]:
-                result.raise_to(WARNING, f"archive_command is failing on the server ({c['failed_count']} failures,"
-                                         f" last {c['last_failed_wal']})")
+                result.raise_to(WARNING, "archive_command is failing on the server "
+                                         f"({plural(c['failed_count'], 'failure')}, last {c['last_failed_wal']})")
             if doc["system_identifier"] and c["system_identifier"] != doc["system_identifier"]:
                 result.raise_to(CRITICAL, f"the server is system {c['system_identifier']}, the repository "
                                           f"belongs to {doc['system_identifier']}")
@@ -325,9 +342,9 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
         result.facts.append(f"last WAL {human_ago(wal_age)}" + (f" ({newest['name']})" if newest else ""))
     if doc["backups"]:
         result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_ago(backup_age)}")
-    result.facts.append(f"{len(doc['backups'])} backup(s), {human_bytes(doc['total_bytes'])}")
+    result.facts.append(f"{plural(len(doc['backups']), 'backup')}, {human_bytes(doc['total_bytes'])}")
     if result.cluster and result.cluster.get("archive_lag_segments") is not None:
-        result.facts.append(f"archive lag {result.cluster['archive_lag_segments']} segment(s)")
+        result.facts.append(f"archive lag {plural(result.cluster['archive_lag_segments'], 'segment')}")
 
     def perf(label: str, value: float | None, warn: float | None, crit: float | None, unit: str = "s") -> None:
         if value is not None:

@@ -24,7 +24,7 @@ from walkeeper.codec import Decoder, decode_bytes
 from walkeeper.errors import InvalidWal, WalkeeperError
 from walkeeper.inventory import BackupInfo, Inventory, WalObject, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.units import human_bytes
+from walkeeper.units import human_bytes, iso_utc, plural
 from walkeeper.wal import WalKind, check_segment, format_lsn, parse_history
 
 log = logging.getLogger(__name__)
@@ -92,17 +92,18 @@ def _gap_problem(inv: Inventory, tli: int, first: int, last: int, targets: list[
     later = [b.id for b in on_path if b.start_segno > last]
     names = (inv.name_of(tli, first), inv.name_of(tli, last))
     span = names[0] if first == last else f"{names[0]} .. {names[1]}"
-    message = (f"timeline {tli}: {last - first + 1} segment(s) missing: {span}; recovery cannot replay "
+    message = (f"timeline {tli}: {plural(last - first + 1, 'segment')} missing: {span}; recovery cannot replay "
                f"{format_lsn(lo_lsn)} .. {format_lsn(hi_lsn)}, so no point after {format_lsn(lo_lsn)}"
-               f" on timeline(s) {', '.join(map(str, targets))} can be reached")
+               f" on {'timeline' if len(targets) == 1 else 'timelines'} {', '.join(map(str, targets))} can be reached")
     if affected:
-        message += f" from backup(s) {', '.join(affected)}"
+        message += f" from {'backup' if len(affected) == 1 else 'backups'} {', '.join(affected)}"
     if later:
         message += f"; backup {later[0]} (taken after the gap) still covers later points"
     if before is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(before.mtime))
         message += f"; the last segment before the gap ({before.name.name}) was archived at {when}"
-    action = ("put the missing segment(s) back into the repository if a copy exists (pg_wal of the "
+    action = (f"put the missing {'segment' if first == last else 'segments'} back into the repository if a "
+              "copy exists (pg_wal of the "
               "server, another archive); otherwise take a new base backup now"
               + ("" if later else " (no backup after the gap can bridge it)"))
     return Problem(
@@ -111,7 +112,7 @@ def _gap_problem(inv: Inventory, tli: int, first: int, last: int, targets: list[
                  "broken_from_lsn": format_lsn(lo_lsn), "broken_to_lsn": format_lsn(hi_lsn),
                  "timelines_affected": targets, "backups_affected": affected, "backups_after_gap": later,
                  "last_good_segment": before.name.name if before else None,
-                 "last_good_time": before.mtime if before else None,
+                 "last_good_time": iso_utc(before.mtime) if before else None,
                  "next_good_segment": after.name.name if after else None},
     )
 
@@ -196,12 +197,12 @@ def check_backups(inv: Inventory, report: Report) -> None:
     if dead:
         size = sum(item.size for item in objects)
         dirs = len(dead) - len(objects)
+        what = plural(len(objects), "temporary object or incomplete upload", "temporary objects or incomplete uploads")
+        some = ", ".join(item.path for item in objects[:3]) + (" ..." if len(objects) > 3 else "")
+        empty = f"; {plural(dirs, 'empty backup directory', 'empty backup directories')}" if dirs else ""
         report.problems.append(Problem(
             kind="leftovers", severity="warning",
-            message=f"{len(objects)} temporary object(s) or incomplete upload(s) of dead writers hold "
-                    f"{human_bytes(size)}"
-                    f" ({', '.join(item.path for item in objects[:3])}{' ...' if len(objects) > 3 else ''})"
-                    + (f"; {dirs} empty backup director(ies)" if dirs else ""),
+            message=f"{what} of dead writers hold {human_bytes(size)} ({some}){empty}",
             action="walkeeper expire (or the next backup) removes them",
             objects=[item.path for item in dead], details={"bytes": size, "empty_directories": dirs}))
 
@@ -288,5 +289,5 @@ def format_report(report: Report) -> str:
         lines.append(f"  what to do: {p.action}")
     errors = sum(p.severity == "error" for p in report.problems)
     lines.append("verify: OK, the archive is whole" if report.ok
-                 else f"verify: FAILED, {errors} problem(s)")
+                 else f"verify: FAILED, {plural(errors, 'problem')}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from tests.servers import TcpForwarder
 from walkeeper.config import load_config
 from walkeeper.errors import AlreadyExists, InvalidName, NotFound, StorageError, TransientError
 from walkeeper.storage import Storage, open_storage
+from walkeeper.storage.base import Leftover
 
 MiB = 1024 * 1024
 BIG = 12 * MiB + 12345  # above the 5 MiB test multipart chunk: three parts on S3
@@ -237,6 +238,65 @@ def test_a_killed_upload_leaves_nothing(store: Storage, target: Target) -> None:
     with pytest.raises(NotFound):
         store.get("backups/b3/base.tar")
     assert list(store.list()) == []
+    # What the killed writer left (ssh: nothing remote yet, the stream was still being spooled) is
+    # listed with the space it holds, and goes with remove_leftover.
+    left = [item for item in store.list_leftovers() if item.kind != "dir"]
+    if target.name != "ssh":
+        assert [(item.kind, item.path.rpartition("/")[0]) for item in left] == [
+            ("upload" if target.name == "s3" else "temp", "backups/b3")], left
+        assert left[0].size >= 5 * MiB and left[0].mtime > time.time() - 600
+    assert remove_all_leftovers(store) >= len(left)
+    assert list(store.list_leftovers()) == [] and list(store.list()) == []
+
+
+def remove_all_leftovers(store: Storage) -> int:
+    """Remove leftovers until none is left (a directory emptied by a removal is one in the next round)."""
+    removed = 0
+    for _round in range(6):
+        items = list(store.list_leftovers())
+        if not items:
+            return removed
+        for item in items:
+            store.remove_leftover(item)
+            store.remove_leftover(item)  # idempotent
+        removed += len(items)
+    raise AssertionError(f"leftovers keep coming back: {items}")
+
+
+def test_leftovers_are_listed_and_removed(store: Storage, target: Target) -> None:
+    store.put("backups/b4/base.tar", b"done")
+    store.put("wal/00000001/000000010000000000000001", b"segment")
+    target.plant("backups/b4/.tmp.base.tar.1a2b", b"x" * 1000)
+    target.plant("wal/00000001/.tmp.000000010000000000000002.3c4d", b"y" * 10)
+    expected = {("temp", "backups/b4/.tmp.base.tar.1a2b", 1000),
+                ("temp", "wal/00000001/.tmp.000000010000000000000002.3c4d", 10)}
+    if target.name == "s3":
+        bucket, _, prefix = target.url[len("s3://"):].partition("/")
+        client = target.s3.client()  # type: ignore[attr-defined]
+        upload = client.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/backups/b5/base.tar")["UploadId"]
+        client.upload_part(Bucket=bucket, Key=f"{prefix}/backups/b5/base.tar", UploadId=upload, PartNumber=1,
+                           Body=b"z" * 100)
+        expected.add(("upload", "backups/b5/base.tar", 100))
+    else:
+        assert target.root is not None
+        (target.root / "backups" / "b6").mkdir(parents=True)
+        expected.add(("dir", "backups/b6", 0))
+    before = [i.key for i in store.list()]
+    items = list(store.list_leftovers())
+    assert {(i.kind, i.path, i.size) for i in items} == expected
+    assert [i.path for i in items] == sorted(i.path for i in items)
+    assert all(time.time() - 600 < i.mtime < time.time() + 60 for i in items)
+    under = {p for _k, p, _s in expected if p.startswith("backups/")}
+    assert {i.path for i in store.list_leftovers("backups/")} == under
+    assert list(store.list_leftovers("nothing/")) == []
+    # Only hidden names inside the repository (or directories) can be removed this way.
+    for bad in (Leftover("temp", "backups/b4/base.tar", 4, 0.0), Leftover("temp", "../outside/.tmp.x", 1, 0.0),
+                Leftover("temp", "backups/../../.tmp.x", 1, 0.0), Leftover("dir", "a/../..", 0, 0.0)):
+        with pytest.raises(InvalidName):
+            store.remove_leftover(bad)
+    remove_all_leftovers(store)
+    assert [i.key for i in store.list()] == before  # the objects themselves untouched
+    assert store.get("backups/b4/base.tar") == b"done"
 
 
 def test_transient_failure_then_success(store: Storage, target: Target) -> None:

@@ -43,12 +43,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.catalog import BackupMeta, BackupObject, Catalog, backup_key
+from walkeeper.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObject, Catalog, backup_key
 from walkeeper.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.config import Config
 from walkeeper.durable import TreeSync, fsync_dir, write_file
 from walkeeper.errors import (
+    AlreadyExists,
     ConfigError,
     ForeignClusterError,
     IntegrityError,
@@ -59,6 +60,7 @@ from walkeeper.errors import (
     WalkeeperError,
     running_as,
 )
+from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
 from walkeeper.repository import Repository, open_repository, wal_key
 from walkeeper.units import human_bytes, plural
 from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
@@ -495,17 +497,17 @@ class _Proc:
             self.proc.wait()
 
 
-def _store_tar(repo: Repository, backup_id: str, tar_name: str, chunks: Iterable[bytes],
+def _store_tar(repo: Repository, held: Reservation, tar_name: str, chunks: Iterable[bytes],
                progress: Progress) -> tuple[str, int, int, str]:
-    key = backup_key(backup_id, tar_name)
-    encoder = Encoder(repo.codec, key, extra={"backup": backup_id})
+    key = backup_key(held.backup_id, tar_name)
+    encoder = Encoder(repo.codec, key, extra={"backup": held.backup_id})
 
     def counted() -> Iterator[bytes]:
         for chunk in chunks:
             progress.add(len(chunk))
             yield chunk
 
-    repo.storage.put(key, encoder.encode_chunks(counted()), overwrite=False)
+    held.put(key, encoder.encode_chunks(counted()), overwrite=False)
     return key, encoder.plain_size, encoder.stored_size, encoder.sha256
 
 
@@ -525,10 +527,13 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
         raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
     warn_clock_skew(info.clock_skew)
 
+    basebackup = pg_tool(config, "pg_basebackup")
     started = _utc_now()
-    backup_id = catalog.new_backup_id(started.strftime("%Y%m%dT%H%M%SZ"))
+    # The id is reserved (no-clobber marker) before anything else is written: see repo/writers.py.
+    held = Reservation.take(catalog, started.strftime("%Y%m%dT%H%M%SZ"))
+    backup_id = held.backup_id
     label = options.label or f"walkeeper {backup_id}"
-    cmd = [pg_tool(config, "pg_basebackup"), *options.conn.args(), "-Ft", "-v", "-l", label,
+    cmd = [basebackup, *options.conn.args(), "-Ft", "-v", "-l", label,
            "-X", "fetch" if options.wal == "include" else "none"]
     if options.fast_checkpoint:
         cmd += ["-c", "fast"]
@@ -537,6 +542,8 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
     objects: list[BackupObject] = []
     stderr = ""
     try:
+        held.start_heartbeat()
+        _sweep_leftovers(repo, backup_id)
         if info.tablespaces == 0:
             proc = _Proc([*cmd, "-D", "-"])
             try:
@@ -547,7 +554,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                     yield from scan_tar(stdout.read, captured)
                     proc.wait()  # a failed pg_basebackup must fail the put, not store a short tar
 
-                key, plain, stored, sha = _store_tar(repo, backup_id, "base.tar", chunks(), progress)
+                key, plain, stored, sha = _store_tar(repo, held, "base.tar", chunks(), progress)
                 objects.append(BackupObject(key, "base.tar", None, None, plain, stored, sha))
             finally:
                 proc.kill()
@@ -563,7 +570,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                 for path in tars:
                     with open(path, "rb") as handle:
                         key, plain, stored, sha = _store_tar(
-                            repo, backup_id, path.name, scan_tar(handle.read, captured if path.name == "base.tar"
+                            repo, held, path.name, scan_tar(handle.read, captured if path.name == "base.tar"
                                                                  else {}), progress)
                     oid = None if path.name == "base.tar" else path.stem
                     objects.append(BackupObject(key, path.name, oid, None, plain, stored, sha))
@@ -600,12 +607,31 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             checkpoint_next_xid=facts.checkpoint_next_xid, stop_next_xid=stop_next_xid,
             host=socket.gethostname(), walkeeper_version=__version__, clock_skew=info.clock_skew,
         )
-        catalog.save_backup(backup)  # last: only now is the backup listed and usable
+        held.stop_heartbeat()  # no write into the backup's directory after this but its metadata
+        with held.writing(backup_key(backup_id, BACKUP_META)):
+            try:
+                catalog.save_backup(backup)  # last: only now is the backup listed and usable
+            except AlreadyExists:  # an earlier attempt whose answer was lost stored it already?
+                if catalog.backup(backup_id) != backup:
+                    raise
+        confirm_published(catalog, backup, held)  # "done" only for a backup a restore can read
         return backup
     except BaseException:
         with contextlib.suppress(Exception):
-            catalog.delete_backup_objects(backup_id)
+            held.abandon()  # only what this backup wrote, then its marker
         raise
+
+
+def _sweep_leftovers(repo: Repository, backup_id: str) -> None:
+    """Temp objects, uploads and empty directories of dead backups go (expire does it too)."""
+    try:
+        gone = sweep_leftovers(repo.storage, list(repo.storage.list(BACKUP_PREFIX)), keep=backup_id)
+    except WalkeeperError as exc:
+        log.warning("could not remove leftovers of dead backups: %s", exc)
+        return
+    if gone:
+        log.info("removed %d leftover(s) of dead backups (%s)", len(gone),
+                 human_bytes(sum(item.size for item in gone)))
 
 
 def wait_for_wal(repo: Repository, segment: str, timeout: float) -> None:

@@ -5,6 +5,8 @@ Layout (keys)::
     backups/<ID>/<TAR NAME>.tar         one object per tar of a base backup (base.tar, <oid>.tar)
     backups/<ID>/backup.json            the backup's metadata, written LAST: a backup without it
                                         is not listed and cannot be restored (an interrupted one)
+    backups/<ID>/writer.json            written FIRST, plain JSON: reserves the id and names the
+                                        writer (walkeeper/repo/writers.py)
     restore-points/<TIME>-<LSN>.json    one object per restore point
     dumps/<ID>/reserved                 written first with no-clobber: two dumps started in the same
                                         second cannot take the same id
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -306,10 +308,14 @@ class Catalog:
             return latest
         return self.backup(backup_id)
 
-    def new_backup_id(self, stamp: str) -> str:
-        """A free id for a backup started at ``stamp`` (YYYYMMDDTHHMMSSZ)."""
+    def new_backup_id(self, stamp: str, skip: Iterable[str] = ()) -> str:
+        """An id no listed backup uses for a backup started at ``stamp`` (YYYYMMDDTHHMMSSZ).
+
+        A candidate only: walkeeper/repo/writers.py reserves it atomically (and asks again, with the
+        ids it lost to another backup in ``skip``).
+        """
         taken = {info.key.split("/")[1] for info in self.repo.storage.list(BACKUP_PREFIX)
-                 if info.key.count("/") >= 2}
+                 if info.key.count("/") >= 2} | set(skip)
         candidate = stamp
         n = 1
         while candidate in taken:

@@ -372,7 +372,8 @@ def backups_group(ctx: click.Context, as_json: bool) -> None:
 def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from walkeeper.catalog import Catalog
+    from walkeeper.catalog import BACKUP_PREFIX, Catalog
+    from walkeeper.repo.writers import writer_states
     from walkeeper.repository import open_repository
     from walkeeper.units import human_bytes as human
 
@@ -380,9 +381,13 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     repo.require_meta()
     catalog = Catalog(repo)
     backups = catalog.backups()
-    incomplete = catalog.incomplete_backup_ids()
+    _complete, states = writer_states(catalog.repo.storage, catalog.repo.storage.list(BACKUP_PREFIX))
+    running = [s for s in states.values() if s.alive]
+    incomplete = [i for i in catalog.incomplete_backup_ids() if not (i in states and states[i].alive)]
     if as_json:
-        click.echo(json.dumps({"backups": [asdict(b) for b in backups], "incomplete": incomplete}, indent=2))
+        click.echo(json.dumps({"backups": [asdict(b) for b in backups], "incomplete": incomplete,
+                               "running": [{"id": s.backup_id, "writer": s.describe()} for s in running]},
+                              indent=2))
         return
     if not backups:
         click.echo("no backups")
@@ -394,6 +399,8 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
                    f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} {b.label}")
     for i in incomplete:
         click.echo(f"{i:<18} INCOMPLETE (no metadata: interrupted, not usable)")
+    for s in running:
+        click.echo(f"{s.backup_id:<18} RUNNING ({s.describe()})")
 
 
 @backups_group.command("show")
@@ -651,6 +658,15 @@ def _print_repository(doc: dict[str, Any]) -> None:
                    + f", {last_test['total_seconds']:.0f}s, {human_ago(last_test['age_seconds'])}")
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
+    for running in doc["running_backups"]:
+        click.echo(f"  running backup {running['id']} ({running['writer']}), "
+                   f"{human_bytes(running['in_flight_bytes'])} in flight")
+    left = doc["leftovers"]
+    if left["objects"] or left["empty_directories"]:
+        objects = plural(left["objects"], "temporary object or upload", "temporary objects or uploads")
+        dirs = plural(left["empty_directories"], "empty backup directory", "empty backup directories")
+        click.echo(f"  leftovers of dead writers: {objects} holding {human_bytes(left['bytes'])}, {dirs} "
+                   "(walkeeper expire or the next backup removes them)")
     for d in doc.get("dumps", []):
         click.echo(f"  dump of {d['database']}: {d['id']}, {human_ago(d['age_seconds'])}")
     for t in doc["timelines"]:

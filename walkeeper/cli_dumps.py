@@ -230,8 +230,17 @@ def expire_report(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool,
             if dry_run:
                 for backup_id in plan.kept_backups:
                     click.echo(f"keep backup {backup_id}: {', '.join(plan.reasons.get(backup_id, []))}")
+            for item in plan.leftovers:
+                if item.kind != "dir":
+                    what = "incomplete upload" if item.kind == "upload" else "temporary object"
+                    click.echo(f"{verb} {what} {item.path} of a dead writer ({item.size} bytes)")
             for key, size in plan.removals:
                 click.echo(f"{verb} {key} ({size} bytes)")
+            for backup_id in plan.running_backups:
+                click.echo(f"kept running backup {backup_id} (its writer is alive)")
+            dirs = sum(item.kind == "dir" for item in plan.leftovers)
+            if dirs:
+                click.echo(f"{verb} {plural(dirs, 'empty backup directory', 'empty backup directories')}")
             click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
                        f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
             click.echo(f"{verb} {plural(len(plan.removals), 'object')}, {human_bytes(plan.bytes_freed)} "
@@ -247,6 +256,9 @@ def expire_report(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool,
                 click.echo(f"{verb} dump {dump_id}")
             for dump_id in dplan.incomplete:
                 click.echo(f"{verb} interrupted dump {dump_id}")
+            for item in dplan.leftovers:
+                what = {"upload": "incomplete upload", "dir": "empty directory"}.get(item.kind, "temporary object")
+                click.echo(f"{verb} {what} {item.path} of a dead dump ({item.size} bytes)")
             click.echo(f"dumps: kept {len(dplan.kept)}, {verb} {len(dplan.expired)} (+{len(dplan.incomplete)} "
                        f"interrupted), {plural(len(dplan.removals), 'object')}, {human_bytes(dplan.bytes_freed)}")
     if as_json:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from walkeeper.chronology import oldest_first
 from walkeeper.codec import decode_bytes
 from walkeeper.errors import InvalidName, InvalidWal, WalkeeperError
 from walkeeper.repository import WAL_PREFIX, RepoMeta, Repository
+from walkeeper.storage.base import Leftover, ObjectInfo
 from walkeeper.wal import (
     DEFAULT_SEGMENT_SIZE,
     HistoryEntry,
@@ -25,6 +27,9 @@ from walkeeper.wal import (
     parse_wal_name,
     segment_name,
 )
+
+if TYPE_CHECKING:
+    from walkeeper.repo.writers import WriterState
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,12 @@ class Inventory:
     backups: list[BackupInfo] = field(default_factory=list)
     incomplete_backups: list[str] = field(default_factory=list)
     backup_objects: dict[str, list[tuple[str, int, float]]] = field(default_factory=dict)  # id -> keys
+    # Writers (walkeeper/repo/writers.py): incomplete backups split into running ones and the rest.
+    running_backups: list[WriterState] = field(default_factory=list)
+    writer_states: dict[str, WriterState] = field(default_factory=dict)  # every incomplete backup with a marker
+    complete_ids: set[str] = field(default_factory=set)
+    leftovers: list[Leftover] = field(default_factory=list)  # only with read_inventory(leftovers=True)
+    newest_mtime: float | None = None  # the storage's clock, as of its latest write
     restore_points: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
     total_bytes: int = 0
 
@@ -175,13 +186,24 @@ class Inventory:
         return max((o.mtime for o in self.wal), default=None)
 
 
-def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = True) -> Inventory:
-    """List the repository once. Needs the codec only for history files (``histories``)."""
+    def dead_leftovers(self, now: float) -> list[Leftover]:
+        """Leftovers no living writer can still need (what expire and the next backup remove)."""
+        from walkeeper.repo.writers import leftover_is_dead
+
+        return [item for item in self.leftovers
+                if leftover_is_dead(item, now, self.complete_ids, self.writer_states)]
+
+
+def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = True,
+                   leftovers: bool = False) -> Inventory:
+    """List the repository once (and its leftovers if asked). Needs the codec only for history files."""
     meta = repo.meta()
     size = (meta.wal_segment_size if meta else None) or DEFAULT_SEGMENT_SIZE
     inv = Inventory(repo=repo, meta=meta, segment_size=size)
+    backup_listing: list[ObjectInfo] = []
     for info in repo.storage.list(""):
         inv.total_bytes += info.size
+        inv.newest_mtime = max(inv.newest_mtime or 0.0, info.mtime)
         if info.key.startswith(WAL_PREFIX):
             try:
                 name = parse_wal_name(info.key.rsplit("/", 1)[1])
@@ -199,6 +221,7 @@ def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = 
             else:
                 inv.history_files[name.timeline] = obj
         elif info.key.startswith(BACKUP_PREFIX):
+            backup_listing.append(info)
             parts = info.key.split("/")
             if len(parts) == 3:
                 inv.backup_objects.setdefault(parts[1], []).append((info.key, info.size, info.mtime))
@@ -212,7 +235,14 @@ def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = 
             except (WalkeeperError, InvalidWal) as exc:
                 inv.history_errors[tli] = str(exc)
     if backups and inv.backup_objects:
-        inv.backups, inv.incomplete_backups = load_backups(repo)
+        from walkeeper.repo.writers import writer_states
+
+        inv.backups, incomplete = load_backups(repo)
+        inv.complete_ids, inv.writer_states = writer_states(repo.storage, backup_listing, newest=inv.newest_mtime)
+        inv.running_backups = [s for s in inv.writer_states.values() if s.alive]
+        inv.incomplete_backups = [i for i in incomplete if not (i in inv.writer_states and inv.writer_states[i].alive)]
+    if leftovers:
+        inv.leftovers = list(repo.storage.list_leftovers(""))
     return inv
 
 

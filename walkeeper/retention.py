@@ -15,8 +15,12 @@ Rules:
 * WAL segments, .partial and .backup files before that start go; restore points before it go.
 * A ``.history`` file stays while retained WAL (or a retained backup) lies on its timeline or a
   descendant, and always for the newest timelines (PostgreSQL probes them to pick a new timeline).
-* Backups with data but no metadata (interrupted) older than the newest complete backup and
-  untouched for an hour go too; a running backup is newer than every complete one and stays.
+* A backup with data but no metadata goes too when its writer is dead (walkeeper/repo/writers.py:
+  its process gone on this host, or its marker not refreshed for 15 minutes); a running backup
+  stays, whatever its id or age. One without a writer marker (older walkeeper) goes when it is
+  older than the newest complete backup and untouched for an hour.
+* Leftovers of dead writers go first: temporary objects, incomplete S3 uploads, then (after the
+  objects) empty backup directories. A running backup's are never touched.
 
 Order keeps an interruption harmless: a backup loses its metadata object first (from then on it
 is not listed, never "usable but partial"), then its data; WAL goes oldest first, so an
@@ -32,9 +36,11 @@ from datetime import UTC, datetime, tzinfo
 
 from walkeeper.chronology import oldest_first
 from walkeeper.errors import ConfigError, RefusedError
-from walkeeper.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
+from walkeeper.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
+from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
 from walkeeper.repository import Repository
 from walkeeper.retention_gfs import GfsPolicy, Item, decide
+from walkeeper.storage.base import Leftover
 from walkeeper.units import plural
 from walkeeper.wal import WalKind
 
@@ -55,16 +61,26 @@ class Plan:
     removals: list[tuple[str, int]] = field(default_factory=list)  # (key, stored bytes), in deletion order
     note: str | None = None
     reasons: dict[str, list[str]] = field(default_factory=dict)  # kept backup id -> the rules that keep it
+    running_backups: list[str] = field(default_factory=list)  # kept: their writer lives
+    leftovers: list[Leftover] = field(default_factory=list)  # of dead writers: temp/upload first, dirs last
 
     @property
     def bytes_freed(self) -> int:
-        return sum(size for _key, size in self.removals)
+        return sum(size for _key, size in self.removals) + sum(item.size for item in self.leftovers)
 
     def to_dict(self) -> dict[str, object]:
         return {"keep": self.keep, "keep_days": self.keep_days, "kept_backups": self.kept_backups,
                 "expired_backups": self.expired_backups, "incomplete_backups": self.incomplete_backups,
-                "first_wal_kept": self.cutoff_wal, "objects": [k for k, _ in self.removals],
+                "running_backups": self.running_backups, "first_wal_kept": self.cutoff_wal,
+                "objects": [k for k, _ in self.removals],
+                "leftovers": [{"path": i.path, "kind": i.kind, "size": i.size} for i in self.leftovers],
                 "bytes_freed": self.bytes_freed, "note": self.note, "kept_by": self.reasons}
+
+
+def _backup_order(objects: list[tuple[str, int, float]]) -> list[tuple[str, int]]:
+    """Metadata first (unlisted from then on), the writer marker last (the id stays reserved till the end)."""
+    ordered = sorted(objects, key=lambda o: (not o[0].endswith(f"/{BACKUP_META}"), o[0].endswith(f"/{WRITER_NAME}")))
+    return [(key, size) for key, size, _mtime in ordered]
 
 
 def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: float | None,
@@ -132,6 +148,17 @@ def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, no
         raise ConfigError(f"keep_days must be positive (got {keep_days})")
     now = time.time() if now is None else now
     plan = Plan(keep, keep_days)
+    plan.running_backups = [state.backup_id for state in inv.running_backups]
+    dead = inv.dead_leftovers(now)
+    plan.leftovers = [i for i in dead if i.kind != "dir"] + [i for i in dead if i.kind == "dir"]
+    newest_id = inv.backups[-1].id if inv.backups else None
+    for backup_id in inv.incomplete_backups:  # running ones are not among them
+        objects = inv.backup_objects.get(backup_id, [])
+        legacy_stale = backup_id not in inv.writer_states and newest_id is not None and backup_id < newest_id \
+            and bool(objects) and now - max(m for _k, _s, m in objects) > STALE_INCOMPLETE
+        if backup_id in inv.writer_states or legacy_stale:
+            plan.incomplete_backups.append(backup_id)
+            plan.removals.extend(_backup_order(objects))
     if not inv.backups:
         plan.note = "no complete backups: nothing expires (all WAL stays until a backup exists)"
         return plan
@@ -141,14 +168,7 @@ def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, no
     expired = [b for b in inv.backups if b.id not in kept_ids]
     plan.expired_backups = [b.id for b in expired]
     for backup in expired:
-        objects = sorted(inv.backup_objects.get(backup.id, []), key=lambda o: not o[0].endswith(f"/{BACKUP_META}"))
-        plan.removals.extend((key, size) for key, size, _mtime in objects)
-    newest_id = inv.backups[-1].id
-    for backup_id in inv.incomplete_backups:
-        objects = inv.backup_objects.get(backup_id, [])
-        if backup_id < newest_id and objects and now - max(m for _k, _s, m in objects) > STALE_INCOMPLETE:
-            plan.incomplete_backups.append(backup_id)
-            plan.removals.extend((key, size) for key, size, _mtime in objects)
+        plan.removals.extend(_backup_order(inv.backup_objects.get(backup.id, [])))
 
     oldest = min(kept, key=lambda b: b.start_segno)
     cutoff = oldest.start_segno
@@ -184,7 +204,7 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
            now: float | None = None, gfs: GfsPolicy | None = None, zone: tzinfo | None = None) -> Plan:
     """Plan, then (unless ``dry_run``) delete in the plan's order."""
     repo.require_meta()
-    inv = read_inventory(repo)
+    inv = read_inventory(repo, leftovers=True)
     if inv.history_errors:
         raise RefusedError(
             f"cannot read the history {'file' if len(inv.history_errors) == 1 else 'files'} of "
@@ -192,8 +212,11 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
             f"{', '.join(map(str, sorted(inv.history_errors)))}; refusing to expire without knowing the timelines",
             hint="walkeeper verify explains")
     plan = plan_expire(inv, keep=keep, keep_days=keep_days, now=now, gfs=gfs, zone=zone)
-    if dry_run or not plan.removals:
+    if dry_run or not (plan.removals or plan.leftovers):
         return plan
+    for item in plan.leftovers:
+        if item.kind != "dir":
+            repo.storage.remove_leftover(item)
     batch: list[str] = []
     for key, _size in plan.removals:
         batch.append(key)
@@ -203,6 +226,19 @@ def expire(repo: Repository, *, keep: int | None, keep_days: float | None, dry_r
             batch = []
     if batch:
         repo.storage.delete(batch)
+    _remove_empty_directories(repo, plan)
     log.info("expired %s, %s, %d bytes", plural(len(plan.expired_backups), "backup"),
              plural(len(plan.removals), "object"), plan.bytes_freed)
     return plan
+
+
+def _remove_empty_directories(repo: Repository, plan: Plan) -> None:
+    """Directories of the backups just removed (now empty) and empty ones found dead before."""
+    gone = set(plan.expired_backups) | set(plan.incomplete_backups)
+    planned = {item.path for item in plan.leftovers if item.kind == "dir"}
+    now = time.time()
+    for item in repo.storage.list_leftovers(BACKUP_PREFIX):
+        if item.kind == "dir" and (item.path in planned or leftover_is_dead(item, now, set(), {}, gone)):
+            repo.storage.remove_leftover(item)
+            if item.path not in planned:
+                plan.leftovers.append(item)

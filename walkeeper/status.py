@@ -62,11 +62,20 @@ def _listing_gaps(inv: Inventory, tli: int) -> list[tuple[str, str]]:
     return gaps
 
 
+def _leftovers(inv: Inventory, now: float) -> dict[str, Any]:
+    """Space held by temp objects and uploads of dead writers (expire removes them), and empty directories."""
+    dead = inv.dead_leftovers(now)
+    objects = [i for i in dead if i.kind != "dir"]
+    return {"objects": len(objects), "bytes": sum(i.size for i in objects),
+            "empty_directories": sum(i.kind == "dir" for i in dead),
+            "items": [{"path": i.path, "kind": i.kind, "size": i.size, "mtime": i.mtime} for i in dead]}
+
+
 def repository_status(repo: Repository, *, now: float | None = None) -> dict[str, Any]:
     """A summary of the repository: backups, WAL per timeline, size, freshness."""
     now = time.time() if now is None else now
     meta = repo.require_meta()
-    inv = read_inventory(repo, histories=False)
+    inv = read_inventory(repo, histories=False, leftovers=True)
     timelines = []
     for tli in inv.timelines():
         segs = inv.segments.get(tli, {})
@@ -103,6 +112,11 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
         "wal_bytes": sum(o.size for o in inv.wal),
         "backups": backups,
         "incomplete_backups": inv.incomplete_backups,
+        "running_backups": [{"id": w.backup_id, "writer": w.describe(),
+                             "in_flight_bytes": sum(i.size for i in inv.leftovers
+                                                    if i.directory == f"backups/{w.backup_id}")}
+                            for w in inv.running_backups],
+        "leftovers": _leftovers(inv, now),
         "timelines": timelines,
         "gaps": sum(len(t["gaps"]) for t in timelines),
         "oldest_recovery_point": None if oldest is None else {
@@ -156,6 +170,9 @@ def status_json(doc: dict[str, Any]) -> dict[str, Any]:
                                         "time": iso_utc(out["oldest_recovery_point"]["time"])}
     if out.get("newest_segment"):
         out["newest_segment"] = {**out["newest_segment"], "archived": iso_utc(out["newest_segment"]["archived"])}
+    if out.get("leftovers"):
+        out["leftovers"] = {**out["leftovers"], "items": [{**i, "mtime": iso_utc(i["mtime"])}
+                                                          for i in out["leftovers"]["items"]]}
     if isinstance(out.get("cluster"), dict):
         out["cluster"] = status_json(out["cluster"])
     if isinstance(out.get("restore_tests"), dict):

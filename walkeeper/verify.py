@@ -28,7 +28,7 @@ from walkeeper.codec import Decoder, decode_bytes
 from walkeeper.errors import InvalidWal, WalkeeperError
 from walkeeper.inventory import BackupInfo, Inventory, WalObject, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.units import iso_utc, plural
+from walkeeper.units import human_bytes, iso_utc, plural
 from walkeeper.wal import WalKind, check_segment, format_lsn, parse_history
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,31 @@ def check_backups(inv: Inventory, report: Report) -> None:
                 action="put the segments back, or take a new backup and expire this one",
                 objects=absent, details={"backup": backup.id}))
     for backup_id in inv.incomplete_backups:
+        state = inv.writer_states.get(backup_id)
+        why = f"interrupted: its writer ({state.describe()}) is dead" if state else "interrupted (or still running)"
         report.problems.append(Problem(
             kind="incomplete-backup", severity="warning",
-            message=f"backup {backup_id} has data but no metadata: interrupted (or still running); "
-                    "it is not listed and cannot be restored",
-            action="if no backup is running, walkeeper expire removes it", details={"backup": backup_id}))
+            message=f"backup {backup_id} has data but no metadata: {why}; it is not listed and cannot be restored",
+            action="walkeeper expire removes it" if state else "if no backup is running, walkeeper expire removes it",
+            details={"backup": backup_id}))
+    for running in inv.running_backups:
+        report.problems.append(Problem(
+            kind="running-backup", severity="info",
+            message=f"backup {running.backup_id} is being taken ({running.describe()}); not listed until it ends",
+            action="nothing: expire leaves it alone", details={"backup": running.backup_id}))
+    dead = inv.dead_leftovers(time.time())
+    objects = [item for item in dead if item.kind != "dir"]
+    if dead:
+        size = sum(item.size for item in objects)
+        dirs = len(dead) - len(objects)
+        what = plural(len(objects), "temporary object or incomplete upload", "temporary objects or incomplete uploads")
+        some = ", ".join(item.path for item in objects[:3]) + (" ..." if len(objects) > 3 else "")
+        empty = f"; {plural(dirs, 'empty backup directory', 'empty backup directories')}" if dirs else ""
+        report.problems.append(Problem(
+            kind="leftovers", severity="warning",
+            message=f"{what} of dead writers hold {human_bytes(size)} ({some}){empty}",
+            action="walkeeper expire (or the next backup) removes them",
+            objects=[item.path for item in dead], details={"bytes": size, "empty_directories": dirs}))
 
 
 def _read_wal(repo: Repository, inv: Inventory, obj: WalObject) -> str | None:
@@ -317,7 +337,7 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
 
 def verify(repo: Repository, *, deep: bool = False, jobs: int = 4, pg_restore: str | None = None) -> Report:
     meta = repo.require_meta()
-    inv = read_inventory(repo)
+    inv = read_inventory(repo, leftovers=True)
     report = Report(repository=repo.storage.url, system_identifier=meta.system_identifier,
                     segment_size=inv.segment_size, deep=deep)
     check_continuity(inv, report)

@@ -3,7 +3,8 @@
 The decision is walkeeper.retention_gfs.decide over each dump's stop time; the newest dump always
 stays. A dump's metadata is deleted first (from then on it is not listed), then its data. Objects
 of a dump without metadata (killed halfway) go once untouched for an hour: a dump in progress
-writes its objects continuously and is never older than that.
+writes its objects continuously and is never older than that. The same hour applies to what a killed
+dump's writer leaves hidden (temporary objects, incomplete S3 uploads, empty directories).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from walkeeper.catalog import DUMP_META, DUMP_PREFIX, Catalog
 from walkeeper.errors import ConfigError
 from walkeeper.repository import Repository
 from walkeeper.retention_gfs import GfsPolicy, Item, decide
+from walkeeper.storage.base import Leftover
 
 STALE_INCOMPLETE = 3600.0
 
@@ -26,14 +28,17 @@ class DumpPlan:
     expired: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     removals: list[tuple[str, int]] = field(default_factory=list)  # (key, stored bytes), in deletion order
+    leftovers: list[Leftover] = field(default_factory=list)  # of dead writers: temp/upload first, dirs last
 
     @property
     def bytes_freed(self) -> int:
-        return sum(size for _key, size in self.removals)
+        return sum(size for _key, size in self.removals) + sum(item.size for item in self.leftovers)
 
     def to_dict(self) -> dict[str, object]:
         return {"kept_dumps": self.kept, "expired_dumps": self.expired, "incomplete_dumps": self.incomplete,
-                "objects": [k for k, _ in self.removals], "bytes_freed": self.bytes_freed}
+                "objects": [k for k, _ in self.removals],
+                "leftovers": [{"path": i.path, "kind": i.kind, "size": i.size} for i in self.leftovers],
+                "bytes_freed": self.bytes_freed}
 
 
 def plan_dump_expire(repo: Repository, policy: GfsPolicy, zone: tzinfo, now: float | None = None) -> DumpPlan:
@@ -68,6 +73,8 @@ def plan_dump_expire(repo: Repository, policy: GfsPolicy, zone: tzinfo, now: flo
         if found and now - max(m for _k, _s, m in found) > STALE_INCOMPLETE:
             plan.incomplete.append(dump_id)
             plan.removals.extend((k, s) for k, s, _m in found)
+    stale = [item for item in repo.storage.list_leftovers(DUMP_PREFIX) if now - item.mtime > STALE_INCOMPLETE]
+    plan.leftovers = sorted(stale, key=lambda item: item.kind == "dir")
     return plan
 
 
@@ -85,4 +92,6 @@ def expire_dumps(repo: Repository, policy: GfsPolicy, zone: tzinfo, *, dry_run: 
             batch = []
     if batch:
         repo.storage.delete(batch)
+    for item in plan.leftovers:
+        repo.storage.remove_leftover(item)
     return plan

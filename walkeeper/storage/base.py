@@ -12,6 +12,10 @@ The contract (each backend proves it by passing tests/test_storage_conformance.p
 * ``list(prefix)`` yields objects whose key starts with ``prefix``, sorted by key, in-flight
   temporary objects hidden; ``start_after`` skips keys up to and including it.
 * ``delete(keys)`` is idempotent: deleting a missing key is not an error.
+* ``list_leftovers(prefix)`` yields what killed writers can leave behind, which ``list`` never shows:
+  hidden temporary objects, incomplete multipart uploads (S3) and empty directories (local, ssh),
+  each with its size and mtime; ``remove_leftover`` removes one (gone already is not an error).
+  The storage cannot tell whether a writer is still alive: callers decide (walkeeper/repo/writers.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,36 @@ class ObjectInfo:
     size: int
     mtime: float
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something a writer leaves behind until its put completes: invisible to ``list``, holding space."""
+
+    kind: str  # "temp" (hidden temporary object), "upload" (incomplete multipart upload), "dir" (empty directory)
+    path: str  # relative to the repository root as stored, e.g. backups/X/.tmp.base.tar.1a2b
+    size: int
+    mtime: float  # last write (temp), newest part or else initiation (upload), last change (dir)
+    upload_id: str = ""  # S3: the multipart upload to abort
+
+    @property
+    def directory(self) -> str:
+        """The key prefix it lies in (``backups/X`` for ``backups/X/.tmp.base.tar.1a2b``; a dir: itself)."""
+        return self.path if self.kind == "dir" else self.path.rpartition("/")[0]
+
+
+def validate_leftover(leftover: Leftover) -> str:
+    """Refuse to remove anything but a hidden name inside the repository, or an empty key directory."""
+    directory, _, name = leftover.path.rpartition("/")
+    if leftover.kind == "dir":
+        return validate_key(leftover.path)
+    if directory:
+        validate_key(directory)
+    if leftover.kind == "upload":
+        return validate_key(leftover.path)
+    if not name.startswith(".") or name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise InvalidName(f"not a temporary object: {leftover.path!r}")
+    return leftover.path
 
 
 def validate_key(key: str) -> str:
@@ -96,6 +130,14 @@ class Storage(Protocol):
 
     def delete(self, keys: Iterable[str]) -> None:
         """Remove objects; missing keys are ignored."""
+        ...
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        """Temporary objects, incomplete uploads and empty directories under ``prefix``, in path order."""
+        ...
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Remove one leftover; already gone (or a directory no longer empty) is not an error."""
         ...
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ link when overwriting is not allowed), fsync the directory. Directories are crea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterable, Iterator
@@ -16,10 +17,12 @@ from urllib.parse import unquote, urlsplit
 from walkeeper.durable import fsync_dir, write_file
 from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, running_as
 from walkeeper.storage.base import (
+    Leftover,
     ObjectInfo,
     Source,
     iter_source,
     validate_key,
+    validate_leftover,
     validate_prefix,
 )
 
@@ -163,6 +166,44 @@ class LocalStorage:
             touched.add(path.parent)
         for directory in touched:
             fsync_dir(directory)
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        """Hidden files (temp files of killed writers) and empty directories under ``prefix``."""
+        validate_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
+        base = self.root.joinpath(*directory.split("/")) if directory else self.root
+        found = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            rel = "" if rel == "." else rel
+            if rel and not dirnames and not filenames:
+                with contextlib.suppress(FileNotFoundError):
+                    found.append(Leftover("dir", rel, 0, os.lstat(dirpath).st_mtime))
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.startswith("."):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # its put completed (or was cleaned up) meanwhile
+                found.append(Leftover("temp", f"{rel}/{name}" if rel else name, st.st_size, st.st_mtime))
+        yield from sorted((f for f in found if f.path.startswith(prefix)), key=lambda f: f.path)
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        path = self.root.joinpath(*validate_leftover(leftover).split("/"))
+        try:
+            if leftover.kind == "dir":
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if leftover.kind == "dir" and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return  # written to meanwhile: no longer a leftover
+            raise _os_error(exc, "removing", path) from None
+        fsync_dir(path.parent)
 
     def close(self) -> None:
         return None

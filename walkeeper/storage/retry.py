@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 from walkeeper.errors import TransientError
-from walkeeper.storage.base import ObjectInfo, Source, Storage
+from walkeeper.storage.base import Leftover, ObjectInfo, Source, Storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,6 +96,13 @@ class RetryingStorage:
     def delete(self, keys: Iterable[str]) -> None:
         batch = list(keys)
         self._call("deleting objects", lambda: self.inner.delete(batch))
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        items = self._call(f"listing leftovers in {prefix or '/'}", lambda: list(self.inner.list_leftovers(prefix)))
+        return iter(items)
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        self._call(f"removing {leftover.path}", lambda: self.inner.remove_leftover(leftover))
 
     def close(self) -> None:
         self.inner.close()

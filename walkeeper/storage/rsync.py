@@ -40,10 +40,12 @@ from walkeeper.config import SshConfig
 from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
 from walkeeper.storage.base import (
     TEMP_PREFIX,
+    Leftover,
     ObjectInfo,
     Source,
     iter_source,
     validate_key,
+    validate_leftover,
     validate_prefix,
 )
 from walkeeper.storage.retry import RetryPolicy
@@ -381,6 +383,40 @@ class RsyncStorage:
                       f"(for d in {' '.join(map(shlex.quote, dirs))}; do [ -d \"$d\" ] && sync -- \"$d\"; done; "
                       "true) 2>/dev/null")
             self._run(script, "deleting objects in", None)
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        """One remote ``find``: hidden files (our and rsync's temp files) and empty directories."""
+        validate_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
+        start = shlex.quote(f"{self.root.rstrip('/')}/{directory}" if directory else self.root)
+        script = (f"[ -d {start} ] || exit 0; exec find {start} -mindepth 1 -name '.*' "
+                  f"\\( -type f -printf 'temp\\t%P\\t%s\\t%T@\\n' -o -prune \\) "
+                  f"-o -type d -empty -printf 'dir\\t%P\\t0\\t%T@\\n'")
+        proc = self._run(script, "listing leftovers in", prefix or "/")
+        base = f"{directory}/" if directory else ""
+        items = []
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            kind, rel, size, mtime = [*line.split("\t"), "", "", ""][:4]
+            item = Leftover(kind, base + rel, int(size or 0), float(mtime or 0))
+            try:
+                validate_leftover(item)
+            except Exception:
+                continue  # a stray name no walkeeper writer could have left
+            if item.path.startswith(prefix):
+                items.append(item)
+        return iter(sorted(items, key=lambda item: item.path))
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        path = self._path_of(validate_leftover(leftover))
+        p, d = shlex.quote(path), shlex.quote(str(PurePosixPath(path).parent))
+        if leftover.kind == "dir":
+            script = f"rmdir -- {p} 2>/dev/null; sync -- {d} 2>/dev/null; true"
+        else:
+            script = f"rm -f -- {p} && (sync -- {d} 2>/dev/null; true)"
+        self._run(script, "removing", leftover.path)
+
+    def _path_of(self, relative: str) -> str:
+        return f"{self.root}/{relative}" if self.root != "/" else f"/{relative}"
 
     def close(self) -> None:
         self._close()

@@ -5,8 +5,9 @@ runs once per WAL segment and must not pay ~300 ms for an SDK it does not use.
 
 Atomicity comes from S3 itself: an object becomes visible only when a single PUT or a
 CompleteMultipartUpload succeeds, so a reader never sees a partial object. A failed stream aborts
-its multipart upload; a killed process leaves an incomplete upload that no reader can see (add a
-lifecycle rule "abort incomplete multipart uploads after N days" to reclaim its space).
+its multipart upload; a killed process leaves an incomplete upload that no reader can see, which
+``list_leftovers`` reports and ``remove_leftover`` aborts (walkeeper expire does so for dead writers;
+a lifecycle rule "abort incomplete multipart uploads after N days" is a good second net).
 
 ``overwrite=False`` sends ``If-None-Match: *``, which AWS S3 (since 2024), MinIO and moto evaluate
 atomically. Stores without conditional writes: set ``[s3] conditional_writes = false`` and the
@@ -31,10 +32,12 @@ from walkeeper.config import S3Config
 from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
 from walkeeper.storage.base import (
     TEMP_PREFIX,
+    Leftover,
     ObjectInfo,
     Source,
     iter_source,
     validate_key,
+    validate_leftover,
     validate_prefix,
 )
 from walkeeper.storage.retry import RetryPolicy
@@ -384,6 +387,69 @@ class S3Storage:
                 cls = TransientError if code in _TRANSIENT_CODES else StorageError
                 raise cls(f"could not delete {len(errors)} objects in {self.url}, e.g. {first.get('Key')}: "
                           f"{code}: {first.get('Message', '')}")
+
+    def list_leftovers(self, prefix: str = "") -> Iterator[Leftover]:
+        """Incomplete multipart uploads (with the bytes their parts hold) and hidden temp objects."""
+        validate_prefix(prefix)
+        found = [Leftover("upload", key, *self._upload_parts(key, upload_id, initiated), upload_id)
+                 for key, upload_id, initiated in self._uploads(prefix)]
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        token: str | None = None
+        while True:  # our puts never write temp objects, but a foreign tool's may lie here
+            page_args = dict(args, ContinuationToken=token) if token else args
+            page = self._call("listing", prefix or "/", lambda a=page_args: self._client.list_objects_v2(**a))
+            for item in page.get("Contents", []):
+                path = item["Key"][len(self.prefix):]
+                if path.rpartition("/")[2].startswith(TEMP_PREFIX):
+                    found.append(Leftover("temp", path, int(item["Size"]), item["LastModified"].timestamp()))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+        return iter(sorted(found, key=lambda f: (f.path, f.upload_id)))
+
+    def _uploads(self, prefix: str) -> Iterator[tuple[str, str, float]]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:
+            page = self._call("listing uploads in", prefix or "/", lambda a=dict(args): (
+                self._client.list_multipart_uploads(**a)))
+            for upload in page.get("Uploads", []):
+                key = upload["Key"][len(self.prefix):]
+                if upload["Key"].startswith(self.prefix + prefix):
+                    yield key, upload["UploadId"], upload["Initiated"].timestamp()
+            if not page.get("IsTruncated"):
+                return
+            args.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+
+    def _upload_parts(self, key: str, upload_id: str, initiated: float) -> tuple[int, float]:
+        """Bytes held by an upload's parts, and its last activity (the newest part, else its start)."""
+        total, last = 0, initiated
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key, "UploadId": upload_id}
+        while True:
+            try:
+                page = self._call("listing parts of", key, lambda a=dict(args): self._client.list_parts(**a))
+            except (NotFound, StorageError):
+                return total, last  # completed or aborted meanwhile
+            for part in page.get("Parts", []):
+                total += int(part.get("Size", 0))
+                if part.get("LastModified") is not None:
+                    last = max(last, part["LastModified"].timestamp())
+            if not page.get("IsTruncated"):
+                return total, last
+            args["PartNumberMarker"] = page.get("NextPartNumberMarker", 0)
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        full = self.prefix + validate_leftover(leftover)
+        if leftover.kind == "upload":
+            try:
+                self._call("aborting upload of", leftover.path, lambda: self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=leftover.upload_id))
+            except StorageError as exc:
+                if "NoSuchUpload" not in str(exc):
+                    raise
+            except NotFound:
+                pass
+        elif leftover.kind == "temp":
+            self._call("removing", leftover.path, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
 
     def close(self) -> None:
         with self._client_lock:

@@ -123,12 +123,14 @@ def build_codec(config: Config) -> CodecSettings:
     """Codec settings from configuration; reads the key file (cheap: HKDF, no slow KDF)."""
     enc = config.encryption
     keyring = None
-    if enc.key_file:
-        keyring = Keyring.from_file(enc.key_file)
+    if enc.key_file or enc.key_files or enc.key_command:
+        keyring = Keyring.from_sources(key_file=enc.key_file, key_files=enc.key_files,
+                                       key_command=enc.key_command, timeout=enc.key_command_timeout)
     elif enc.method != "none":
         raise ConfigError(
-            f"encryption method {enc.method} needs a key file",
-            hint="set [encryption] key_file (walkeeper key generate --output FILE), or method = \"none\"",
+            f"encryption method {enc.method} needs a key",
+            hint="set [encryption] key_file (walkeeper key generate --output FILE), key_files or key_command, "
+                 "or method = \"none\"",
         )
     comp = Compression(config.compression.method, config.compression.level, config.compression.threads)
     return CodecSettings(compression=comp, cipher=enc.method, keyring=keyring)

@@ -263,13 +263,13 @@ class Decoder:
         if self.keyring is None:
             raise KeyMaterialError(
                 f"object {header.name} is encrypted (key id {header.key_id}) but no key is configured",
-                hint="set [encryption] key_file",
+                hint="set [encryption] key_file, key_files or key_command",
             )
         if header.salt is None or header.key_id is None:
             raise IntegrityError("encrypted object lacks its salt or key id: corrupted")
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        return AESGCM(self.keyring.object_key(header.key_id, header.salt))
+        return AESGCM(self.keyring.object_key(header.key_id, header.salt, what=f"object {header.name}"))
 
     def payloads(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """The authenticated payloads of the data frames: the compressed stream, in order.

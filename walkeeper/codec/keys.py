@@ -80,40 +80,104 @@ class Keyring:
     def active_id(self) -> str:
         return self._active.key_id
 
-    def object_key(self, key_id: str, salt: bytes) -> bytes:
+    @property
+    def key_ids(self) -> list[str]:
+        """Every configured key id, the active one first."""
+        return [self._active.key_id] + [k for k in self._by_id if k != self._active.key_id]
+
+    def object_key(self, key_id: str, salt: bytes, *, what: str = "object") -> bytes:
         key = self._by_id.get(key_id)
         if key is None:
             raise KeyMaterialError(
-                f"object was encrypted with key id {key_id}, but the configured key has id "
-                f"{self._active.key_id}",
-                hint="configure the key_file this repository was written with",
+                f"{what} was encrypted with key id {key_id}, which is not among the configured keys "
+                f"({', '.join(self.key_ids)})",
+                hint=f"add the key file of key id {key_id} to [encryption] key_files (any position but the first)",
             )
         return hkdf(key.encryption_key, _INFO_OBJECT, salt=salt)
 
     @classmethod
+    def from_sources(cls, *, key_file: str | None = None, key_files: list[str] | None = None,
+                     key_command: str | None = None, timeout: float = 10.0) -> Keyring:
+        """All configured keys in order: key_command first (if any), then key_file, then key_files.
+
+        The first becomes active for writing; all are readable.
+        """
+        materials: list[bytes] = []
+        if key_command:
+            materials.append(material_from_command(key_command, timeout))
+        for path in ([key_file] if key_file else []) + list(key_files or []):
+            materials.append(read_key_file(path))
+        return cls(materials)
+
+    @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
-        """Read a key file, refusing one that group or others could read."""
-        key_path = Path(path)
-        try:
-            fd = os.open(key_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise KeyMaterialError(f"key file {key_path} does not exist") from None
-        except PermissionError:
+        return cls([read_key_file(path)])
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """Read a key file, refusing one that group or others could read."""
+    key_path = Path(path)
+    try:
+        fd = os.open(key_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise KeyMaterialError(f"key file {key_path} does not exist") from None
+    except PermissionError:
+        raise KeyMaterialError(
+            f"key file {key_path} is not readable by this user (uid {os.getuid()})",
+            hint="the key file must belong to the user running PostgreSQL",
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise KeyMaterialError(f"key file {key_path} is not a regular file")
+        if mode & 0o077:
             raise KeyMaterialError(
-                f"key file {key_path} is not readable by this user (uid {os.getuid()})",
-                hint="the key file must belong to the user running PostgreSQL",
-            ) from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise KeyMaterialError(f"key file {key_path} is not a regular file")
-            if mode & 0o077:
-                raise KeyMaterialError(
-                    f"key file {key_path} is accessible by group or others (mode {stat.S_IMODE(mode):04o})",
-                    hint=f"run: chmod 600 {key_path}",
-                )
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                raw = handle.read(64 * 1024)
-        finally:
-            os.close(fd)
-        return cls([_material_from_text(raw, str(key_path))])
+                f"key file {key_path} is accessible by group or others (mode {stat.S_IMODE(mode):04o})",
+                hint=f"run: chmod 600 {key_path}",
+            )
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(64 * 1024)
+    finally:
+        os.close(fd)
+    return _material_from_text(raw, str(key_path))
+
+
+def material_from_command(command: str, timeout: float) -> bytes:
+    """Run ``/bin/sh -c command`` and take its stdout as key material (the PostgreSQL TDE convention).
+
+    The output is never logged, never put into an error message, an environment variable or a
+    process title; only the command's stderr is shown when it fails. Costs one fork+exec of a shell
+    plus whatever the command does (README "Keys" has the figure), so it runs once per process:
+    the pusher and prefetcher build their keyring once at start.
+    """
+    import contextlib
+    import signal
+    import subprocess
+
+    try:
+        # Own process group: on timeout the whole group is killed, so a grandchild holding the
+        # pipe (sh -c 'vault ... | tr') cannot keep us waiting.
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise KeyMaterialError(f"[encryption] key_command could not be started: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise KeyMaterialError(f"[encryption] key_command did not finish within {timeout:g} s",
+                               hint="check the key service it calls, or raise [encryption] key_command_timeout"
+                               ) from None
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    stderr = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    tail = f": {stderr[-1][:300]}" if stderr else " (no message on stderr)"
+    if done.returncode != 0:
+        raise KeyMaterialError(f"[encryption] key_command failed with exit code {done.returncode}{tail}",
+                               hint="run the command by hand as this user to see why")
+    stripped = done.stdout.strip()
+    if not stripped:
+        raise KeyMaterialError("[encryption] key_command printed nothing on stdout",
+                               hint="it must print the key (32+ random bytes, base64 or raw)")
+    return _material_from_text(done.stdout, "the output of [encryption] key_command")

@@ -1,0 +1,102 @@
+"""Key sources (key_command, key_files), per-key-id errors: pure, no root, seconds."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from walkeeper.codec import CodecSettings, Keyring, decode_bytes, encode_bytes
+from walkeeper.codec.keys import material_from_command
+from walkeeper.config import load_config
+from walkeeper.errors import ConfigError, KeyMaterialError
+
+KEY = base64.b64encode(os.urandom(32)).decode()
+
+
+def key_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("command,expected", [
+    (f"echo {KEY}", "ok"),
+    (f"printf %s {KEY}", "ok"),
+    ("echo tooshort", "too short"),
+    ("true", "printed nothing"),
+    ("echo 'vault: permission denied' >&2; exit 3", "exit code 3: vault: permission denied"),
+    ("exit 1", "exit code 1 \\(no message on stderr\\)"),
+])
+def test_key_command_outcomes(command: str, expected: str) -> None:
+    if expected == "ok":
+        assert material_from_command(command, 5) == base64.b64decode(KEY)
+    else:
+        with pytest.raises(KeyMaterialError, match=expected):
+            material_from_command(command, 5)
+
+
+def test_key_command_output_never_in_error_message() -> None:
+    secret = "S3CRET-" + "x" * 10
+    with pytest.raises(KeyMaterialError) as err:
+        material_from_command(f"echo {secret}", 5)
+    assert secret not in str(err.value) and secret not in str(getattr(err.value, "hint", ""))
+
+
+def test_key_command_timeout_kills_the_whole_group() -> None:
+    start = time.monotonic()
+    with pytest.raises(KeyMaterialError, match=r"did not finish within 0\.5 s"):
+        material_from_command("sleep 30 | cat", 0.5)  # a grandchild holds the pipe
+    assert time.monotonic() - start < 5
+
+
+def test_key_command_and_file_give_same_key_id(tmp_path: Path) -> None:
+    path = key_file(tmp_path, "k")
+    from_cmd = Keyring.from_sources(key_command=f"cat {path}")
+    assert from_cmd.active_id == Keyring.from_file(path).active_id
+
+
+def test_key_files_first_active_all_readable(tmp_path: Path) -> None:
+    old, new = key_file(tmp_path, "old"), key_file(tmp_path, "new")
+    before = Keyring.from_sources(key_files=[str(old)])
+    blob, _ = encode_bytes(CodecSettings(keyring=before), "obj", b"x" * 100)
+    both = Keyring.from_sources(key_files=[str(new), str(old)])
+    assert both.active_id == Keyring.from_file(new).active_id
+    assert both.key_ids == [Keyring.from_file(new).active_id, before.active_id]
+    assert decode_bytes(both, blob, expected_name="obj")[1] == b"x" * 100
+    only_new = Keyring.from_sources(key_files=[str(new)])
+    with pytest.raises(KeyMaterialError, match=f"object obj was encrypted with key id {before.active_id}"):
+        decode_bytes(only_new, blob)
+
+
+def test_key_files_all_must_be_readable(tmp_path: Path) -> None:
+    good = key_file(tmp_path, "good")
+    with pytest.raises(KeyMaterialError, match="does not exist"):
+        Keyring.from_sources(key_files=[str(good), str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("toml,expected", [
+    ('key_files = ["a", "b"]', ["a", "b"]),
+    ('key_files = "a"', ConfigError),
+    ('key_files = [1]', ConfigError),
+    ('key_command = "cat key"\nkey_command_timeout = 0', ConfigError),
+])
+def test_config_key_settings(tmp_path: Path, toml: str, expected: object) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'repo = "/r"\n[encryption]\n{toml}\n')
+    if expected is ConfigError:
+        with pytest.raises(ConfigError):
+            load_config(str(conf))
+    else:
+        assert load_config(str(conf)).encryption.key_files == [str(tmp_path / p) for p in expected]
+
+
+def test_key_files_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('repo = "/r"\n')
+    monkeypatch.setenv("WALKEEPER_ENCRYPTION_KEY_FILES", "/k/a,/k/b")
+    assert load_config(str(conf)).encryption.key_files == ["/k/a", "/k/b"]

@@ -49,6 +49,7 @@ class Report:
     timelines: list[dict[str, Any]] = field(default_factory=list)
     backups: list[str] = field(default_factory=list)
     objects_read: int = 0
+    objects_per_key_id: dict[str, int] = field(default_factory=dict)  # --deep only (README "Keys")
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -248,7 +249,10 @@ def verify(repo: Repository, *, deep: bool = False, jobs: int = 4) -> Report:
     check_continuity(inv, report)
     check_backups(inv, report)
     if deep:
+        from walkeeper.commands.rekey import objects_per_key_id
+
         check_objects(repo, inv, report, jobs=jobs)
+        report.objects_per_key_id = objects_per_key_id(repo)
     return report
 
 
@@ -262,6 +266,7 @@ def format_report(report: Report) -> str:
     lines.append(f"  backups: {len(report.backups)}")
     if report.deep:
         lines.append(f"  objects read back: {report.objects_read}")
+        lines.append("  objects per key id: " + ", ".join(f"{k} {n}" for k, n in report.objects_per_key_id.items()))
     for p in report.problems:
         lines.append(f"{p.severity.upper()}: {p.message}")
         lines.append(f"  what to do: {p.action}")

@@ -401,3 +401,28 @@ def check_round_trip(keyring: Keyring | None, blob: bytes, *, name: str, plain: 
         raise IntegrityError(f"self-check failed for {name}: the encoded object decodes to {pos} bytes, "
                              f"the file has {len(plain)}")
     decoder.check(bytes.fromhex(sha256), len(plain))
+
+
+def reseal(keyring: Keyring, read: Callable[[int], bytes], *, expected_name: str | None = None) -> Iterator[bytes]:
+    """Re-encrypt an object under the keyring's active key without decompressing it (``rekey``).
+
+    Format 1 derives each object's key from the master key (HKDF with the header's salt): there is
+    no wrapped data key to re-wrap, so the frames are re-sealed instead. The authenticated
+    compressed payloads are carried over unchanged with a new header (new key id and salt, same
+    name, compression, checksum, size and extra fields) and the same trailer, so the plaintext
+    cannot change; callers still decode the result and compare checksums before replacing.
+    """
+    decoder = Decoder(keyring, expected_name=expected_name)
+    payloads = decoder.payloads(read)
+    first = next(payloads, None)  # reads the header
+    header = decoder.header
+    assert header is not None
+    settings = CodecSettings(compression=Compression(header.compression), cipher="aes-256-gcm", keyring=keyring)
+    encoder = Encoder(settings, header.name, sha256=header.sha256, size=header.size, extra=header.extra or None)
+    yield encoder.header
+    for payload in itertools.chain(() if first is None else (first,), payloads):
+        yield encoder._frame(payload, 0)
+    assert decoder.trailer is not None
+    digest, size = decoder.trailer
+    encoder.plain_size = size
+    yield encoder._trailer(digest)

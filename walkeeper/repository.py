@@ -215,6 +215,11 @@ class Repository:
         key_id = self._codec.keyring.active_id if self._codec and self._codec.cipher != "none" and \
             self._codec.keyring else None
         meta = self.meta()
+        if meta is not None and key_id and meta.key_id and key_id != meta.key_id:
+            # Writing with an older key (the window after `key rotate`): re-read the repository
+            # file each time, so a long-running pusher notices `rekey --retire` at its next push.
+            self._meta = None
+            meta = self.meta()
         if meta is None:
             fresh = RepoMeta(
                 system_identifier=str(system_identifier) if system_identifier is not None else None,

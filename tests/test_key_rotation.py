@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -143,3 +144,32 @@ def test_key_command_cost(setup: Setup) -> None:
     print(f"\nkey_command per call: {per_call * 1000:.1f} ms")
     assert per_call < 1.0
     assert subprocess.run(["true"]).returncode == 0
+
+
+@pytest.mark.parametrize("sse,kms_key", [("aws:kms", "arn:aws:kms:us-east-1:123456789012:key/walkeeper-test"),
+                                         ("AES256", None)])
+def test_s3_server_side_encryption(setup: Setup, s3_server: object, sse: str, kms_key: str | None) -> None:
+    """[s3] sse / sse_kms_key_id reach every PUT, single and multipart, including rekey's replacements."""
+    from walkeeper.config import load_config
+    from walkeeper.storage import open_storage
+
+    s3 = s3_server
+    extra = {"sse": sse, **({"sse_kms_key_id": kms_key} if kms_key else {})}
+    setup.repo_url, setup.extra_config = s3.url(), s3.config_toml(**extra)  # type: ignore[attr-defined]
+    setup.write_config()
+    pushed = push_range(setup, 1, 1)
+    storage = open_storage(setup.repo_url, load_config(str(setup.config)))
+    storage.put("big/object", [os.urandom(1024 * 1024) for _ in range(7)])  # over one 5 MiB part: multipart
+    client = s3.client()  # type: ignore[attr-defined]
+    prefix = setup.repo_url.split("/", 3)[3]
+    old_id = key_id(setup)
+    new = make_key(setup.work / "new")
+    assert setup.wk("key", "rotate", "--new-key", new).returncode == 0
+    use_keys(setup, new, setup.key_file)
+    assert setup.wk("rekey", "--retire", old_id).returncode == 0
+    for key in [f"{prefix}/wal/00000001/{next(iter(pushed))}", f"{prefix}/big/object", f"{prefix}/walkeeper.json"]:
+        head = client.head_object(Bucket=s3.bucket, Key=key)  # type: ignore[attr-defined]
+        assert head.get("ServerSideEncryption") == sse, (key, head)
+        if kms_key:
+            assert kms_key in head.get("SSEKMSKeyId", ""), (key, head)
+    fetch_all(setup, pushed)

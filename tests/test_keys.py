@@ -100,3 +100,81 @@ def test_key_files_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     conf.write_text('repo = "/r"\n')
     monkeypatch.setenv("WALKEEPER_ENCRYPTION_KEY_FILES", "/k/a,/k/b")
     assert load_config(str(conf)).encryption.key_files == ["/k/a", "/k/b"]
+
+
+def x25519_files(tmp_path: Path) -> tuple[Path, Path]:
+    from walkeeper.codec.keys import generate_x25519_pair
+
+    private, public = generate_x25519_pair()
+    (tmp_path / "priv").write_text(private + "\n")
+    (tmp_path / "priv").chmod(0o600)
+    (tmp_path / "pub").write_text(public + "\n")
+    (tmp_path / "pub").chmod(0o644)  # a public key may be world-readable
+    return tmp_path / "priv", tmp_path / "pub"
+
+
+def test_public_key_mode_round_trip_and_public_only_refusal(tmp_path: Path) -> None:
+    from walkeeper.codec import check_round_trip
+
+    priv, pub = x25519_files(tmp_path)
+    public_only = Keyring.from_sources(key_file=str(pub))
+    private = Keyring.from_sources(key_file=str(priv))
+    assert public_only.active_id == private.active_id
+    data = os.urandom(3000) * 50
+    settings = CodecSettings(cipher="x25519-aes-256-gcm", keyring=public_only)
+    blob, sha = encode_bytes(settings, "seg", data)
+    check_round_trip(public_only, blob, name="seg", plain=data, sha256=sha)  # the writer's own self-check
+    header = read_header_of(blob)
+    assert header.cipher == "x25519-aes-256-gcm" and header.sha256 == sha and len(header.epk or b"") == 32
+    assert decode_bytes(private, blob, expected_name="seg")[1] == data
+    fresh_public = Keyring.from_sources(key_file=str(pub))  # another process on the database host
+    with pytest.raises(KeyMaterialError, match="this host holds only the public key"):
+        decode_bytes(fresh_public, blob)
+    blob2, _ = encode_bytes(settings, "seg", data)
+    assert blob2 != blob and data[:3000] not in blob2  # a fresh data key per object
+
+
+def test_public_key_mode_detects_tampered_epk(tmp_path: Path) -> None:
+    from walkeeper.errors import IntegrityError
+
+    priv, pub = x25519_files(tmp_path)
+    blob, _ = encode_bytes(CodecSettings(cipher="x25519-aes-256-gcm", keyring=Keyring.from_sources(key_file=str(pub))),
+                           "seg", b"x" * 1000)
+    header = read_header_of(blob)
+    tampered = blob.replace(header.epk.hex().encode(), os.urandom(32).hex().encode())
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        decode_bytes(Keyring.from_sources(key_file=str(priv)), tampered)
+
+
+def read_header_of(blob: bytes):  # type: ignore[no-untyped-def]
+    from walkeeper.codec import read_header
+
+    pos = [0]
+
+    def read(n: int) -> bytes:
+        out = blob[pos[0]:pos[0] + n]
+        pos[0] += n
+        return out
+    return read_header(read)
+
+
+@pytest.mark.parametrize("cipher,which,ok", [
+    ("x25519-aes-256-gcm", "pub", True), ("x25519-aes-256-gcm", "priv", True),
+    ("x25519-aes-256-gcm", "sym", False), ("aes-256-gcm", "pub", False), ("aes-256-gcm", "sym", True),
+])
+def test_method_must_match_key_kind(tmp_path: Path, cipher: str, which: str, ok: bool) -> None:
+    priv, pub = x25519_files(tmp_path)
+    path = {"priv": priv, "pub": pub, "sym": key_file(tmp_path, "sym")}[which]
+    keyring = Keyring.from_sources(key_file=str(path))
+    if ok:
+        CodecSettings(cipher=cipher, keyring=keyring)
+    else:
+        with pytest.raises(ConfigError, match="needs"):
+            CodecSettings(cipher=cipher, keyring=keyring)
+
+
+def test_private_key_file_must_be_private(tmp_path: Path) -> None:
+    priv, _pub = x25519_files(tmp_path)
+    priv.chmod(0o644)
+    with pytest.raises(KeyMaterialError, match="accessible by group or others"):
+        Keyring.from_sources(key_file=str(priv))

@@ -18,11 +18,11 @@ def key_group() -> None:
     """Encryption keys: generate, rotate, list."""
 
 
-def _write_new_key(output: str) -> None:
+def _write_new_key(output: str, text: str | None = None, *, mode: int = 0o600) -> None:
     from walkeeper.codec import generate_key
 
-    try:
-        write_file(output, (generate_key() + "\n").encode(), replace=False)  # durable, never half a key
+    try:  # durable, never half a key
+        write_file(output, ((text or generate_key()) + "\n").encode(), replace=False, mode=mode)
     except FileExistsError:
         raise RefusedError(f"{output} already exists; refusing to overwrite a key",
                            hint="choose another file, or move the old key away first") from None
@@ -34,16 +34,27 @@ def _write_new_key(output: str) -> None:
 
 @key_group.command("generate")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to FILE (mode 0600) instead of stdout.")
+@click.option("--public-key-out", "public_out", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Public-key mode: write an X25519 pair, the private key to --output (or stdout) and the "
+                   "public key to FILE (mode 0644), for hosts that must not read the archive.")
 @handle_errors()
-def key_generate_cmd(output: str | None) -> None:
-    """Print a new random 256-bit key for key_file."""
+def key_generate_cmd(output: str | None, public_out: str | None) -> None:
+    """Print a new random 256-bit key for key_file (or an X25519 pair with --public-key-out)."""
     from walkeeper.codec import generate_key
+    from walkeeper.codec.keys import generate_x25519_pair
 
+    private, public = generate_x25519_pair() if public_out else (generate_key(), "")
+    if public_out:
+        _write_new_key(public_out, public, mode=0o644)
     if output is None:
-        click.echo(generate_key())
-        return
-    _write_new_key(output)
-    click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
+        click.echo(private)
+    else:
+        _write_new_key(output, private)
+        click.echo(f"wrote a new {'private ' if public_out else ''}key to {Path(output).resolve()} (mode 0600); "
+                   "keep a copy somewhere safe", err=True)
+    if public_out:
+        click.echo(f"wrote the public key to {Path(public_out).resolve()}: give it to the database host "
+                   "(method = \"x25519-aes-256-gcm\")", err=True)
 
 
 @key_group.command("rotate")

@@ -164,7 +164,7 @@ PATH_FIELDS = {
 }
 _CHOICES = {
     ("compression", "method"): ("zstd", "none"),
-    ("encryption", "method"): ("aes-256-gcm", "none"),
+    ("encryption", "method"): ("aes-256-gcm", "x25519-aes-256-gcm", "none"),
     ("s3", "sse"): (None, "AES256", "aws:kms"),
     ("s3", "addressing_style"): ("auto", "path", "virtual"),
 }

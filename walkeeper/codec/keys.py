@@ -21,6 +21,12 @@ MIN_KEY_BYTES = 32
 _INFO_ENCRYPTION = b"walkeeper aes-256-gcm master v1"
 _INFO_KEY_ID = b"walkeeper key id v1"
 _INFO_OBJECT = b"walkeeper object key v1"
+_INFO_X25519_ID = b"walkeeper x25519 key id v1"
+_INFO_X25519_OBJECT = b"walkeeper x25519 object key v1"
+# Public-key mode key files: one line, a prefix naming the kind, then 32 bytes in base64.
+PRIVATE_PREFIX = b"walkeeper-x25519-private:"
+PUBLIC_PREFIX = b"walkeeper-x25519-public:"
+_SEALED_CACHE = 256  # object keys this process sealed with, kept for wal-push's self-check
 
 
 def hkdf(key: bytes, info: bytes, salt: bytes | None = None, length: int = 32) -> bytes:
@@ -50,10 +56,49 @@ def _material_from_text(raw: bytes, source: str) -> bytes:
     return material
 
 
+def generate_x25519_pair() -> tuple[str, str]:
+    """A new X25519 pair as (private key file text, public key file text)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    private = X25519PrivateKey.generate()
+    raw_private = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    raw_public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return ((PRIVATE_PREFIX + base64.b64encode(raw_private)).decode(),
+            (PUBLIC_PREFIX + base64.b64encode(raw_public)).decode())
+
+
 @dataclass(frozen=True)
 class _Key:
     key_id: str
-    encryption_key: bytes = field(repr=False)
+    encryption_key: bytes | None = field(default=None, repr=False)  # symmetric keys: the master key
+    public: bytes | None = None  # X25519 keys: the raw public key
+    private: bytes | None = field(default=None, repr=False)  # X25519 keys: None on a public-key-only host
+
+    @property
+    def kind(self) -> str:
+        return "x25519" if self.public is not None else "aes"
+
+
+def _x25519_key(material: bytes) -> _Key:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    private = None
+    try:
+        if material.startswith(PRIVATE_PREFIX):
+            private = base64.b64decode(material[len(PRIVATE_PREFIX):], validate=True)
+            public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+                Encoding.Raw, PublicFormat.Raw)
+        else:
+            public = base64.b64decode(material[len(PUBLIC_PREFIX):], validate=True)
+        if len(public) != 32:
+            raise ValueError("not 32 bytes")
+    except (binascii.Error, ValueError):
+        raise KeyMaterialError("an X25519 key file is damaged (expected 32 bytes in base64 after its prefix)",
+                               hint="write a new pair with: walkeeper key generate --output PRIVATE "
+                                    "--public-key-out PUBLIC") from None
+    return _Key(hkdf(public, _INFO_X25519_ID, length=8).hex(), public=public, private=private)
 
 
 class Keyring:
@@ -68,10 +113,67 @@ class Keyring:
             raise KeyMaterialError("no encryption key configured")
         keys = []
         for material in materials:
+            if material.startswith((PRIVATE_PREFIX, PUBLIC_PREFIX)):
+                keys.append(_x25519_key(material))
+                continue
             key_id = hkdf(material, _INFO_KEY_ID, length=8).hex()
             keys.append(_Key(key_id, hkdf(material, _INFO_ENCRYPTION)))
         self._active = keys[0]
-        self._by_id = {k.key_id: k for k in keys}
+        self._by_id: dict[str, _Key] = {}
+        for k in keys:
+            known = self._by_id.get(k.key_id)
+            if known is None or (known.private is None and k.private is not None):
+                self._by_id[k.key_id] = k  # a private key supersedes its own public key
+        self._sealed: dict[bytes, bytes] = {}
+
+    @property
+    def active_kind(self) -> str:
+        """"aes" (a symmetric key) or "x25519" (public-key mode) for the key objects are written with."""
+        return self._active.kind
+
+    def seal_key(self, salt: bytes) -> tuple[bytes, dict[str, str]]:
+        """A new object's key and the header fields a reader needs to derive it again.
+
+        Public-key mode: an ephemeral X25519 key agreement with the active public key, so each
+        object has its own random data key and only the private key's holder can derive it.
+        """
+        if self._active.kind == "aes":
+            return self.object_key(self._active.key_id, salt), {}
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        assert self._active.public is not None
+        ephemeral = X25519PrivateKey.generate()
+        epk = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self._active.public))
+        key = hkdf(shared, _INFO_X25519_OBJECT + epk + self._active.public, salt=salt)
+        if len(self._sealed) >= _SEALED_CACHE:
+            self._sealed.pop(next(iter(self._sealed)))
+        self._sealed[epk] = key
+        return key, {"epk": epk.hex()}
+
+    def open_key(self, key_id: str, salt: bytes, epk: bytes | None, *, what: str = "object") -> bytes:
+        """The key of an existing object (symmetric or public-key mode)."""
+        key = self._by_id.get(key_id)
+        if key is None or key.kind == "aes":
+            return self.object_key(key_id, salt, what=what)
+        if epk is None:
+            from walkeeper.errors import IntegrityError
+
+            raise IntegrityError(f"{what} lacks its ephemeral public key: corrupted")
+        if epk in self._sealed:  # written by this very process (wal-push's self-check)
+            return self._sealed[epk]
+        if key.private is None:
+            raise KeyMaterialError(
+                f"this host holds only the public key (key id {key_id}): {what} can be decrypted only where "
+                "the private key is configured",
+                hint="run this command on a restore host whose [encryption] key_file is the private key",
+            )
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+        shared = X25519PrivateKey.from_private_bytes(key.private).exchange(X25519PublicKey.from_public_bytes(epk))
+        assert key.public is not None
+        return hkdf(shared, _INFO_X25519_OBJECT + epk + key.public, salt=salt)
 
     def __repr__(self) -> str:
         return f"Keyring(active={self._active.key_id}, known={sorted(self._by_id)})"
@@ -87,7 +189,7 @@ class Keyring:
 
     def object_key(self, key_id: str, salt: bytes, *, what: str = "object") -> bytes:
         key = self._by_id.get(key_id)
-        if key is None:
+        if key is None or key.encryption_key is None:
             raise KeyMaterialError(
                 f"{what} was encrypted with key id {key_id}, which is not among the configured keys "
                 f"({', '.join(self.key_ids)})",
@@ -130,13 +232,13 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise KeyMaterialError(f"key file {key_path} is not a regular file")
-        if mode & 0o077:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(64 * 1024)
+        if mode & 0o077 and not raw.startswith(PUBLIC_PREFIX):  # a public key is no secret
             raise KeyMaterialError(
                 f"key file {key_path} is accessible by group or others (mode {stat.S_IMODE(mode):04o})",
                 hint=f"run: chmod 600 {key_path}",
             )
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            raw = handle.read(64 * 1024)
     finally:
         os.close(fd)
     return _material_from_text(raw, str(key_path))

@@ -86,3 +86,49 @@ def test_rotation_rekey_while_archiving_then_pitr_without_old_key(setup: Setup) 
         assert cluster.psql(STATE_SQL) == state
     finally:
         cluster.stop()
+
+
+def test_public_key_host_archives_private_key_host_restores(setup: Setup) -> None:
+    """The database host has only the public key: it archives and backs up, cannot read; a restore host can."""
+    private, public = setup.work / "private.key", setup.work / "public.key"
+    ok(setup.wk("key", "generate", "--output", private, "--public-key-out", public, config=False))
+    give_to_pg(private)
+    give_to_pg(public)
+    assert (public.stat().st_mode & 0o777) == 0o644 and (private.stat().st_mode & 0o777) == 0o600
+    repo = setup.repo_url or setup.repo
+    db_host = setup.config  # what archive_command uses
+    db_host.write_text(f'repo = "{repo}"\n[encryption]\nmethod = "x25519-aes-256-gcm"\nkey_file = "{public}"\n')
+    restore_host = setup.work / "restore-host.toml"
+    restore_host.write_text(f'repo = "{repo}"\n[encryption]\nmethod = "x25519-aes-256-gcm"\nkey_file = "{private}"\n')
+    give_to_pg(restore_host)
+    primary = start_primary(setup)
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        primary.psql("create table notes(id serial primary key, note text)")
+        archive_everything(primary)
+        ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--label", "public-host"))
+        pgbench(primary, 200)
+        primary.psql("insert into notes(note) values ('archived by a host that cannot read it')")
+        state, mark = primary.psql(STATE_SQL), server_time(primary)
+        primary.psql("insert into notes(note) values ('after the target')")
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    # what the database host can still do without the private key
+    for args in (["wal-list", "--json"], ["backups", "--json"], ["status", "--json", "--no-cluster"],
+                 ["check"], ["expire", "--keep", "1", "--dry-run"]):
+        ok(setup.wk(*args))
+    segment = json.loads(setup.wk("wal-list", "--json").stdout)["timelines"][0]["last"]
+    for args in (["verify", "--deep"], ["wal-fetch", segment, str(setup.work / "x")],
+                 ["pitr", "--pgdata", str(setup.work / "nope"), "--target-time", mark]):
+        proc = setup.wk(*args)
+        assert proc.returncode in (4, 5, 204), (args, proc.returncode, proc.stderr)
+        assert "this host holds only the public key" in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
+    # the restore host, holding the private key, recovers
+    setup.config = restore_host
+    ok(setup.wk("verify", "--deep"))
+    cluster, _out = recover(setup, "pitr", "--target-time", mark, "--target-action", "promote")
+    try:
+        assert cluster.psql(STATE_SQL) == state
+    finally:
+        cluster.stop()

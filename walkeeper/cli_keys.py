@@ -18,18 +18,18 @@ def key_group() -> None:
     """Encryption keys: generate, rotate, list."""
 
 
-def _write_new_key(output: str, text: str | None = None, *, mode: int = 0o600) -> None:
+def _write_new_key(output: str, text: str | None = None, *, mode: int = 0o600, option: str = "--output") -> None:
     from walkeeper.codec import generate_key
 
     try:  # durable, never half a key
         write_file(output, ((text or generate_key()) + "\n").encode(), replace=False, mode=mode)
     except FileExistsError:
         raise RefusedError(f"{output} already exists; refusing to overwrite a key",
-                           hint="choose another file, or move the old key away first") from None
+                           hint=f"choose another {option}, or move the old key away first") from None
     except OSError as exc:
         what = "its directory does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
         raise ConfigError(f"cannot write the key to {output}: {what}",
-                          hint="create the directory first or choose another file") from None
+                          hint=f"create the directory first or choose another {option}") from None
 
 
 @key_group.command("generate")
@@ -44,12 +44,13 @@ def key_generate_cmd(output: str | None, public_out: str | None) -> None:
     from walkeeper.codec.keys import generate_x25519_pair
 
     private, public = generate_x25519_pair() if public_out else (generate_key(), "")
+    if output is not None:  # the private key first: never a public key whose private half was not kept
+        _write_new_key(output, private)
     if public_out:
-        _write_new_key(public_out, public, mode=0o644)
+        _write_new_key(public_out, public, mode=0o644, option="--public-key-out")
     if output is None:
         click.echo(private)
     else:
-        _write_new_key(output, private)
         click.echo(f"wrote a new {'private ' if public_out else ''}key to {Path(output).resolve()} (mode 0600); "
                    "keep a copy somewhere safe", err=True)
     if public_out:
@@ -74,7 +75,7 @@ def key_rotate_cmd(app: AppContext, new_key: str | None, generate: str | None) -
     path = new_key or generate
     assert path is not None
     if generate:
-        _write_new_key(generate)
+        _write_new_key(generate, option="--generate FILE")
     result = rotate(open_repository(app.config), path)
     if not result.changed:
         click.echo(f"key id {result.key_id} is already the repository's active key")

@@ -14,7 +14,7 @@ from walkeeper.codec.keys import material_from_command
 from walkeeper.config import load_config
 from walkeeper.errors import ConfigError, KeyMaterialError
 
-KEY = base64.b64encode(os.urandom(32)).decode()
+KEY = base64.b64encode(bytes(range(32))).decode()  # fixed: test ids must match across xdist workers
 
 
 def key_file(tmp_path: Path, name: str) -> Path:
@@ -178,3 +178,18 @@ def test_private_key_file_must_be_private(tmp_path: Path) -> None:
     priv.chmod(0o644)
     with pytest.raises(KeyMaterialError, match="accessible by group or others"):
         Keyring.from_sources(key_file=str(priv))
+
+
+@pytest.mark.parametrize("keys,active,writer,ok", [
+    (None, "aa", "aa", True),  # a repository never rotated
+    (None, "aa", "bb", False),
+    ([{"key_id": "aa", "active_since": "t0"}, {"key_id": "bb", "active_since": "t1"}], "bb", "bb", True),
+    ([{"key_id": "aa", "active_since": "t0"}, {"key_id": "bb", "active_since": "t1"}], "bb", "aa", True),  # window
+    ([{"key_id": "aa", "active_since": "t0", "retired": "t2"}, {"key_id": "bb", "active_since": "t1"}],
+     "bb", "aa", False),
+    ([{"key_id": "aa", "active_since": "t0"}, {"key_id": "bb", "active_since": "t1"}], "bb", "cc", False),
+])
+def test_which_keys_may_write(keys: list | None, active: str, writer: str, ok: bool) -> None:
+    from walkeeper.repository import RepoMeta
+
+    assert RepoMeta(key_id=active, keys=keys).writable_key(writer) is ok

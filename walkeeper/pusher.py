@@ -177,11 +177,15 @@ class Pusher:
                 if now >= next_prune:
                     self.prune()
                     next_prune = now + PRUNE_EVERY
-                    if not self.inflight and _config_identity(self.config.source) != config_seen:
-                        # e.g. a new key listed first after `key rotate`: the next archive_command
-                        # call starts a pusher with the new configuration (README "Keys")
+                if _config_identity(self.config.source) != config_seen:
+                    # e.g. a new key listed first after `key rotate`: take no new work; the next
+                    # archive_command call starts a pusher with the new configuration (README "Keys")
+                    if not self.inflight:
                         log.info("configuration file changed; stopping")
                         break
+                    self.reap()
+                    time.sleep(POLL)
+                    continue
                 if self.reap():
                     last_work = now
                 if len(self.inflight) < self.workers:

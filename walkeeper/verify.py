@@ -242,6 +242,12 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
 
 
 def verify(repo: Repository, *, deep: bool = False, jobs: int = 4) -> Report:
+    if deep and repo.keyring is not None and repo.keyring.public_only:
+        from walkeeper.errors import KeyMaterialError
+
+        raise KeyMaterialError(f"this host holds only the public key (key id {repo.keyring.active_id}): "
+                               "verify --deep reads every object back",
+                               hint="run it on a restore host whose [encryption] key_file is the private key")
     meta = repo.require_meta()
     inv = read_inventory(repo)
     report = Report(repository=repo.storage.url, system_identifier=meta.system_identifier,

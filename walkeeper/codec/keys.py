@@ -127,6 +127,11 @@ class Keyring:
         self._sealed: dict[bytes, bytes] = {}
 
     @property
+    def public_only(self) -> bool:
+        """True on a public-key-mode host without the private key: it can write, not read."""
+        return self._active.kind == "x25519" and self._by_id[self._active.key_id].private is None
+
+    @property
     def active_kind(self) -> str:
         """"aes" (a symmetric key) or "x25519" (public-key mode) for the key objects are written with."""
         return self._active.kind

@@ -193,3 +193,35 @@ def test_which_keys_may_write(keys: list | None, active: str, writer: str, ok: b
     from walkeeper.repository import RepoMeta
 
     assert RepoMeta(key_id=active, keys=keys).writable_key(writer) is ok
+
+
+def test_rekey_leaves_an_object_that_changed_since_it_was_read(tmp_path: Path) -> None:
+    """The replace is conditional: an object replaced (or removed) after the scan is not overwritten."""
+    from walkeeper.codec.compress import Compression
+    from walkeeper.commands.rekey import _rewrite, scan
+    from walkeeper.config import load_config
+    from walkeeper.repository import META_KEY, RepoMeta, Repository
+    from walkeeper.storage import open_storage
+
+    old, new = key_file(tmp_path, "old"), key_file(tmp_path, "new")
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'repo = "{tmp_path / "repo"}"\n')
+    storage = open_storage(str(tmp_path / "repo"), load_config(str(conf)))
+    old_ring = Keyring.from_sources(key_files=[str(old)])
+    both = Keyring.from_sources(key_files=[str(new), str(old)])
+    storage.put(META_KEY, RepoMeta(key_id=both.active_id).to_json())
+    for name in ("a", "b"):
+        storage.put(f"obj/{name}", encode_bytes(CodecSettings(keyring=old_ring), name, name.encode() * 100)[0])
+    repo = Repository(storage, CodecSettings(compression=Compression(), keyring=both))
+    infos = {info.key: info for info, _header in scan(repo)}
+    replacement = encode_bytes(CodecSettings(keyring=old_ring), "a", b"other" * 300)[0]
+    time.sleep(0.01)
+    storage.put("obj/a", replacement)  # someone else's write after our read
+    storage.delete(["obj/b"])  # expired meanwhile
+    assert _rewrite(repo, infos["obj/a"]) is None and storage.get("obj/a") == replacement
+    assert _rewrite(repo, infos["obj/b"]) is None
+    assert not [i for i in storage.list("obj/")  if i.key == "obj/b"]  # not resurrected
+    fresh = {info.key: info for info, _header in scan(repo)}
+    assert _rewrite(repo, fresh["obj/a"]) is not None
+    header, plain = decode_bytes(both, storage.get("obj/a"))
+    assert plain == b"other" * 300 and header.key_id == both.active_id

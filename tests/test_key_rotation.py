@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -67,8 +68,25 @@ def test_rotate_rekey_retire_then_destroy_old_key(backend_setup: Setup) -> None:
     dry = s.wk("rekey", "--retire", old_id, "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["found"] == 4
-    done = s.wk("rekey", "--retire", old_id, "--json")
+    stop, failures, rounds = threading.Event(), [], [0]
+
+    def restore_meanwhile() -> None:  # a restore reading every segment while rekey replaces them
+        while not stop.is_set():
+            for name, data in pushed.items():
+                proc, dest = fetch(s, name)
+                if proc.returncode != 0 or dest.read_bytes() != data:
+                    failures.append((name, proc.returncode, proc.stderr))
+            rounds[0] += 1
+
+    reader = threading.Thread(target=restore_meanwhile)
+    reader.start()
+    try:
+        done = s.wk("rekey", "--retire", old_id, "--json")
+    finally:
+        stop.set()
+        reader.join()
     assert done.returncode == 0, done.stderr
+    assert not failures and rounds[0] >= 1, failures
     report = json.loads(done.stdout)
     assert (report["rewritten"], report["remaining"], report["retired"]) == (4, 0, True), report
     again = s.wk("rekey", "--retire", old_id, "--json")  # idempotent

@@ -109,6 +109,8 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
             ("pitr immediate", ["pitr", "--pgdata", setup.work / "never", "--target-immediate", "--dry-run"], 0),
             ("restore-test", ["restore-test", "--workdir", setup.work / "restore-tests"], 0),
             ("restore-tests", ["restore-tests"], 0),
+            ("key list", ["key", "list"], 0),
+            ("rekey", ["rekey", "--retire", "0123456789abcdef", "--dry-run"], 0),
             ("status (after a restore test)", ["status"], 0),
         ):
             proc = setup.wk(*args, "--json", env=env)

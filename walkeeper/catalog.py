@@ -244,7 +244,7 @@ class Catalog:
     # -- encoded JSON objects ----------------------------------------------------------------
 
     def _put_json(self, key: str, doc: bytes, *, overwrite: bool = False) -> None:
-        blob, _sha = encode_bytes(self.repo.codec, key, doc)
+        blob, _sha = encode_bytes(self.repo.codec.for_metadata(), key, doc)
         self.repo.storage.put(key, blob, overwrite=overwrite)
 
     def _get_json(self, key: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -23,7 +22,7 @@ import click
 from walkeeper import __version__
 from walkeeper.config import Config, load_config
 from walkeeper.durable import write_file
-from walkeeper.errors import CLOSED_PIPE_CODE, ConfigError, NotFound, RefusedError, WalkeeperError, exit_code
+from walkeeper.errors import CLOSED_PIPE_CODE, NotFound, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -241,34 +240,6 @@ def wal_list_cmd(app: AppContext, as_json: bool) -> None:
             click.echo(f"    GAP: {a} .. {b} missing")
         for p in t.partial:
             click.echo(f"    partial: {p}")
-
-
-@cli.group("key")
-def key_group() -> None:
-    """Encryption keys."""
-
-
-@key_group.command("generate")
-@click.option("--output", type=click.Path(dir_okay=False), help="Write to FILE (mode 0600) instead of stdout.")
-@handle_errors()
-def key_generate_cmd(output: str | None) -> None:
-    """Print a new random 256-bit key for key_file."""
-    from walkeeper.codec import generate_key
-
-    key = generate_key()
-    if output is None:
-        click.echo(key)
-        return
-    try:
-        write_file(output, (key + "\n").encode(), replace=False)  # durable, never half a key
-    except FileExistsError:
-        raise RefusedError(f"{output} already exists; refusing to overwrite a key",
-                           hint="choose another --output, or move the old key away first") from None
-    except OSError as exc:
-        what = "its directory does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
-        raise ConfigError(f"cannot write the key to {output}: {what}",
-                          hint="create the directory first or choose another --output") from None
-    click.echo(f"wrote a new key to {Path(output).resolve()} (mode 0600); keep a copy somewhere safe", err=True)
 
 
 # -- base backups, restore, point-in-time recovery (walkeeper/backup.py, pitr.py) ----------------
@@ -596,7 +567,11 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
     config = app.config
     repo_error: WalkeeperError | None = None
     try:
-        doc = repository_status(open_repository(config))
+        repo = open_repository(config)
+        doc = repository_status(repo)
+        from walkeeper.commands.key_rotate import key_table  # README "Keys": key ids, never keys
+
+        doc["keys"] = key_table(repo) if repo.meta() else []
     except WalkeeperError as exc:  # the server's side is still worth showing: it may say why
         repo_error = exc
         doc = {"repository": config.repo, "error": str(exc)}
@@ -864,3 +839,7 @@ from walkeeper.cli_restore_test import restore_test_cmd, restore_tests_cmd  # no
 
 cli.add_command(restore_test_cmd)
 cli.add_command(restore_tests_cmd)
+
+from walkeeper import cli_keys  # noqa: E402 - key, rekey commands register on ``cli`` (import cycle by design)
+
+cli_keys.register(cli)

@@ -43,6 +43,9 @@ class CompressionConfig:
 class EncryptionConfig:
     method: str = "aes-256-gcm"
     key_file: str | None = None
+    key_files: list | None = None  # several keys: the first writes, all read (README "Keys")
+    key_command: str | None = None  # /bin/sh -c COMMAND prints the key (Vault, KMS, token); run once per process
+    key_command_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class Config:
 # directory (symlinks followed: walkeeper.configbase.config_dir, which the fast path uses too).
 PATH_FIELDS = {
     ("encryption", "key_file"),
+    ("encryption", "key_files"),
     ("ssh", "identity_file"),
     ("ssh", "known_hosts_file"),
     ("restore", "spool_dir"),
@@ -178,7 +182,7 @@ PATH_FIELDS = {
 }
 _CHOICES = {
     ("compression", "method"): ("zstd", "none"),
-    ("encryption", "method"): ("aes-256-gcm", "none"),
+    ("encryption", "method"): ("aes-256-gcm", "x25519-aes-256-gcm", "none"),
     ("s3", "sse"): (None, "AES256", "aws:kms"),
     ("s3", "addressing_style"): ("auto", "path", "virtual"),
 }
@@ -197,6 +201,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("restore", "prefetch"): (0, None),
     ("restore", "workers"): (1, None),
     ("restore", "idle_timeout"): (0, None),
+    ("encryption", "key_command_timeout"): (0.1, 3600),
     ("s3", "connect_timeout"): (0, None),
     ("s3", "read_timeout"): (0, None),
     ("s3", "max_concurrency"): (1, None),
@@ -221,7 +226,8 @@ def _sections() -> dict[str, type]:
 def _type_name(hint: Any) -> str:
     if isinstance(hint, types.UnionType):
         return " or ".join(_type_name(arg) for arg in typing.get_args(hint) if arg is not type(None))
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list of strings"}.get(hint, str(hint))
 
 
 def _coerce(value: Any, hint: Any, where: str, from_env: bool) -> Any:
@@ -231,6 +237,12 @@ def _coerce(value: Any, hint: Any, where: str, from_env: bool) -> Any:
         if kind is type(None):
             if from_env and value == "":
                 return None
+            continue
+        if kind is list:  # a list of strings; from the environment, comma-separated
+            if from_env:
+                return [part for part in value.split(",") if part]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
             continue
         if from_env:
             try:
@@ -307,7 +319,8 @@ def _section_values(section: str, cls: type, table: Mapping[str, Any], source: s
         value = _coerce(value, hints[key], where, from_env=False)
         _check_choice(section, key, value, where)
         if (section, key) in PATH_FIELDS and value and base_dir is not None:
-            value = resolve_path(value, base_dir)
+            value = [resolve_path(v, base_dir) for v in value] if isinstance(value, list) else \
+                resolve_path(value, base_dir)
         values[key] = value
     return values
 

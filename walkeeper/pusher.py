@@ -170,12 +170,22 @@ class Pusher:
         idle = self.config.archive.idle_timeout
         last_work = time.monotonic()
         next_prune = 0.0
+        config_seen = _config_identity(self.config.source)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="push") as pool:
             while self.pg_wal.is_dir():
                 now = time.monotonic()
                 if now >= next_prune:
                     self.prune()
                     next_prune = now + PRUNE_EVERY
+                if _config_identity(self.config.source) != config_seen:
+                    # e.g. a new key listed first after `key rotate`: take no new work; the next
+                    # archive_command call starts a pusher with the new configuration (README "Keys")
+                    if not self.inflight:
+                        log.info("configuration file changed; stopping")
+                        break
+                    self.reap()
+                    time.sleep(POLL)
+                    continue
                 if self.reap():
                     last_work = now
                 if len(self.inflight) < self.workers:
@@ -189,6 +199,13 @@ class Pusher:
                     log.info("nothing to push for %.0f s; stopping", idle)
                     break
                 time.sleep(POLL)
+
+
+def _config_identity(path: str | None) -> dict[str, str] | None:
+    try:
+        return fastpath.identity(os.stat(path)) if path else None
+    except OSError:
+        return None
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from walkeeper.codec import CodecSettings, Keyring, check_round_trip, decode_bytes, encode_bytes, read_header
 from walkeeper.codec.compress import Compression
@@ -61,8 +62,28 @@ class RepoMeta:
     system_identifier: str | None = None  # a string: JSON numbers lose precision past 2**53
     wal_segment_size: int | None = None
     pg_version: int | None = None
-    key_id: str | None = None
+    key_id: str | None = None  # the active key: what new objects are written with
     created: str = ""
+    # Key history (never the keys): [{"key_id", "active_since", "retired"?}], oldest first; see
+    # walkeeper/commands/key_rotate.py. None in repositories written before rotation existed.
+    keys: list | None = None
+
+    def key_history(self) -> list[dict[str, Any]]:
+        """The recorded keys, including the implicit first one of a repository never rotated."""
+        if self.keys:
+            return [dict(k) for k in self.keys if isinstance(k, dict)]
+        return [{"key_id": self.key_id, "active_since": self.created}] if self.key_id else []
+
+    def writable_key(self, key_id: str) -> bool:
+        """Objects may be written with the active key or an older key not yet retired.
+
+        A writer still configured with the previous key (a pusher started before ``key rotate``)
+        keeps archiving until its configuration lists the new key first; ``rekey --retire`` later
+        rewrites what it wrote and marks that key retired, after which it is refused.
+        """
+        if key_id == self.key_id:
+            return True
+        return any(k.get("key_id") == key_id and not k.get("retired") for k in self.key_history())
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
@@ -90,6 +111,7 @@ class RepoMeta:
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "format": (int,), "system_identifier": (str, type(None)), "wal_segment_size": (int, type(None)),
     "pg_version": (int, type(None)), "key_id": (str, type(None)), "created": (str,),
+    "keys": (list, type(None)),
 }
 
 
@@ -124,12 +146,14 @@ def build_codec(config: Config) -> CodecSettings:
     """Codec settings from configuration; reads the key file (cheap: HKDF, no slow KDF)."""
     enc = config.encryption
     keyring = None
-    if enc.key_file:
-        keyring = Keyring.from_file(enc.key_file)
+    if enc.key_file or enc.key_files or enc.key_command:
+        keyring = Keyring.from_sources(key_file=enc.key_file, key_files=enc.key_files,
+                                       key_command=enc.key_command, timeout=enc.key_command_timeout)
     elif enc.method != "none":
         raise ConfigError(
-            f"encryption method {enc.method} needs a key file",
-            hint="set [encryption] key_file (walkeeper key generate --output FILE), or method = \"none\"",
+            f"encryption method {enc.method} needs a key",
+            hint="set [encryption] key_file (walkeeper key generate --output FILE), key_files or key_command, "
+                 "or method = \"none\"",
         )
     comp = Compression(config.compression.method, config.compression.level, config.compression.threads)
     return CodecSettings(compression=comp, cipher=enc.method, keyring=keyring)
@@ -192,6 +216,11 @@ class Repository:
         key_id = self._codec.keyring.active_id if self._codec and self._codec.cipher != "none" and \
             self._codec.keyring else None
         meta = self.meta()
+        if meta is not None and key_id and meta.key_id and key_id != meta.key_id:
+            # Writing with an older key (the window after `key rotate`): re-read the repository
+            # file each time, so a long-running pusher notices `rekey --retire` at its next push.
+            self._meta = None
+            meta = self.meta()
         if meta is None:
             fresh = RepoMeta(
                 system_identifier=str(system_identifier) if system_identifier is not None else None,
@@ -232,11 +261,13 @@ class Repository:
             raise ForeignClusterError(
                 f"WAL segment size {segment_size} differs from the repository's {meta.wal_segment_size}"
             )
-        if key_id and meta.key_id and key_id != meta.key_id:
+        if key_id and meta.key_id and not meta.writable_key(key_id):
+            retired = any(k.get("key_id") == key_id and k.get("retired") for k in meta.key_history())
             raise KeyMaterialError(
                 f"the configured key has id {key_id}, but repository {self.storage.url} is written with key "
-                f"id {meta.key_id}",
-                hint="configure the repository's key_file",
+                f"id {meta.key_id}" + (f" (key id {key_id} was retired)" if retired else ""),
+                hint="configure the repository's key first in [encryption] key_files "
+                     "(a new key is made active with walkeeper key rotate)",
             )
 
     # -- WAL --------------------------------------------------------------------------------

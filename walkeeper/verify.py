@@ -55,6 +55,7 @@ class Report:
     backups: list[str] = field(default_factory=list)
     dumps: list[str] = field(default_factory=list)
     objects_read: int = 0
+    objects_per_key_id: dict[str, int] = field(default_factory=dict)  # --deep only (README "Keys")
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -336,6 +337,12 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
 
 
 def verify(repo: Repository, *, deep: bool = False, jobs: int = 4, pg_restore: str | None = None) -> Report:
+    if deep and repo.keyring is not None and repo.keyring.public_only:
+        from walkeeper.errors import KeyMaterialError
+
+        raise KeyMaterialError(f"this host holds only the public key (key id {repo.keyring.active_id}): "
+                               "verify --deep reads every object back",
+                               hint="run it on a restore host whose [encryption] key_file is the private key")
     meta = repo.require_meta()
     inv = read_inventory(repo, leftovers=True)
     report = Report(repository=repo.storage.url, system_identifier=meta.system_identifier,
@@ -343,7 +350,10 @@ def verify(repo: Repository, *, deep: bool = False, jobs: int = 4, pg_restore: s
     check_continuity(inv, report)
     check_backups(inv, report)
     if deep:
+        from walkeeper.commands.rekey import objects_per_key_id
+
         check_objects(repo, inv, report, jobs=jobs)
+        report.objects_per_key_id = objects_per_key_id(repo)
     check_dumps(repo, report, deep=deep, pg_restore=pg_restore, jobs=jobs)
     return report
 
@@ -360,6 +370,7 @@ def format_report(report: Report) -> str:
         lines.append(f"  dumps: {len(report.dumps)}")
     if report.deep:
         lines.append(f"  objects read back: {report.objects_read}")
+        lines.append("  objects per key id: " + ", ".join(f"{k} {n}" for k, n in report.objects_per_key_id.items()))
     for p in report.problems:
         lines.append(f"{p.severity.upper()}: {p.message}")
         lines.append(f"  what to do: {p.action}")

@@ -20,7 +20,7 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from walkeeper.codec.compress import Compression, decompress_all, decompress_chunks, decompress_stream
@@ -29,7 +29,8 @@ from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
 
 MAGIC = b"\x89WKEEP\r\n"
 VERSION = 1
-CIPHERS = ("aes-256-gcm", "none")
+CIPHERS = ("aes-256-gcm", "x25519-aes-256-gcm", "none")
+AEAD_CIPHERS = ("aes-256-gcm", "x25519-aes-256-gcm")
 FRAME_SIZE = 1024 * 1024
 MAX_HEADER = 64 * 1024
 MAX_FRAME = 16 * 1024 * 1024 + 64
@@ -57,6 +58,20 @@ class CodecSettings:
                 f"encryption method {self.cipher} needs a key",
                 hint="set [encryption] key_file, or method = \"none\" to store objects unencrypted",
             )
+        if self.cipher != "none" and self.keyring is not None:
+            wanted = "x25519" if self.cipher == "x25519-aes-256-gcm" else "aes"
+            if self.keyring.active_kind != wanted:
+                raise ConfigError(
+                    f"encryption method {self.cipher} needs " + ("an X25519 key file (public or private)"
+                                                                 if wanted == "x25519" else "a symmetric key"),
+                    hint="method = \"x25519-aes-256-gcm\" goes with walkeeper key generate --public-key-out; "
+                         "\"aes-256-gcm\" with walkeeper key generate",
+                )
+
+    def for_metadata(self) -> CodecSettings:
+        """Settings for backup and restore point metadata: unencrypted (checksummed) in public-key mode,
+        so that a host holding only the public key can list backups, expire and check (README "Keys")."""
+        return replace(self, cipher="none") if self.cipher == "x25519-aes-256-gcm" else self
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class ObjectHeader:
     size: int | None
     extra: dict[str, Any]
     raw: bytes
+    epk: bytes | None = None  # public-key mode: the writer's ephemeral X25519 public key
 
     @property
     def length(self) -> int:
@@ -84,8 +100,13 @@ def _nonce(index: int, flags: int) -> bytes:
 
 def _build_header(settings: CodecSettings, name: str, sha256: str | None, size: int | None,
                   extra: dict[str, Any] | None) -> tuple[bytes, bytes | None]:
+    """The header bytes and the object's key (None without encryption)."""
     salt = os.urandom(16) if settings.cipher != "none" else None
+    object_key, key_fields = None, {}
+    if salt is not None and settings.keyring is not None:
+        object_key, key_fields = settings.keyring.seal_key(salt)
     fields: dict[str, Any] = {
+        **key_fields,
         "name": name,
         "compression": settings.compression.method,
         "cipher": settings.cipher,
@@ -100,7 +121,7 @@ def _build_header(settings: CodecSettings, name: str, sha256: str | None, size: 
     if extra:
         fields["extra"] = extra
     body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-    return _PREAMBLE.pack(MAGIC, VERSION, len(body)) + body, salt
+    return _PREAMBLE.pack(MAGIC, VERSION, len(body)) + body, object_key
 
 
 class Encoder:
@@ -109,13 +130,13 @@ class Encoder:
     def __init__(self, settings: CodecSettings, name: str, *, sha256: str | None = None,
                  size: int | None = None, extra: dict[str, Any] | None = None) -> None:
         self.settings = settings
-        self.header, salt = _build_header(settings, name, sha256, size, extra)
+        self.header, object_key = _build_header(settings, name, sha256, size, extra)
         self._aead = None
-        if settings.cipher == "aes-256-gcm":
+        if settings.cipher in AEAD_CIPHERS:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-            assert settings.keyring is not None and salt is not None
-            self._aead = AESGCM(settings.keyring.object_key(settings.keyring.active_id, salt))
+            assert object_key is not None
+            self._aead = AESGCM(object_key)
         self._index = 0
         self.plain_size = 0
         self.stored_size = 0
@@ -202,12 +223,13 @@ def parse_header(data: bytes) -> ObjectHeader:
             raise IntegrityError(f"object header is corrupted (field {key!r} is {type(value).__name__})")
     try:
         salt = bytes.fromhex(fields["salt"]) if fields.get("salt") else None
+        epk = bytes.fromhex(fields["epk"]) if fields.get("epk") else None
     except ValueError:
-        raise IntegrityError("object header is corrupted (salt is not hex)") from None
+        raise IntegrityError("object header is corrupted (salt or epk is not hex)") from None
     return ObjectHeader(
         name=fields["name"], compression=fields["compression"], cipher=fields["cipher"],
         key_id=fields.get("key_id"), salt=salt, sha256=fields.get("sha256"), size=fields.get("size"),
-        extra=fields.get("extra") or {}, raw=bytes(data[:end]),
+        extra=fields.get("extra") or {}, raw=bytes(data[:end]), epk=epk,
     )
 
 
@@ -215,7 +237,7 @@ def parse_header(data: bytes) -> ObjectHeader:
 _HEADER_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,), "compression": (str,), "cipher": (str,), "key_id": (str, type(None)),
     "salt": (str, type(None)), "sha256": (str, type(None)), "size": (int, type(None)),
-    "extra": (dict, type(None)),
+    "extra": (dict, type(None)), "epk": (str, type(None)),
 }
 
 
@@ -258,18 +280,18 @@ class Decoder:
     def _open_aead(self, header: ObjectHeader) -> Any:
         if header.cipher == "none":
             return None
-        if header.cipher != "aes-256-gcm":
+        if header.cipher not in AEAD_CIPHERS:
             raise IntegrityError(f"object uses unknown cipher {header.cipher!r}")
         if self.keyring is None:
             raise KeyMaterialError(
                 f"object {header.name} is encrypted (key id {header.key_id}) but no key is configured",
-                hint="set [encryption] key_file",
+                hint="set [encryption] key_file, key_files or key_command",
             )
         if header.salt is None or header.key_id is None:
             raise IntegrityError("encrypted object lacks its salt or key id: corrupted")
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        return AESGCM(self.keyring.object_key(header.key_id, header.salt))
+        return AESGCM(self.keyring.open_key(header.key_id, header.salt, header.epk, what=f"object {header.name}"))
 
     def payloads(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """The authenticated payloads of the data frames: the compressed stream, in order.
@@ -401,3 +423,29 @@ def check_round_trip(keyring: Keyring | None, blob: bytes, *, name: str, plain: 
         raise IntegrityError(f"self-check failed for {name}: the encoded object decodes to {pos} bytes, "
                              f"the file has {len(plain)}")
     decoder.check(bytes.fromhex(sha256), len(plain))
+
+
+def reseal(keyring: Keyring, read: Callable[[int], bytes], *, expected_name: str | None = None) -> Iterator[bytes]:
+    """Re-encrypt an object under the keyring's active key without decompressing it (``rekey``).
+
+    Format 1 derives each object's key from the master key (HKDF with the header's salt): there is
+    no wrapped data key to re-wrap, so the frames are re-sealed instead. The authenticated
+    compressed payloads are carried over unchanged with a new header (new key id and salt, same
+    name, compression, checksum, size and extra fields) and the same trailer, so the plaintext
+    cannot change; callers still decode the result and compare checksums before replacing.
+    """
+    decoder = Decoder(keyring, expected_name=expected_name)
+    payloads = decoder.payloads(read)
+    first = next(payloads, None)  # reads the header
+    header = decoder.header
+    assert header is not None
+    cipher = "x25519-aes-256-gcm" if keyring.active_kind == "x25519" else "aes-256-gcm"
+    settings = CodecSettings(compression=Compression(header.compression), cipher=cipher, keyring=keyring)
+    encoder = Encoder(settings, header.name, sha256=header.sha256, size=header.size, extra=header.extra or None)
+    yield encoder.header
+    for payload in itertools.chain(() if first is None else (first,), payloads):
+        yield encoder._frame(payload, 0)
+    assert decoder.trailer is not None
+    digest, size = decoder.trailer
+    encoder.plain_size = size
+    yield encoder._trailer(digest)

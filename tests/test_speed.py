@@ -285,7 +285,7 @@ def test_worker_killed_mid_push_leaves_no_record(setup: Setup, wal_source: Path)
 
 
 def test_repository_failing_reports_nothing_archived(setup: Setup, wal_source: Path) -> None:
-    configure(setup, "push_ahead = 16")
+    configure(setup, "push_ahead = 16\nidle_timeout = 2")
     data = copy_datadir(wal_source, setup.work / "data")
     names = ready(data)
     # The repository exists but its WAL directory refuses writes for a while.
@@ -302,6 +302,9 @@ def test_repository_failing_reports_nothing_archived(setup: Setup, wal_source: P
         # Only names[0] (stored before the outage) may carry a record.
         assert set(status_records(setup)) <= {names[0]} and stored(setup, names[0])
         assert not any(stored(setup, n) for n in names[1:])
+        # A pusher whose every push fails stops after idle_timeout (2 s here) instead of retrying forever.
+        wait_for(lambda: not pusher_pids(setup), timeout=20)
+        assert "every push has failed" in "".join(p.read_text() for p in (setup.work / "status").glob("*/push.log"))
     finally:
         tli_dir.chmod(0o700)
     for name in names[1:]:

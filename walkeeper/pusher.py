@@ -56,6 +56,8 @@ class Pusher:
         self.retry_at: dict[str, float] = {}
         self.skip = set(skip)  # the starting call's own file, and every file this pusher has stored
         self.stored: set[str] = set()  # added to by the workers themselves, the moment a store returns
+        self.last_success = time.monotonic()
+        self.failing = False  # a push failed and none has succeeded since
 
     def _path(self, name: str) -> str:
         return os.path.join(self.status, name)
@@ -162,8 +164,10 @@ class Pusher:
                     # PostgreSQL's fast-path call removes the record a moment before it renames .ready
                     # to .done: never push the file again in that moment.
                     self.skip.add(name)
+                    self.last_success, self.failing = time.monotonic(), False
                 else:
                     self.retry_at[name] = time.monotonic() + RETRY_FAILED
+                    self.failing = True
         return finished
 
     def run(self) -> None:
@@ -193,6 +197,12 @@ class Pusher:
                     for name in todo[:self.workers - len(self.inflight)]:
                         self.inflight[name] = pool.submit(self.push_one, name)
                         last_work = now
+                if self.failing and now - self.last_success > idle:
+                    # A persistent failure (wrong key, full disk, repository gone) must not keep a helper
+                    # retrying and logging forever: PostgreSQL's own calls report it, and the next
+                    # full-path call starts a new pusher once one of them succeeds.
+                    log.warning("every push has failed for %.0f s; stopping", idle)
+                    break
                 if self.inflight:
                     last_work = now
                 elif now - last_work > idle:

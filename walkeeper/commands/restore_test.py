@@ -312,18 +312,7 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
         record.outcome = "not-started"
         record.reason = str(exc).splitlines()[0]
     finally:
-        try:
-            cluster.stop()
-        except Exception as exc:  # recorded in the result
-            record.reason = record.reason or f"could not stop the throwaway cluster: {exc}"
-        record.total_seconds = round(time.monotonic() - began, 3)
-        record.finished = datetime.now(UTC).isoformat(timespec="seconds")
-        if not record.ok and opts.keep_on_failure:
-            (work.root / "keep").touch()
-            record.kept_workdir = str(work.root)
-            work.release()
-        else:
-            work.remove()
+        finish_run(cluster, work, record, keep_on_failure=opts.keep_on_failure, began=began)
     from walkeeper.repository import open_repository
 
     Catalog(open_repository(config)).save_restore_test(record)
@@ -360,3 +349,20 @@ def text_lines(record: RestoreTestRecord) -> list[str]:
     if record.kept_workdir:
         out.append(f"  kept for inspection: {record.kept_workdir}")
     return out
+
+
+def finish_run(cluster: ScratchCluster, work: WorkDir, record: RestoreTestRecord, *, keep_on_failure: bool,
+               began: float) -> None:
+    """Stop the throwaway cluster, time the run, then keep (a failed run, if asked) or remove the work directory."""
+    try:
+        cluster.stop()
+    except Exception as exc:  # recorded in the result
+        record.reason = record.reason or f"could not stop the throwaway cluster: {exc}"
+    record.total_seconds = round(time.monotonic() - began, 3)
+    record.finished = datetime.now(UTC).isoformat(timespec="seconds")
+    if not record.ok and keep_on_failure:
+        (work.root / "keep").touch()
+        record.kept_workdir = str(work.root)
+        work.release()
+    else:
+        work.remove()

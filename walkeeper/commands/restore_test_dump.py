@@ -22,7 +22,7 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.catalog import Catalog, DumpMeta, RestoreTestRecord
-from walkeeper.commands.restore_test import Checker, Options, new_test_id, run_checks
+from walkeeper.commands.restore_test import Checker, Options, finish_run, new_test_id, run_checks
 from walkeeper.config import Config
 from walkeeper.errors import ConfigError, IntegrityError, PostgresError, RefusedError, WalkeeperError
 from walkeeper.scratch_cluster import ScratchCluster, WorkDir, default_base, remove_stale, safety_settings
@@ -183,17 +183,6 @@ def restore_test_dump(config: Config, opts: Options, *, progress: Callable[[str]
             record.checks.append({"name": "dump restored", "ok": False, "detail": str(exc).splitlines()[0]})
         record.reason = str(exc).splitlines()[0]
     finally:
-        try:
-            cluster.stop()
-        except Exception as exc:  # recorded in the result
-            record.reason = record.reason or f"could not stop the throwaway cluster: {exc}"
-        record.total_seconds = round(time.monotonic() - began, 3)
-        record.finished = datetime.now(UTC).isoformat(timespec="seconds")
-        if not record.ok and opts.keep_on_failure:
-            (work.root / "keep").touch()
-            record.kept_workdir = str(work.root)
-            work.release()
-        else:
-            work.remove()
+        finish_run(cluster, work, record, keep_on_failure=opts.keep_on_failure, began=began)
     Catalog(repo).save_restore_test(record)
     return record

@@ -238,7 +238,7 @@ class Bench:
         print(f"reusing {len(self.all_names)} segments from {self.work}", flush=True)
 
     def walkeeper_config(self, tag: str, extra: str = "", repo: str | None = None) -> Path:
-        from tests.pgharness import WALKEEPER_BIN
+        from tests.helpers.pgharness import WALKEEPER_BIN
 
         key = self.work / "wk.key"
         if not key.exists():
@@ -282,7 +282,7 @@ class Bench:
         return " | ".join(f"{peaks[k]} | {cpu[k]:.2f}" for k in ("pusher", "prefetcher"))
 
     def tools(self) -> None:
-        from tests.pgharness import WALKEEPER_BIN
+        from tests.helpers.pgharness import WALKEEPER_BIN
 
         wk = str(WALKEEPER_BIN)
         arch = self.work / "cp-archive"
@@ -424,7 +424,7 @@ class Bench:
 
     def pitr(self) -> None:
         """Replay everything after the base backup, from the cp archive and from walkeeper (defaults)."""
-        from tests.pgharness import WALKEEPER_BIN
+        from tests.helpers.pgharness import WALKEEPER_BIN
 
         rest = [n for n in self.all_names if n not in self.names]
         arch = self.work / "cp-archive"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgharness import PG_BIN, WALKEEPER_BIN, as_pg, give_to_pg, pg_workdir, running_as_root
-from tests.servers import s3_server, ssh_server  # noqa: F401 - session fixtures for remote backends
+from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, as_pg, give_to_pg, pg_workdir, running_as_root
+from tests.helpers.servers import s3_server, ssh_server  # noqa: F401 - session fixtures for remote backends
 
 
 @dataclass
@@ -68,7 +68,7 @@ def setup() -> Iterator[Setup]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-BACKENDS = ["local", "s3", "ssh"]  # servers for s3 and ssh: tests/servers.py
+BACKENDS = ["local", "s3", "ssh"]  # servers for s3 and ssh: tests/helpers/servers.py
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,118 @@
+"""The package tree is the architecture: imports point one way between layers, and packages form no cycle.
+
+Reads walkeeper/ with `ast` (no import of the code). Layers, lowest first (design.md §1):
+core <- codec, storage <- repo <- postgres <- commands <- cli; accel imports only core; entry.py sits on top.
+Modules still at the top level of walkeeper/ (not yet moved into a layer) are checked for cycles only.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "walkeeper"
+
+# layer -> rank; a module may import its own layer or a lower rank (higher numbers sit above)
+RANK = {"core": 0, "codec": 1, "storage": 1, "repo": 2, "postgres": 3, "commands": 4, "cli": 5}
+# layers that may import only the listed ones besides themselves
+ONLY = {"accel": {"core"}, "codec": {"core"}, "storage": {"core"}}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every walkeeper module this file imports, at any depth (lazy imports count too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "walkeeper"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "walkeeper":
+                continue
+            found.add(mod)
+            for alias in node.names:  # `from walkeeper import wal` imports the module walkeeper.wal
+                sub = PKG.parent / f"{mod}.{alias.name}".replace(".", "/")
+                if sub.is_dir() or sub.with_suffix(".py").exists():
+                    found.add(f"{mod}.{alias.name}")
+    return found
+
+
+def _group(module: str) -> str:
+    """The unit the rules speak of: walkeeper.<layer> for a package, the module itself at the top level."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PKG.rglob("*.py")):
+        src = _group(_module_name(path))
+        graph.setdefault(src, set())
+        graph[src] |= {_group(m) for m in _imports(path)} - {src, "walkeeper"}
+    return graph
+
+
+def _layer(group: str) -> str:
+    """The layer package a group belongs to; "" for a module at the top level of walkeeper/."""
+    name = group.split(".")[1] if "." in group else ""
+    return name if (PKG / name).is_dir() and name else ""
+
+
+def test_imports_follow_the_layer_direction() -> None:
+    bad = []
+    for src, targets in _graph().items():
+        s = _layer(src)
+        for dst in targets:
+            d = _layer(dst)
+            if not d:
+                continue  # a top-level module not yet moved into a layer
+            if s in ONLY and d not in ONLY[s] | {s}:
+                bad.append(f"{src} -> {dst} ({s} may import only {sorted(ONLY[s])})")
+            elif s in RANK and d in RANK and RANK[d] > RANK[s]:
+                bad.append(f"{src} -> {dst} (against the layer direction)")
+            elif s in RANK and d == "accel" and s != "commands" and s != "cli":
+                bad.append(f"{src} -> {dst} (only commands and cli use accel)")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_cycle_between_packages() -> None:
+    """Cycles between layer packages only: top-level modules not yet moved into a layer are exempt."""
+    graph = {src: {d for d in dsts if _layer(d) in RANK or _layer(d) == "accel"}
+             for src, dsts in _graph().items() if _layer(src) in RANK or _layer(src) == "accel"}
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                loop = [*stack[stack.index(nxt):], node, nxt] if nxt in stack else [node, nxt]
+                cycles.append(" -> ".join(loop))
+            elif nxt not in state:
+                visit(nxt, [*stack, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_the_checker_sees_imports() -> None:
+    """The graph is not empty, so the checks above can fail."""
+    graph = _graph()
+    assert "walkeeper.errors" in graph["walkeeper.codec"]

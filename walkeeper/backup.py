@@ -44,11 +44,11 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObject, Catalog, backup_key
-from walkeeper.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.codec import Decoder, Encoder
-from walkeeper.config import Config
-from walkeeper.durable import TreeSync, fsync_dir, write_file
-from walkeeper.errors import (
+from walkeeper.core.chronology import clock_off, clock_skew, describe_skew
+from walkeeper.core.config import Config
+from walkeeper.core.durable import TreeSync, fsync_dir, write_file
+from walkeeper.core.errors import (
     AlreadyExists,
     ConfigError,
     ForeignClusterError,
@@ -60,10 +60,10 @@ from walkeeper.errors import (
     WalkeeperError,
     running_as,
 )
+from walkeeper.core.units import human_bytes, plural
+from walkeeper.core.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
 from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
 from walkeeper.repository import Repository, open_repository, wal_key
-from walkeeper.units import human_bytes, plural
-from walkeeper.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from walkeeper.chronology import newest, oldest_first
 from walkeeper.codec import decode_bytes, encode_bytes
-from walkeeper.errors import IntegrityError, InvalidName, NotFound, RefusedError, WalkeeperError
+from walkeeper.core.chronology import newest, oldest_first
+from walkeeper.core.errors import IntegrityError, InvalidName, NotFound, RefusedError, WalkeeperError
 from walkeeper.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class Catalog:
         return meta
 
     def backups(self) -> list[BackupMeta]:
-        """Every complete backup, oldest first by WAL position (walkeeper.chronology); unreadable
+        """Every complete backup, oldest first by WAL position (walkeeper.core.chronology); unreadable
         metadata is an error, never skipped."""
         return oldest_first(self.backup(i) for i in self.backup_ids())
 
@@ -332,7 +332,7 @@ class Catalog:
     def reserve_dump_id(self, stamp: str) -> str:
         """A dump id for ``stamp`` (YYYYMMDDTHHMMSSZ), claimed by a no-clobber marker object, so that
         concurrent dumps (several hosts, one repository) never share an id."""
-        from walkeeper.errors import AlreadyExists
+        from walkeeper.core.errors import AlreadyExists
 
         n = 0
         while True:

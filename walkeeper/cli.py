@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import click
 
 from walkeeper import __version__
-from walkeeper.config import Config, load_config
-from walkeeper.durable import write_file
-from walkeeper.errors import CLOSED_PIPE_CODE, NotFound, WalkeeperError, exit_code
+from walkeeper.core.config import Config, load_config
+from walkeeper.core.durable import write_file
+from walkeeper.core.errors import CLOSED_PIPE_CODE, NotFound, WalkeeperError, exit_code
 
 log = logging.getLogger("walkeeper")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -179,7 +179,7 @@ def cli(ctx: click.Context, config_path: str | None, repo: str | None, verbose: 
 @handle_errors()
 def wal_push_cmd(app: AppContext, path: str) -> None:
     """Archive one WAL file (archive_command = 'walkeeper wal-push %p')."""
-    from walkeeper.archive import wal_push
+    from walkeeper.commands.wal_push import wal_push
 
     result = wal_push(app.config, path)
     if result.stored:
@@ -196,7 +196,7 @@ def wal_fetch_cmd(app: AppContext, name: str, dest: str) -> None:
 
     Exit 1: not in the archive. Exit above 200: a real error; PostgreSQL stops recovery.
     """
-    from walkeeper.archive import wal_fetch
+    from walkeeper.commands.wal_fetch import wal_fetch
 
     result = wal_fetch(app.config, name, dest)
     log.info("restored %s (%d bytes)", result.name, result.size)
@@ -316,7 +316,7 @@ def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | 
     from dataclasses import asdict
 
     from walkeeper.backup import BackupOptions, ConnOptions, take_backup
-    from walkeeper.units import human_bytes as human
+    from walkeeper.core.units import human_bytes as human
 
     options = BackupOptions(conn=ConnOptions(host, port, user, dbname), label=label,
                             fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout)
@@ -344,9 +344,9 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
     from walkeeper.catalog import BACKUP_PREFIX, Catalog
+    from walkeeper.core.units import human_bytes as human
     from walkeeper.repo.writers import writer_states
     from walkeeper.repository import open_repository
-    from walkeeper.units import human_bytes as human
 
     repo = open_repository(app.config)
     repo.require_meta()
@@ -415,7 +415,7 @@ def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tu
     """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
     _run_as_owner(app, "restore", pgdata=pgdata)
     from walkeeper.backup import restore
-    from walkeeper.units import human_bytes as human
+    from walkeeper.core.units import human_bytes as human
 
     result = restore(app.config, backup_id, pgdata, tablespace_map)
     click.echo(f"restored backup {result.backup.id} into {result.pgdata}: {result.files} files, "
@@ -510,7 +510,7 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
     repo.require_meta()
     points = list(Catalog(repo).restore_points())
     if as_json:
-        from walkeeper.units import utc_text
+        from walkeeper.core.units import utc_text
 
         click.echo(json.dumps([{**asdict(p), "time": utc_text(p.time)} for p in points], indent=2))
         return
@@ -539,7 +539,7 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
     Exit 0 only when it is; 5 when a problem was found (the report says what to do).
     """
     from walkeeper.backup import pg_tool
-    from walkeeper.errors import IntegrityError
+    from walkeeper.core.errors import IntegrityError
     from walkeeper.repository import open_repository
     from walkeeper.verify import format_report, verify
 
@@ -591,8 +591,8 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
 
 def _print_status(doc: dict[str, Any]) -> None:
     """`walkeeper status` as text: the repository (or why it cannot be read), the server, local failures."""
+    from walkeeper.core.units import iso_utc, plural
     from walkeeper.status import human_age
-    from walkeeper.units import iso_utc, plural
 
     if "error" in doc:
         click.echo(f"repository {doc['repository']}: cannot be read ({doc['error']})")
@@ -615,8 +615,8 @@ def _print_status(doc: dict[str, Any]) -> None:
 
 
 def _print_repository(doc: dict[str, Any]) -> None:
+    from walkeeper.core.units import human_bytes, plural
     from walkeeper.status import human_ago
-    from walkeeper.units import human_bytes, plural
 
     click.echo(f"repository {doc['repository']} (system {doc['system_identifier']}), "
                f"{human_bytes(doc['total_bytes'])} stored")

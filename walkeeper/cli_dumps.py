@@ -40,7 +40,7 @@ def _dump(app: AppContext, conn: Any, label: str | None, all_databases: bool, as
           pairs: list[tuple[str, str | None]]) -> None:
     _run_as_owner(app, "dump")
     from walkeeper.commands.dump import DumpOptions, build_selection, take_dump
-    from walkeeper.units import human_bytes as human
+    from walkeeper.core.units import human_bytes as human
 
     meta = take_dump(app.config, DumpOptions(conn=conn, label=label, selection=build_selection(pairs),
                                              all_databases=all_databases))
@@ -113,8 +113,8 @@ def dumps_group(ctx: click.Context, as_json: bool) -> None:
 @handle_errors()
 def dumps_list_cmd(app: AppContext, as_json: bool) -> None:
     from walkeeper.catalog import Catalog
+    from walkeeper.core.units import human_bytes as human
     from walkeeper.repository import open_repository
-    from walkeeper.units import human_bytes as human
 
     repo = open_repository(app.config)
     repo.require_meta()
@@ -198,7 +198,7 @@ def restore_dump_cmd(app: AppContext, dump_id: str, host: str | None, port: str 
     """
     from walkeeper.backup import ConnOptions
     from walkeeper.commands.restore_dump import RestoreDumpOptions, restore_dump
-    from walkeeper.units import human_bytes as human
+    from walkeeper.core.units import human_bytes as human
 
     options = RestoreDumpOptions(
         conn=ConnOptions(host, port, user), database=database, target=target, create=create, jobs=jobs,
@@ -216,8 +216,8 @@ def restore_dump_cmd(app: AppContext, dump_id: str, host: str | None, port: str 
 def expire_report(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_json: bool) -> None:
     """Run expire for backups (``backups``: a GfsPolicy) and/or dumps, and print what was done or would be."""
     from walkeeper.commands.expire_dumps import expire_dumps
+    from walkeeper.core.units import human_bytes, plural
     from walkeeper.retention import expire
-    from walkeeper.units import human_bytes, plural
 
     verb = "would remove" if dry_run else "removed"
     doc: dict[str, Any] = {}

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from walkeeper.cli import AppContext, handle_errors, pass_app
-from walkeeper.durable import write_file
-from walkeeper.errors import ConfigError, RefusedError
+from walkeeper.core.durable import write_file
+from walkeeper.core.errors import ConfigError, RefusedError
 
 
 @click.group("key")
@@ -130,7 +130,7 @@ def rekey_cmd(app: AppContext, key_id: str, dry_run: bool, as_json: bool) -> Non
     Resumable and idempotent (rerun after a kill); safe while archiving and restoring.
     """
     from walkeeper.commands.rekey import RekeyReport, rekey
-    from walkeeper.errors import IntegrityError
+    from walkeeper.core.errors import IntegrityError
     from walkeeper.repository import open_repository
 
     last = [0.0]

@@ -15,7 +15,7 @@ def _become_owner(workdir: str | None) -> None:
     """As root: run as the owner of --workdir, else as postgres (PostgreSQL refuses to run as root)."""
     if os.geteuid() != 0:
         return
-    from walkeeper.errors import RefusedError
+    from walkeeper.core.errors import RefusedError
     from walkeeper.privileges import Account, become, owner_of
 
     account = owner_of(workdir) if workdir else None

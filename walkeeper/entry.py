@@ -1,7 +1,7 @@
 """Console entry point. Kept to the standard library so that fast paths can answer before the
 CLI (click), the codec (zstandard, cryptography) or an SDK is imported.
 
-The fast paths (walkeeper.fastpath) answer a wal-push whose segment an earlier call already pushed
+The fast paths (walkeeper.accel.fastpath) answer a wal-push whose segment an earlier call already pushed
 ahead, and a wal-fetch whose segment the prefetcher already has in its spool, at the cost of about
 one bare interpreter start. Anything else, including every failure, goes to the full CLI.
 """
@@ -14,7 +14,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "wal-push" in args or "wal-fetch" in args:
-        from walkeeper.fastpath import try_fast_path
+        from walkeeper.accel.fastpath import try_fast_path
 
         code = try_fast_path(args)
         if code is not None:

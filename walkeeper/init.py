@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from walkeeper.config import Config, load_config
-from walkeeper.errors import ConfigError, ForeignClusterError, RefusedError, StorageError
+from walkeeper.core.config import Config, load_config
+from walkeeper.core.errors import ConfigError, ForeignClusterError, RefusedError, StorageError
 from walkeeper.privileges import Account, become, local_repository_path, owner_of
 
 PG_CONTROL = "global/pg_control"

@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from walkeeper.chronology import oldest_first
 from walkeeper.codec import decode_bytes
-from walkeeper.errors import InvalidName, InvalidWal, WalkeeperError
-from walkeeper.repository import WAL_PREFIX, RepoMeta, Repository
-from walkeeper.storage.base import Leftover, ObjectInfo
-from walkeeper.wal import (
+from walkeeper.core.chronology import oldest_first
+from walkeeper.core.errors import InvalidName, InvalidWal, WalkeeperError
+from walkeeper.core.wal import (
     DEFAULT_SEGMENT_SIZE,
     HistoryEntry,
     WalKind,
@@ -27,6 +25,8 @@ from walkeeper.wal import (
     parse_wal_name,
     segment_name,
 )
+from walkeeper.repository import WAL_PREFIX, RepoMeta, Repository
+from walkeeper.storage.base import Leftover, ObjectInfo
 
 if TYPE_CHECKING:
     from walkeeper.repo.writers import WriterState

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from walkeeper.config import Config
-from walkeeper.durable import write_file
+from walkeeper.core.config import Config
+from walkeeper.core.durable import write_file
 
 log = logging.getLogger(__name__)
 

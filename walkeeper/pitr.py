@@ -25,15 +25,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from walkeeper import chronology
 from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
 from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
-from walkeeper.config import Config
-from walkeeper.durable import fsync_dir, write_file
-from walkeeper.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
-from walkeeper.repository import Repository, open_repository
-from walkeeper.units import human_bytes, plural
-from walkeeper.wal import (
+from walkeeper.core import chronology
+from walkeeper.core.config import Config
+from walkeeper.core.durable import fsync_dir, write_file
+from walkeeper.core.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
+from walkeeper.core.units import human_bytes, plural
+from walkeeper.core.wal import (
     HistoryEntry,
     WalKind,
     format_lsn,
@@ -42,6 +41,7 @@ from walkeeper.wal import (
     parse_wal_name,
     segment_name,
 )
+from walkeeper.repository import Repository, open_repository
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from walkeeper.backup import ConnOptions, psql
-from walkeeper.config import Config, load_config
-from walkeeper.errors import NotFound, WalkeeperError
+from walkeeper.core.config import Config, load_config
+from walkeeper.core.errors import NotFound, WalkeeperError
+from walkeeper.core.units import iso_utc, plural
 from walkeeper.status import CRITICAL, OK, UNKNOWN, WARNING, CheckResult, local_failures
-from walkeeper.units import iso_utc, plural
 
 RESTORE_POINT = "walkeeper check --archive"
 POLL = 0.2  # seconds between two looks at the repository
@@ -189,8 +189,8 @@ def run_archive_check(config: Config, conn: ConnOptions, timeout: float) -> Pref
 
 
 def _check(config: Config, conn: ConnOptions, timeout: float, pre: Preflight) -> Preflight:
+    from walkeeper.core.wal import parse_wal_name
     from walkeeper.repository import open_repository
-    from walkeeper.wal import parse_wal_name
 
     doc = pre.doc
     mode, library, in_recovery, sysid = psql(config, conn, _SETTINGS_SQL, timeout=15).split("|")

@@ -19,7 +19,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
-from walkeeper.errors import RefusedError
+from walkeeper.core.errors import RefusedError
 
 # Commands that write into the repository, and those that (also) write a data directory.
 REPOSITORY_WRITERS = frozenset({"backup", "expire", "restore-point", "dump"})

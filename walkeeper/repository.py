@@ -22,8 +22,8 @@ from typing import Any
 
 from walkeeper.codec import CodecSettings, Keyring, check_round_trip, decode_bytes, encode_bytes, read_header
 from walkeeper.codec.compress import Compression
-from walkeeper.config import Config
-from walkeeper.errors import (
+from walkeeper.core.config import Config
+from walkeeper.core.errors import (
     AlreadyExists,
     ConfigError,
     ConflictError,
@@ -36,8 +36,7 @@ from walkeeper.errors import (
     NotFound,
     StorageError,
 )
-from walkeeper.storage import Storage, open_storage
-from walkeeper.wal import (
+from walkeeper.core.wal import (
     DEFAULT_SEGMENT_SIZE,
     WalKind,
     WalName,
@@ -46,6 +45,7 @@ from walkeeper.wal import (
     segment_name,
     segno_of,
 )
+from walkeeper.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 

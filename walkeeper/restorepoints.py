@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from walkeeper.backup import ConnOptions, psql
 from walkeeper.catalog import Catalog, RestorePoint
-from walkeeper.config import Config
-from walkeeper.errors import ConfigError, ForeignClusterError, PostgresError
+from walkeeper.core.config import Config
+from walkeeper.core.errors import ConfigError, ForeignClusterError, PostgresError
+from walkeeper.core.wal import parse_lsn, segment_of_lsn
 from walkeeper.repository import open_repository
-from walkeeper.wal import parse_lsn, segment_of_lsn
 
 
 def create_restore_point(config: Config, name: str, conn: ConnOptions, *, switch_wal: bool = False) -> RestorePoint:

@@ -3,7 +3,7 @@
 Rules:
 
 * ``keep`` N: the newest N complete backups stay, newest by WAL position (timeline, stop LSN: see
-  walkeeper.chronology), so a backup taken with a wrong host clock is never mistaken for the newest.
+  walkeeper.core.chronology), so a backup taken with a wrong host clock is never mistaken for the newest.
   ``keep_days`` D: every backup that ended within the last D days (by the clock of the host that
   took it) stays, and so does the newest one that ended before the window, because recovery to the
   first moment of the window starts from it. Both set: a backup kept by either rule stays.
@@ -34,15 +34,15 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 
-from walkeeper.chronology import oldest_first
-from walkeeper.errors import ConfigError, RefusedError
+from walkeeper.core.chronology import oldest_first
+from walkeeper.core.errors import ConfigError, RefusedError
+from walkeeper.core.units import plural
+from walkeeper.core.wal import WalKind
 from walkeeper.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
 from walkeeper.repository import Repository
 from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.storage.base import Leftover
-from walkeeper.units import plural
-from walkeeper.wal import WalKind
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from walkeeper.config import Config
-from walkeeper.errors import ConfigError, PostgresError, RefusedError
+from walkeeper.core.config import Config
+from walkeeper.core.errors import ConfigError, PostgresError, RefusedError
 
 WORK_PREFIX = "wk-restore-test-"
 LOCK_NAME = "restore-test.lock"

@@ -3,7 +3,7 @@
 
 ``check`` speaks the monitoring-plugin protocol (Nagios, Icinga, Sensu...): exit 0 OK, 1 WARNING,
 2 CRITICAL, 3 UNKNOWN and one summary line with performance data. ``prometheus_text`` is the
-node-exporter textfile, which the CLI writes durably (walkeeper.durable).
+node-exporter textfile, which the CLI writes durably (walkeeper.core.durable).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from walkeeper.backup import ConnOptions
-from walkeeper.chronology import clock_off, describe_skew, human_span
-from walkeeper.config import Config
-from walkeeper.errors import ConfigError, PostgresError
+from walkeeper.core.chronology import clock_off, describe_skew, human_span
+from walkeeper.core.config import Config
+from walkeeper.core.errors import ConfigError, PostgresError
+from walkeeper.core.units import human_bytes, iso_utc, plural
+from walkeeper.core.wal import parse_lsn, parse_wal_name, segment_of_lsn
 from walkeeper.inventory import Inventory, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.units import human_bytes, iso_utc, plural
-from walkeeper.wal import parse_lsn, parse_wal_name, segment_of_lsn
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}

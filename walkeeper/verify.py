@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from walkeeper.codec import Decoder, decode_bytes
-from walkeeper.errors import InvalidWal, WalkeeperError
+from walkeeper.core.errors import InvalidWal, WalkeeperError
+from walkeeper.core.units import human_bytes, iso_utc, plural
+from walkeeper.core.wal import WalKind, check_segment, format_lsn, parse_history
 from walkeeper.inventory import BackupInfo, Inventory, WalObject, read_inventory
 from walkeeper.repository import Repository
-from walkeeper.units import human_bytes, iso_utc, plural
-from walkeeper.wal import WalKind, check_segment, format_lsn, parse_history
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
 
 def verify(repo: Repository, *, deep: bool = False, jobs: int = 4, pg_restore: str | None = None) -> Report:
     if deep and repo.keyring is not None and repo.keyring.public_only:
-        from walkeeper.errors import KeyMaterialError
+        from walkeeper.core.errors import KeyMaterialError
 
         raise KeyMaterialError(f"this host holds only the public key (key id {repo.keyring.active_id}): "
                                "verify --deep reads every object back",

@@ -9,7 +9,7 @@ import pytest
 from walkeeper.codec import CodecSettings, Decoder, Encoder, Keyring, decode_bytes, encode_bytes, read_header
 from walkeeper.codec.compress import Compression
 from walkeeper.codec.format import FRAME_SIZE, MAGIC
-from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
+from walkeeper.core.errors import ConfigError, IntegrityError, KeyMaterialError
 
 KEY_A = Keyring([os.urandom(32)])
 KEY_B = Keyring([os.urandom(32)])

@@ -30,7 +30,7 @@ from tests.postgres.test_operate import add_backup, push_segments, seg
 from walkeeper.codec import CodecSettings, Decoder, Keyring, decode_bytes, encode_bytes
 from walkeeper.codec.compress import Compression
 from walkeeper.codec.format import _FRAME, _PREAMBLE, _TRAILER, MAGIC, VERSION
-from walkeeper.errors import IntegrityError, KeyMaterialError, WalkeeperError
+from walkeeper.core.errors import IntegrityError, KeyMaterialError, WalkeeperError
 
 KEY = Keyring([b"k" * 32])
 OTHER_KEY = Keyring([b"o" * 32])

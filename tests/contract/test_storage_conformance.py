@@ -21,8 +21,8 @@ import pytest
 
 from tests.helpers.pgharness import free_port
 from tests.helpers.servers import TcpForwarder
-from walkeeper.config import load_config
-from walkeeper.errors import AlreadyExists, InvalidName, NotFound, StorageError, TransientError
+from walkeeper.core.config import load_config
+from walkeeper.core.errors import AlreadyExists, InvalidName, NotFound, StorageError, TransientError
 from walkeeper.storage import Storage, open_storage
 from walkeeper.storage.base import Leftover
 
@@ -215,7 +215,7 @@ def test_a_killed_upload_leaves_nothing(store: Storage, target: Target) -> None:
     """SIGKILL in the middle of a streamed put: no object, no listing entry, ever."""
     script = textwrap.dedent(f"""
         import os, sys, time
-        from walkeeper.config import load_config
+        from walkeeper.core.config import load_config
         from walkeeper.storage import open_storage
         config = load_config({str(target.config_file())!r}, env={{}})
         storage = open_storage(config.repo, config)

@@ -358,10 +358,10 @@ def test_self_check_setting_keeps_the_contract(setup: Setup, self_check: str) ->
 
 def test_push_without_looking_first_never_overwrites(backend_setup: Setup) -> None:
     """The pusher stores without a prior HEAD/stat: the no-clobber store still decides, on every backend."""
-    from walkeeper.config import load_config
-    from walkeeper.errors import ConflictError
+    from walkeeper.core.config import load_config
+    from walkeeper.core.errors import ConflictError
+    from walkeeper.core.wal import parse_wal_name
     from walkeeper.repository import open_repository
-    from walkeeper.wal import parse_wal_name
 
     repo = open_repository(load_config(str(backend_setup.config)))
     name, seg = make_segment(1, 7, sysid=SYSID)

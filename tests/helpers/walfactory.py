@@ -7,7 +7,7 @@ import random
 import struct
 from pathlib import Path
 
-from walkeeper.wal import segment_name
+from walkeeper.core.wal import segment_name
 
 MiB = 1024 * 1024
 

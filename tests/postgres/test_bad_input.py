@@ -21,8 +21,8 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import WALKEEPER_BIN, as_pg, give_to_pg
 from tests.helpers.walfactory import fake_datadir, make_segment
-from walkeeper.config import _check_env_names, _sections, load_config
-from walkeeper.errors import ConfigError
+from walkeeper.core.config import _check_env_names, _sections, load_config
+from walkeeper.core.errors import ConfigError
 
 SYSID = 7300000000000000001
 SEGMENT = "000000010000000000000003"

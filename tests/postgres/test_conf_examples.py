@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import give_to_pg
 from tests.postgres.test_operate import add_backup, push_segments
-from walkeeper.config import load_config
+from walkeeper.core.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "conf-examples"
 TOMLS = sorted(EXAMPLES.glob("*.toml"))

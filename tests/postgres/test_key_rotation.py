@@ -168,7 +168,7 @@ def test_key_command_cost(setup: Setup) -> None:
                                          ("AES256", None)])
 def test_s3_server_side_encryption(setup: Setup, s3_server: object, sse: str, kms_key: str | None) -> None:
     """[s3] sse / sse_kms_key_id reach every PUT, single and multipart, including rekey's replacements."""
-    from walkeeper.config import load_config
+    from walkeeper.core.config import load_config
     from walkeeper.storage import open_storage
 
     s3 = s3_server

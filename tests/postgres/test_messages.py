@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import give_to_pg, pg_uid, running_as_root
 from tests.postgres.test_operate import add_backup, push_segments, seg, stored
-from walkeeper.errors import FATAL_BASE, StorageError
+from walkeeper.core.errors import FATAL_BASE, StorageError
 
 BACKUP_ID = "20260101T000000Z"
 BIG = 3 * 1024 * 1024  # does not fit a 1 MiB file system
@@ -111,7 +111,7 @@ def test_unreadable_repository_asks_for_read_permission_only(setup: Setup) -> No
 
 
 def test_check_before_any_wal_was_archived(setup: Setup) -> None:
-    from walkeeper.config import load_config
+    from walkeeper.core.config import load_config
     from walkeeper.repository import open_repository
 
     open_repository(load_config(str(setup.config), env={})).ensure_identity(7, 1024 * 1024, 15)

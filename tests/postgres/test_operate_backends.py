@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @contextmanager
 def repository(setup: Setup) -> Iterator[object]:
     """The repository as walkeeper opens it, from the test process (root), for inspection and damage."""
-    from walkeeper.config import load_config
+    from walkeeper.core.config import load_config
     from walkeeper.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))
@@ -49,8 +49,8 @@ def seg(tli: int, segno: int) -> str:
 
 
 def key_of(name: str) -> str:
+    from walkeeper.core.wal import parse_wal_name
     from walkeeper.repository import wal_key
-    from walkeeper.wal import parse_wal_name
 
     return wal_key(parse_wal_name(name))
 

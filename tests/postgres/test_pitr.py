@@ -401,7 +401,7 @@ def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) ->
 
     # Backups taken before walkeeper recorded the fields: read from their stored pg_control.
     from walkeeper.catalog import BACKUP_META, Catalog, backup_key
-    from walkeeper.config import load_config
+    from walkeeper.core.config import load_config
     from walkeeper.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import PG_BIN, Cluster, free_port, run_pg, walkeeper_cmd
 from tests.helpers.servers import S3Server, SshServer
-from walkeeper.config import load_config
-from walkeeper.errors import FATAL_BASE, NotFound, StorageError, TransientError
+from walkeeper.core.config import load_config
+from walkeeper.core.errors import FATAL_BASE, NotFound, StorageError, TransientError
 from walkeeper.storage import Storage, open_storage
 
 
@@ -108,7 +108,8 @@ def test_s3_multipart_completion_whose_answer_is_lost(s3_server: S3Server, tmp_p
 
 
 def test_boto3_is_imported_only_for_s3() -> None:
-    code = ("import sys, tempfile; from walkeeper import archive, repository, cli; "
+    code = ("import sys, tempfile; from walkeeper.commands import wal_fetch, wal_push; "
+            "from walkeeper import repository, cli; "
             "from walkeeper.storage import open_storage; open_storage(tempfile.mkdtemp()).list(); "
             "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

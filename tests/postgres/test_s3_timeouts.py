@@ -17,7 +17,7 @@ from tests.contract.test_wal_contract import SYSID
 from tests.helpers.pgharness import give_to_pg
 from tests.helpers.servers import DUMMY_AWS_ENV
 from tests.helpers.walfactory import make_segment
-from walkeeper.errors import FATAL_BASE, TransientError
+from walkeeper.core.errors import FATAL_BASE, TransientError
 from walkeeper.storage.retry import RetryPolicy
 
 CONNECT_TIMEOUT, READ_TIMEOUT, ATTEMPTS, BASE_DELAY = 1.0, 2.0, 2, 0.2

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import Setup
 from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, pg_workdir, run_pg, walkeeper_cmd
-from walkeeper import fastpath
+from walkeeper.accel import fastpath
 
 pytestmark = pytest.mark.postgres
 HEAVY = ("click", "zstandard", "cryptography", "boto3", "botocore")
@@ -69,7 +69,8 @@ def status_records(setup: Setup) -> list[str]:
 
 
 def pusher_pids(setup: Setup) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"walkeeper.pusher {setup.work}/status"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", f"walkeeper.commands.pusher {setup.work}/status"],
+                         capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -108,7 +109,7 @@ def test_fast_paths_import_no_heavy_module(setup: Setup, wal_source: Path) -> No
     proc = entry("wal-push", f"pg_wal/{second}", cwd=data)
     assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr[-2000:]
     modules = imported_modules(proc)
-    assert "walkeeper.fastpath" in modules and not [m for m in modules if m.split(".")[0] in HEAVY]
+    assert "walkeeper.accel.fastpath" in modules and not [m for m in modules if m.split(".")[0] in HEAVY]
 
     # The full path does import them: the check above can fail.
     proc = entry("wal-push", f"pg_wal/{first}", cwd=data)
@@ -334,7 +335,8 @@ def spool_has(setup: Setup, name: str) -> bool:
 
 
 def prefetcher_pids(setup: Setup) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"walkeeper.prefetch {setup.work}/spool"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", f"walkeeper.commands.prefetch {setup.work}/spool"],
+                         capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -560,7 +562,7 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
     assert spool_files(setup) == []
 
 
-# -- the fast path reads the configuration as walkeeper.config does -----------------------------------------
+# -- the fast path reads the configuration as walkeeper.core.config does -----------------------------------------
 
 
 @pytest.mark.parametrize("env", [{}, {"WALKEEPER_ARCHIVE_PUSH_AHEAD": "0", "WALKEEPER_RESTORE_PREFETCH": "3",
@@ -569,8 +571,8 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
                                       "[restore]\nprefetch = 9\nspool_dir = \"/abs/spool\"\n"])
 def test_fast_path_settings_match_the_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     env: dict[str, str], body: str) -> None:
-    from walkeeper import fastpath
-    from walkeeper.config import load_config
+    from walkeeper.accel import fastpath
+    from walkeeper.core.config import load_config
 
     monkeypatch.setenv("WALKEEPER_STATE_ROOT", str(tmp_path / "state"))
     config_file = tmp_path / "wk.toml"
@@ -664,7 +666,7 @@ def test_postgres_timeline_switch_while_prefetching(setup: Setup) -> None:
         restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', log)
         assert any(n.startswith("00000002") for n in restored), restored
         # The prefetcher did hold timeline 1 past the fork (segments PostgreSQL took from timeline 2).
-        from walkeeper.fastpath import instance_key
+        from walkeeper.accel.fastpath import instance_key
 
         spool_log = setup.work / "spool" / instance_key(str(setup.repo), str(final.datadir)) / "prefetch.log"
         prefetched = set(re.findall(r"prefetched ([0-9A-F]{24})", spool_log.read_text()))

@@ -1,4 +1,4 @@
-"""Which backup is newest, whatever the clocks said (walkeeper.chronology and its users); no root, no I/O."""
+"""Which backup is newest, whatever the clocks said (walkeeper.core.chronology and its users); no root, no I/O."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from walkeeper import chronology
 from walkeeper.catalog import BackupMeta
+from walkeeper.core import chronology
 from walkeeper.inventory import BackupInfo
 from walkeeper.pitr import Target, TimelineStep, choose_backup
 from walkeeper.retention import retained_backups

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from walkeeper.config import load_config
-from walkeeper.errors import ConfigError
+from walkeeper.core.config import load_config
+from walkeeper.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -96,7 +96,7 @@ FAST_CASES = [  # (config text or None, read through a symlink in another direct
 def test_fast_path_settings_equal_full_path_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      text: str | None, via_link: bool, env: dict[str, str],
                                                      flag: str | None) -> None:
-    from walkeeper import fastpath
+    from walkeeper.accel import fastpath
 
     monkeypatch.setenv("WALKEEPER_STATE_ROOT", str(tmp_path / "state"))
     path = None

@@ -1,4 +1,4 @@
-"""The one durable-write helper (walkeeper/durable.py): atomic, exact modes, no temp left, errors surface.
+"""The one durable-write helper (walkeeper/core/durable.py): atomic, exact modes, no temp left, errors surface.
 
 Whether it really syncs, and in which order, is checked with strace on a real restore and pitr
 (tests/postgres/test_pitr.py::test_restore_and_pitr_sync_everything_before_pg_control).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from walkeeper.durable import TEMP_PREFIX, TreeSync, write_file
+from walkeeper.core.durable import TEMP_PREFIX, TreeSync, write_file
 from walkeeper.storage.base import TEMP_PREFIX as STORAGE_TEMP_PREFIX
 
 

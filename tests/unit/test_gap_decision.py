@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.walfactory import MiB, fake_datadir, make_segment
-from walkeeper import fastpath
-from walkeeper.config import load_config
-from walkeeper.errors import GapError, NotFound
-from walkeeper.pusher import NotYourTurn, Pusher
+from walkeeper.accel import fastpath
+from walkeeper.commands.pusher import NotYourTurn, Pusher
+from walkeeper.core.config import load_config
+from walkeeper.core.errors import GapError, NotFound
+from walkeeper.core.wal import parse_wal_name
 from walkeeper.repository import Repository, open_repository
-from walkeeper.wal import parse_wal_name
 
 SYSID = 7300000000000000001
 

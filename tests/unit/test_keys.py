@@ -11,8 +11,8 @@ import pytest
 
 from walkeeper.codec import CodecSettings, Keyring, decode_bytes, encode_bytes
 from walkeeper.codec.keys import material_from_command
-from walkeeper.config import load_config
-from walkeeper.errors import ConfigError, KeyMaterialError
+from walkeeper.core.config import load_config
+from walkeeper.core.errors import ConfigError, KeyMaterialError
 
 KEY = base64.b64encode(bytes(range(32))).decode()  # fixed: test ids must match across xdist workers
 
@@ -135,7 +135,7 @@ def test_public_key_mode_round_trip_and_public_only_refusal(tmp_path: Path) -> N
 
 
 def test_public_key_mode_detects_tampered_epk(tmp_path: Path) -> None:
-    from walkeeper.errors import IntegrityError
+    from walkeeper.core.errors import IntegrityError
 
     priv, pub = x25519_files(tmp_path)
     blob, _ = encode_bytes(CodecSettings(cipher="x25519-aes-256-gcm", keyring=Keyring.from_sources(key_file=str(pub))),
@@ -199,7 +199,7 @@ def test_rekey_leaves_an_object_that_changed_since_it_was_read(tmp_path: Path) -
     """The replace is conditional: an object replaced (or removed) after the scan is not overwritten."""
     from walkeeper.codec.compress import Compression
     from walkeeper.commands.rekey import _rewrite, scan
-    from walkeeper.config import load_config
+    from walkeeper.core.config import load_config
     from walkeeper.repository import META_KEY, RepoMeta, Repository
     from walkeeper.storage import open_storage
 

@@ -8,7 +8,7 @@ import pytest
 
 from walkeeper.backup import parse_pg_control
 from walkeeper.catalog import BackupMeta
-from walkeeper.errors import ConfigError, RefusedError
+from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.pitr import XID_SPACE, XidMark, choose_for_xid, full_xid, parse_xid
 
 E = XID_SPACE  # one epoch

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from walkeeper.backup import TarScanner, extract_tar
-from walkeeper.errors import IntegrityError
+from walkeeper.core.errors import IntegrityError
 
 
 def make_tar(*members: tuple[str, str, bytes | str]) -> bytes:

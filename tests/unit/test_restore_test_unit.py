@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from walkeeper.commands.restore_test import classify_failure, read_check_file
-from walkeeper.errors import RefusedError
+from walkeeper.core.errors import RefusedError
 from walkeeper.scratch_cluster import LOCK_NAME, WORK_PREFIX, WorkDir, inside_data_directory, remove_stale
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.walfactory import MiB, make_segment
-from walkeeper import fastpath
-from walkeeper.errors import InvalidName, InvalidWal
-from walkeeper.wal import (
+from walkeeper.accel import fastpath
+from walkeeper.core.errors import InvalidName, InvalidWal
+from walkeeper.core.wal import (
     WalKind,
     check_segment,
     format_lsn,

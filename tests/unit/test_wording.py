@@ -13,9 +13,9 @@ import pytest
 
 from walkeeper.backup import one_line
 from walkeeper.cli import _CommandFormatter
-from walkeeper.errors import ConfigError
+from walkeeper.core.errors import ConfigError
+from walkeeper.core.units import iso_utc, plural
 from walkeeper.pitr import parse_target_time
-from walkeeper.units import iso_utc, plural
 
 
 @pytest.mark.parametrize(("n", "word", "many", "text"), [

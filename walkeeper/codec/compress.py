@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from walkeeper.errors import ConfigError, IntegrityError
+from walkeeper.core.errors import ConfigError, IntegrityError
 
 METHODS = ("zstd", "none")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from walkeeper.codec.compress import Compression, decompress_all, decompress_chunks, decompress_stream
 from walkeeper.codec.keys import Keyring
-from walkeeper.errors import ConfigError, IntegrityError, KeyMaterialError
+from walkeeper.core.errors import ConfigError, IntegrityError, KeyMaterialError
 
 MAGIC = b"\x89WKEEP\r\n"
 VERSION = 1

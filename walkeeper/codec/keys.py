@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from walkeeper.errors import KeyMaterialError
+from walkeeper.core.errors import KeyMaterialError
 
 MIN_KEY_BYTES = 32
 _INFO_ENCRYPTION = b"walkeeper aes-256-gcm master v1"
@@ -163,7 +163,7 @@ class Keyring:
         if key is None or key.kind == "aes":
             return self.object_key(key_id, salt, what=what)
         if epk is None:
-            from walkeeper.errors import IntegrityError
+            from walkeeper.core.errors import IntegrityError
 
             raise IntegrityError(f"{what} lacks its ephemeral public key: corrupted")
         if epk in self._sealed:  # written by this very process (wal-push's self-check)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from walkeeper.catalog import DUMP_META, DUMP_PREFIX, Catalog
-from walkeeper.errors import ConfigError
+from walkeeper.core.errors import ConfigError
 from walkeeper.repository import Repository
 from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.storage.base import Leftover

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from walkeeper.codec.keys import Keyring, read_key_file
-from walkeeper.errors import RefusedError
+from walkeeper.core.errors import RefusedError
 from walkeeper.repository import META_KEY, Repository
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from walkeeper.codec import Decoder, read_header
 from walkeeper.codec.format import ObjectHeader, reseal
 from walkeeper.commands.key_rotate import mark_retired
-from walkeeper.errors import IntegrityError, KeyMaterialError, NotFound, RefusedError
+from walkeeper.core.errors import IntegrityError, KeyMaterialError, NotFound, RefusedError
 from walkeeper.repo.writers import WRITER_NAME
 from walkeeper.repository import META_KEY, Repository
 from walkeeper.storage.base import ObjectInfo

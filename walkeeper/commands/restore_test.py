@@ -21,8 +21,8 @@ from pathlib import Path
 from walkeeper import __version__
 from walkeeper.backup import ConnOptions, psql
 from walkeeper.catalog import Catalog, RestoreTestRecord
-from walkeeper.config import Config
-from walkeeper.errors import (
+from walkeeper.core.config import Config
+from walkeeper.core.errors import (
     ClusterNotStarted,
     ConfigError,
     IntegrityError,
@@ -32,6 +32,7 @@ from walkeeper.errors import (
     TargetNotReached,
     WalkeeperError,
 )
+from walkeeper.core.wal import format_lsn, parse_lsn, segno_of
 from walkeeper.pitr import Plan, pitr
 from walkeeper.scratch_cluster import (
     PORT,
@@ -42,7 +43,6 @@ from walkeeper.scratch_cluster import (
     safety_settings,
     server_bin,
 )
-from walkeeper.wal import format_lsn, parse_lsn, segno_of
 
 OUTCOME_ERRORS: dict[str, type[WalkeeperError]] = {
     "check-failed": RestoreTestFailed,
@@ -211,8 +211,8 @@ def amcheck_check(checker: Checker, add: Callable[[str, bool, str], None], major
 
 def archive_bound(config: Config, plan: Plan) -> int | None:
     """The start of the newest segment archived now on the plan's timeline (not before the backup's end)."""
+    from walkeeper.core.wal import WalKind
     from walkeeper.repository import open_repository
-    from walkeeper.wal import WalKind
 
     repo = open_repository(config)
     tli = plan.path[-1].timeline

@@ -23,8 +23,8 @@ from pathlib import Path
 from walkeeper import __version__
 from walkeeper.catalog import Catalog, DumpMeta, RestoreTestRecord
 from walkeeper.commands.restore_test import Checker, Options, finish_run, new_test_id, run_checks
-from walkeeper.config import Config
-from walkeeper.errors import ConfigError, IntegrityError, PostgresError, RefusedError, WalkeeperError
+from walkeeper.core.config import Config
+from walkeeper.core.errors import ConfigError, IntegrityError, PostgresError, RefusedError, WalkeeperError
 from walkeeper.scratch_cluster import ScratchCluster, WorkDir, default_base, remove_stale, safety_settings
 
 HEADROOM = 64 * 1024 * 1024

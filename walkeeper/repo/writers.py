@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from walkeeper.catalog import BACKUP_ID_RE, BACKUP_META, BACKUP_PREFIX, BackupMeta, Catalog, backup_key
-from walkeeper.errors import AlreadyExists, IntegrityError, LockedError, NotFound, WalkeeperError
+from walkeeper.core.errors import AlreadyExists, IntegrityError, LockedError, NotFound, WalkeeperError
 from walkeeper.storage.base import Leftover, ObjectInfo, Source, Storage
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from walkeeper.errors import ConfigError
+from walkeeper.core.errors import ConfigError
 from walkeeper.storage.base import ObjectInfo, Storage, validate_key
 
 BACKENDS: dict[str, str] = {

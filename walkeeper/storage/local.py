@@ -1,6 +1,6 @@
 """A repository in a local (or mounted) directory.
 
-Durability follows the classic recipe (walkeeper.durable.write_file): temp file, fsync, rename (or
+Durability follows the classic recipe (walkeeper.core.durable.write_file): temp file, fsync, rename (or
 link when overwriting is not allowed), fsync the directory. Directories are created 0700 and files 0600.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from walkeeper.durable import fsync_dir, write_file
-from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, running_as
+from walkeeper.core.durable import fsync_dir, write_file
+from walkeeper.core.errors import AlreadyExists, ConfigError, NotFound, StorageError, running_as
 from walkeeper.storage.base import (
     Leftover,
     ObjectInfo,

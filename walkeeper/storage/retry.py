@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from walkeeper.errors import TransientError
+from walkeeper.core.errors import TransientError
 from walkeeper.storage.base import Leftover, ObjectInfo, Source, Storage
 
 log = logging.getLogger(__name__)

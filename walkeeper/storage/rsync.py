@@ -36,8 +36,8 @@ from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from walkeeper.config import SshConfig
-from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
+from walkeeper.core.config import SshConfig
+from walkeeper.core.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
 from walkeeper.storage.base import (
     TEMP_PREFIX,
     Leftover,

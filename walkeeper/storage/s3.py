@@ -28,8 +28,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
-from walkeeper.config import S3Config
-from walkeeper.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
+from walkeeper.core.config import S3Config
+from walkeeper.core.errors import AlreadyExists, ConfigError, NotFound, StorageError, TransientError
 from walkeeper.storage.base import (
     TEMP_PREFIX,
     Leftover,

@@ -1,7 +1,7 @@
 """The background pusher of wal-push: stores the .ready files PostgreSQL has not asked for yet.
 
 Started (detached) by a full-path wal-push when other segments are waiting in
-``pg_wal/archive_status/*.ready``; ``python -m walkeeper.pusher STATUS DATADIR CONFIG REPO [OWN]``
+``pg_wal/archive_status/*.ready``; ``python -m walkeeper.commands.pusher STATUS DATADIR CONFIG REPO [OWN]``
 (OWN: the file the starting call pushes itself, never pushed again by this pusher). One
 per status directory: it holds an exclusive flock on STATUS/push.lock and exits at once when
 another holds it. It pushes the waiting files in PostgreSQL's order with ``workers`` threads, at
@@ -25,12 +25,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from walkeeper import fastpath
-from walkeeper.archive import log_helper_stopped, push_file, ready_files
-from walkeeper.config import Config, load_config
-from walkeeper.durable import TEMP_PREFIX
+from walkeeper.accel import fastpath
+from walkeeper.accel.spawn import log_helper_stopped
+from walkeeper.core.config import Config, load_config
+from walkeeper.core.durable import TEMP_PREFIX
+from walkeeper.core.wal import parse_wal_name
+from walkeeper.repo.walfile import push_file, ready_files
 from walkeeper.repository import Repository, open_repository, wal_key
-from walkeeper.wal import parse_wal_name
 
 log = logging.getLogger("walkeeper.pusher")
 POLL = 0.01

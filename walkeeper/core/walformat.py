@@ -1,7 +1,7 @@
 """WAL file names and the first page header of a segment, with the standard library alone.
 
 The one definition of what a WAL file name is and what the first page of a segment must say, shared
-by the full path (walkeeper.wal builds its dataclasses on it) and the fast path (walkeeper.fastpath,
+by the full path (walkeeper.core.wal builds its dataclasses on it) and the fast path (walkeeper.accel.fastpath,
 which may not import re, json, dataclasses or enum: every import is paid by each archive_command
 call). Layouts follow PostgreSQL's ``xlog_internal.h`` (``XLogLongPageHeaderData``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from walkeeper.errors import InvalidName, InvalidWal  # errors imports nothing
+from walkeeper.core.errors import InvalidName, InvalidWal  # errors imports nothing
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 MIN_SEGMENT_SIZE = 1024 * 1024
@@ -31,7 +31,7 @@ _HEX = frozenset("0123456789ABCDEF")
 def wal_name_kind(name: str) -> str | None:
     """"segment", "partial", "backup" or "history" for a name archive_command may be given; else None.
 
-    Upper-case hex only, as PostgreSQL writes them. Timeline 0 passes here (walkeeper.wal refuses it).
+    Upper-case hex only, as PostgreSQL writes them. Timeline 0 passes here (walkeeper.core.wal refuses it).
     """
     if len(name) == 24:
         return "segment" if _HEX.issuperset(name) else None

@@ -1,6 +1,6 @@
 """The background prefetcher of wal-fetch: keeps the next segments of recovery verified in a spool.
 
-Started (detached) by a full-path wal-fetch during recovery; ``python -m walkeeper.prefetch SPOOL
+Started (detached) by a full-path wal-fetch during recovery; ``python -m walkeeper.commands.prefetch SPOOL
 DATADIR CONFIG REPO``. One per spool: it holds an exclusive flock on SPOOL/prefetch.lock and exits at
 once when another holds it. Every wal-fetch (fast or full path) writes SPOOL/request, the last
 segment PostgreSQL asked for; the prefetcher keeps the next ``prefetch`` segments of that segment's
@@ -21,13 +21,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from walkeeper import fastpath
-from walkeeper.archive import log_helper_stopped, recovering
-from walkeeper.config import Config, load_config
-from walkeeper.durable import TEMP_PREFIX, write_file
-from walkeeper.errors import GapError, NotFound
+from walkeeper.accel import fastpath
+from walkeeper.accel.spawn import log_helper_stopped, recovering
+from walkeeper.core.config import Config, load_config
+from walkeeper.core.durable import TEMP_PREFIX, write_file
+from walkeeper.core.errors import GapError, NotFound
+from walkeeper.core.wal import WalKind, parse_wal_name, segment_name, segno_of
 from walkeeper.repository import Repository, open_repository
-from walkeeper.wal import WalKind, parse_wal_name, segment_name, segno_of
 
 log = logging.getLogger("walkeeper.prefetch")
 POLL = 0.02

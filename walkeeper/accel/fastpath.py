@@ -3,7 +3,7 @@
 Imported by the console entry point before anything heavy: it must never import click, zstandard,
 cryptography, boto3 or any other walkeeper module that does (tests/test_speed.py checks this).
 
-wal-push fast path: the background pusher (walkeeper.pusher) pushed this file ahead and, *after* the
+wal-push fast path: the background pusher (walkeeper.commands.pusher) pushed this file ahead and, *after* the
 object was durably stored, wrote a status record naming the pg_wal file's identity (device, inode,
 size, mtime_ns, ctime_ns) and its SHA-256. The fast path answers 0 only if the file PostgreSQL names
 now has exactly that identity. ctime cannot be set from user space and changes on every write, chmod,
@@ -35,10 +35,10 @@ import struct
 import sys
 from _collections_abc import Callable, Iterator  # loaded by os; collections.abc would import collections (~1 ms)
 
-from walkeeper.configbase import CONFIG_ENV, PREFETCH, PUSH_AHEAD, REPO_ENV, config_dir, env_name, resolve_path
-from walkeeper.durable import write_file
-from walkeeper.errors import WalkeeperError
-from walkeeper.walformat import check_first_page, is_segment_name, is_wal_name
+from walkeeper.core.configbase import CONFIG_ENV, PREFETCH, PUSH_AHEAD, REPO_ENV, config_dir, env_name, resolve_path
+from walkeeper.core.durable import write_file
+from walkeeper.core.errors import WalkeeperError
+from walkeeper.core.walformat import check_first_page, is_segment_name, is_wal_name
 
 RECORD_VERSION = "2"  # key=value records; version 1 (JSON) records are ignored, so the full path answers
 REQUEST_FILE = "request"
@@ -53,7 +53,7 @@ PUSHING_SUFFIX = ".pushing"  # a process (pid inside) is pushing this file now
 _GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose"}
 
 
-# -- settings (the few the fast paths need), read exactly as walkeeper.config reads them ---------------
+# -- settings (the few the fast paths need), read exactly as walkeeper.core.config reads them ---------------
 
 
 class FastSettings:
@@ -68,7 +68,7 @@ class FastSettings:
 
 
 def _coerce_int(value: object) -> int:
-    if type(value) is not int:  # walkeeper.config refuses anything else: let the full path say so
+    if type(value) is not int:  # walkeeper.core.config refuses anything else: let the full path say so
         raise ValueError(value)
     return value
 
@@ -117,7 +117,7 @@ def _read_config_file(path: str) -> dict[str, str]:
 
     tomllib costs ~7 ms to import; the cache (a record in the private state root) is rewritten
     whenever the file's inode, size, mtime or ctime change. Relative paths are resolved as
-    walkeeper.config resolves them (walkeeper.configbase: against the real file's directory).
+    walkeeper.core.config resolves them (walkeeper.core.configbase: against the real file's directory).
     """
     real = os.path.realpath(path)
     st = os.stat(real)
@@ -297,7 +297,7 @@ def pg_control_sysid(datadir: str) -> int | None:
 
 def segment_header_fits(name: str, head: bytes, size: int, sysid: int | None) -> bool:
     """The first page header belongs to segment ``name`` of system ``sysid`` and the file is whole:
-    the full path's checks (walkeeper.walformat.check_first_page) plus the system identifier."""
+    the full path's checks (walkeeper.core.walformat.check_first_page) plus the system identifier."""
     if sysid is None or not is_segment_name(name):
         return False
     try:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from walkeeper.configbase import (
+from walkeeper.core.configbase import (
     CONFIG_ENV,
     ENV_PREFIX,
     PREFETCH,
@@ -29,7 +29,7 @@ from walkeeper.configbase import (
     env_name,
     resolve_path,
 )
-from walkeeper.errors import ConfigError
+from walkeeper.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class Config:
 
 
 # Settings holding file paths: relative values in a config file are relative to that file's own
-# directory (symlinks followed: walkeeper.configbase.config_dir, which the fast path uses too).
+# directory (symlinks followed: walkeeper.core.configbase.config_dir, which the fast path uses too).
 PATH_FIELDS = {
     ("encryption", "key_file"),
     ("encryption", "key_files"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
-from walkeeper.wal import parse_lsn
+from walkeeper.core.wal import parse_lsn
 
 CLOCK_TOLERANCE = 5.0  # seconds: a larger skew or a larger negative age means a clock is off
 

@@ -2,7 +2,7 @@
 
 Pure functions on names and bytes: nothing here touches storage. Layouts follow PostgreSQL's
 ``xlog_internal.h`` (``XLogLongPageHeaderData``) and ``timeline.c`` (history file lines). What a
-name is and what a segment's first page must say live in walkeeper.walformat (standard library only),
+name is and what a segment's first page must say live in walkeeper.core.walformat (standard library only),
 which the fast path uses too; this module builds the dataclasses on it.
 """
 
@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from walkeeper.errors import InvalidName, InvalidWal
-from walkeeper.walformat import (  # noqa: F401  (re-exported: the full path's one place for WAL names)
+from walkeeper.core.errors import InvalidName, InvalidWal
+from walkeeper.core.walformat import (  # noqa: F401  (re-exported: the full path's one place for WAL names)
     DEFAULT_SEGMENT_SIZE,
     KNOWN_PAGE_MAGICS,
     LONG_HEADER,
@@ -129,7 +129,7 @@ def read_page_header(data: bytes) -> PageHeader:
 def check_segment(name: WalName, data: bytes) -> PageHeader:
     """Check that ``data`` is the segment ``name`` says: returns its header, raises InvalidWal.
 
-    The checks are walkeeper.walformat.check_first_page, which the fast path runs too.
+    The checks are walkeeper.core.walformat.check_first_page, which the fast path runs too.
     """
     whole = len(data) if name.kind is WalKind.SEGMENT else None
     return PageHeader(*check_first_page(name.name, data, whole))

@@ -1,0 +1,56 @@
+"""wal-fetch: PostgreSQL's restore_command.
+
+Exit 0 only once the whole verified file is at the destination; "not in the archive" is the only
+quiet failure (see errors.exit_code). With prefetch, starts the prefetcher (commands/prefetch.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from walkeeper.accel import fastpath
+from walkeeper.accel.spawn import outside_data_directory, recovering, spawn_helper
+from walkeeper.core.config import Config
+from walkeeper.repo.walfile import FetchResult, fetch_file
+from walkeeper.repository import open_repository
+
+log = logging.getLogger(__name__)
+
+
+def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
+    result = fetch_file(open_repository(config), name, Path(dest), gap_wait=config.restore.gap_wait)
+    if config.restore.prefetch > 0:
+        try:
+            start_prefetch(config, name)
+        except Exception as exc:  # prefetch only ever saves time; the segment is in place already
+            log.warning("prefetch not started: %s", exc)
+    return result
+
+
+# -- prefetch ----------------------------------------------------------------------------------------------
+
+
+def start_prefetch(config: Config, name: str) -> bool:
+    """Tell the prefetcher where recovery is, and start it unless one already serves this spool."""
+    datadir = os.getcwd()
+    if not fastpath.is_segment_name(name) or not recovering(datadir):
+        return False
+    if config.restore.spool_dir:
+        outside_data_directory(config.restore.spool_dir, datadir, "[restore] spool_dir")
+    spool = fastpath.spool_dir(config.restore.spool_dir, config.repo, datadir)
+    fastpath.write_record(os.path.join(spool, fastpath.REQUEST_FILE),  # a hint to the live prefetcher: not synced
+                          {"v": fastpath.RECORD_VERSION, "name": name, "served": 1}, sync=False)
+    if prefetcher_running(spool):
+        return False
+    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):  # a hint for seconds: not synced
+        pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
+    return spawn_helper(["walkeeper.commands.prefetch", spool, datadir, config.source or "", config.repo], datadir,
+                        os.path.join(spool, "prefetch.log"))
+
+
+def prefetcher_running(spool: str) -> bool:
+    fd = os.open(os.path.join(spool, fastpath.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    return fastpath.prefetcher_alive(spool)

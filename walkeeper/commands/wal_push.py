@@ -1,0 +1,71 @@
+"""wal-push: PostgreSQL's archive_command.
+
+Exit 0 only once the file is durably stored; identical re-push is success; different content is
+refused (see errors.exit_code). With push_ahead, starts the background pusher (commands/pusher.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from walkeeper.accel import fastpath
+from walkeeper.accel.spawn import outside_data_directory, spawn_helper
+from walkeeper.core.config import Config
+from walkeeper.repo.walfile import push_file, ready_files
+from walkeeper.repository import PushResult, Repository, open_repository
+
+log = logging.getLogger(__name__)
+
+
+def wal_push(config: Config, path: str) -> PushResult:
+    repo = open_repository(config)
+    wal_path = Path(path)
+    if config.archive.push_ahead > 0 and (wal_path.parent / "archive_status").is_dir():
+        try:
+            if config.archive.status_dir:
+                outside_data_directory(config.archive.status_dir, os.getcwd(), "[archive] status_dir")
+            status = fastpath.status_dir(config.archive.status_dir, config.repo, os.getcwd())
+        except OSError as exc:
+            log.warning("push-ahead disabled: status directory unusable (%s)", exc)
+        else:
+            return push_with_pusher(config, repo, wal_path, status)
+    return push_file(repo, wal_path)
+
+
+# -- push-ahead ------------------------------------------------------------------------------------------
+# A full-path wal-push starts the background pusher (walkeeper.commands.pusher) when other segments wait as
+# .ready, then pushes its own file. The pusher records each success (after the durable store) in the
+# status directory; PostgreSQL's later call for such a file is answered by walkeeper.accel.fastpath.
+
+
+def push_with_pusher(config: Config, repo: Repository, path: Path, status: str) -> PushResult:
+    """Push PostgreSQL's own file, marked as being pushed by this process so the pusher leaves it alone."""
+    marker = os.path.join(status, path.name + fastpath.PUSHING_SUFFIX)
+    try:
+        # Not synced: a pid is meaningless after a crash (and a dead pid's marker is ignored).
+        fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": path.name, "pid": os.getpid()},
+                              sync=False)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot mark %s as being pushed: %s", path.name, exc)
+    try:
+        try:
+            start_pusher(config, status, path)
+        except Exception as exc:  # push-ahead only ever saves time; the own file is what counts
+            log.warning("push-ahead not started: %s", exc)
+        return push_file(repo, path)
+    finally:
+        fastpath.remove_file(marker)
+
+
+def start_pusher(config: Config, status: str, own: Path) -> bool:
+    """Start the background pusher unless one serves this status directory or nothing else waits."""
+    others = [n for n in ready_files(own.parent) if n != own.name and not os.path.exists(os.path.join(status, n))]
+    if not others or fastpath.holder_alive(status, fastpath.PUSH_LOCK_FILE, fastpath.PUSH_STARTING_FILE):
+        return False
+    datadir = os.getcwd()
+    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):  # a hint for seconds: not synced
+        pass  # lets the next wal-push see this pusher while its interpreter starts
+    return spawn_helper(["walkeeper.commands.pusher", status, datadir, config.source or "", config.repo, own.name],
+                        datadir, os.path.join(status, "push.log"))

@@ -43,7 +43,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObject, Catalog, backup_key
 from walkeeper.codec import Decoder, Encoder
 from walkeeper.core.chronology import clock_off, clock_skew, describe_skew
 from walkeeper.core.config import Config
@@ -62,8 +61,9 @@ from walkeeper.core.errors import (
 )
 from walkeeper.core.units import human_bytes, plural
 from walkeeper.core.wal import format_lsn, parse_lsn, parse_wal_name, segment_of_lsn
+from walkeeper.repo.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObject, Catalog, backup_key
+from walkeeper.repo.repository import Repository, open_repository, wal_key
 from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
-from walkeeper.repository import Repository, open_repository, wal_key
 
 log = logging.getLogger(__name__)
 

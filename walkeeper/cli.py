@@ -208,7 +208,7 @@ def wal_fetch_cmd(app: AppContext, name: str, dest: str) -> None:
 @handle_errors()
 def wal_list_cmd(app: AppContext, as_json: bool) -> None:
     """What the repository holds, per timeline: first/last segment, count, gaps."""
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(app.config, codec=False)
     meta = repo.require_meta()  # a mistyped repository path is an error, as for status, not "empty"
@@ -343,10 +343,10 @@ def backups_group(ctx: click.Context, as_json: bool) -> None:
 def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from walkeeper.catalog import BACKUP_PREFIX, Catalog
     from walkeeper.core.units import human_bytes as human
+    from walkeeper.repo.catalog import BACKUP_PREFIX, Catalog
+    from walkeeper.repo.repository import open_repository
     from walkeeper.repo.writers import writer_states
-    from walkeeper.repository import open_repository
 
     repo = open_repository(app.config)
     repo.require_meta()
@@ -383,8 +383,8 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
     """Everything recorded about one backup (ID or 'latest')."""
     from dataclasses import asdict
 
-    from walkeeper.catalog import Catalog
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(app.config)
     repo.require_meta()
@@ -503,8 +503,8 @@ def restore_points_cmd(app: AppContext, as_json: bool) -> None:
     """Restore points recorded by walkeeper restore-point (PostgreSQL cannot list them)."""
     from dataclasses import asdict
 
-    from walkeeper.catalog import Catalog
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(app.config)
     repo.require_meta()
@@ -540,7 +540,7 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
     """
     from walkeeper.backup import pg_tool
     from walkeeper.core.errors import IntegrityError
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
     from walkeeper.verify import format_report, verify
 
     lister = pg_tool(app.config, "pg_restore") if deep and pg_restore_list else None
@@ -561,7 +561,7 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
                dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
     from walkeeper.backup import ConnOptions
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
     from walkeeper.status import cluster_status, local_failures, repository_status, status_json
 
     config = app.config
@@ -762,7 +762,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
     if not dry_run:
         _run_as_owner(app, "expire")
     from walkeeper.cli_dumps import expire_report
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
     from walkeeper.retention import time_zone
     from walkeeper.retention_gfs import GfsPolicy
 

@@ -112,9 +112,9 @@ def dumps_group(ctx: click.Context, as_json: bool) -> None:
 @pass_app
 @handle_errors()
 def dumps_list_cmd(app: AppContext, as_json: bool) -> None:
-    from walkeeper.catalog import Catalog
     from walkeeper.core.units import human_bytes as human
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(app.config)
     repo.require_meta()
@@ -144,8 +144,8 @@ def dumps_list_cmd(app: AppContext, as_json: bool) -> None:
 @handle_errors()
 def dumps_show_cmd(app: AppContext, dump_id: str, as_json: bool) -> None:
     """Everything recorded about one dump (ID or 'latest')."""
-    from walkeeper.catalog import Catalog
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(app.config)
     repo.require_meta()

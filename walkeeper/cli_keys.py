@@ -68,7 +68,7 @@ def key_generate_cmd(output: str | None, public_out: str | None) -> None:
 def key_rotate_cmd(app: AppContext, new_key: str | None, generate: str | None) -> None:
     """Make a new key active for every object written from now on; older keys stay readable."""
     from walkeeper.commands.key_rotate import rotate
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     if bool(new_key) == bool(generate):
         raise ConfigError("give exactly one of --new-key FILE or --generate FILE")
@@ -98,7 +98,7 @@ def key_list_cmd(app: AppContext, objects: bool, as_json: bool) -> None:
     """The repository's key ids (active, since when, retired) and objects per key id."""
     from walkeeper.commands.key_rotate import key_table
     from walkeeper.commands.rekey import objects_per_key_id
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(app.config, codec=False)
     doc: dict[str, object] = {"keys": key_table(repo)}
@@ -131,7 +131,7 @@ def rekey_cmd(app: AppContext, key_id: str, dry_run: bool, as_json: bool) -> Non
     """
     from walkeeper.commands.rekey import RekeyReport, rekey
     from walkeeper.core.errors import IntegrityError
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     last = [0.0]
 

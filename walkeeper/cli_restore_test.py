@@ -83,8 +83,8 @@ def restore_test_cmd(app: AppContext, backup_id: str | None, target_time: str | 
 @handle_errors()
 def restore_tests_cmd(app: AppContext, as_json: bool) -> None:
     """The recorded restore test results, oldest first."""
-    from walkeeper.catalog import Catalog
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.repository import open_repository
 
     records = Catalog(open_repository(app.config)).restore_tests()
     if as_json:

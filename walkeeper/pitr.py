@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
-from walkeeper.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.core import chronology
 from walkeeper.core.config import Config
 from walkeeper.core.durable import fsync_dir, write_file
@@ -41,7 +40,8 @@ from walkeeper.core.wal import (
     parse_wal_name,
     segment_name,
 )
-from walkeeper.repository import Repository, open_repository
+from walkeeper.repo.catalog import BackupMeta, Catalog, RestorePoint
+from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger(__name__)
 
@@ -778,7 +778,7 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
     if action not in ACTIONS:
         raise ConfigError(f"--target-action must be one of {', '.join(ACTIONS)}")
     if backup_id is not None and backup_id != "latest":
-        from walkeeper.catalog import validate_backup_id
+        from walkeeper.repo.catalog import validate_backup_id
 
         try:
             validate_backup_id(backup_id)

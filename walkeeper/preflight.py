@@ -190,7 +190,7 @@ def run_archive_check(config: Config, conn: ConnOptions, timeout: float) -> Pref
 
 def _check(config: Config, conn: ConnOptions, timeout: float, pre: Preflight) -> Preflight:
     from walkeeper.core.wal import parse_wal_name
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     doc = pre.doc
     mode, library, in_recovery, sysid = psql(config, conn, _SETTINGS_SQL, timeout=15).split("|")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from walkeeper.backup import ConnOptions, psql
-from walkeeper.catalog import Catalog, RestorePoint
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, ForeignClusterError, PostgresError
 from walkeeper.core.wal import parse_lsn, segment_of_lsn
-from walkeeper.repository import open_repository
+from walkeeper.repo.catalog import Catalog, RestorePoint
+from walkeeper.repo.repository import open_repository
 
 
 def create_restore_point(config: Config, name: str, conn: ConnOptions, *, switch_wal: bool = False) -> RestorePoint:

@@ -38,15 +38,17 @@ from walkeeper.core.chronology import oldest_first
 from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.units import plural
 from walkeeper.core.wal import WalKind
-from walkeeper.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
+from walkeeper.repo.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
+from walkeeper.repo.layout import (
+    BACKUP_META,
+)
+from walkeeper.repo.repository import Repository
 from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
-from walkeeper.repository import Repository
 from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.storage.base import Leftover
 
 log = logging.getLogger(__name__)
 
-BACKUP_META = "backup.json"
 STALE_INCOMPLETE = 3600.0
 
 

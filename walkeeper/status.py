@@ -21,8 +21,8 @@ from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
 from walkeeper.core.units import human_bytes, iso_utc, plural
 from walkeeper.core.wal import parse_lsn, parse_wal_name, segment_of_lsn
-from walkeeper.inventory import Inventory, read_inventory
-from walkeeper.repository import Repository
+from walkeeper.repo.inventory import Inventory, read_inventory
+from walkeeper.repo.repository import Repository
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -96,7 +96,7 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
     oldest = inv.backups[0] if inv.backups else None
     from datetime import datetime
 
-    from walkeeper.catalog import Catalog
+    from walkeeper.repo.catalog import Catalog
 
     catalog = Catalog(repo)
     dumps = []
@@ -138,7 +138,7 @@ def restore_test_status(repo: Repository, now: float) -> dict[str, Any]:
     """The newest restore test and the newest successful one (walkeeper restore-test), with ages."""
     from datetime import datetime
 
-    from walkeeper.catalog import Catalog
+    from walkeeper.repo.catalog import Catalog
 
     last, last_ok = Catalog(repo).last_restore_tests()
 
@@ -340,7 +340,7 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
     with contextlib.suppress(Exception):
         result.failures = {k: int(v.get("failures", 0)) for k, v in read_state(state_path(config)).items()}
     try:
-        from walkeeper.repository import open_repository
+        from walkeeper.repo.repository import open_repository
 
         repo = open_repository(config)
         try:

@@ -28,8 +28,8 @@ from walkeeper.codec import Decoder, decode_bytes
 from walkeeper.core.errors import InvalidWal, WalkeeperError
 from walkeeper.core.units import human_bytes, iso_utc, plural
 from walkeeper.core.wal import WalKind, check_segment, format_lsn, parse_history
-from walkeeper.inventory import BackupInfo, Inventory, WalObject, read_inventory
-from walkeeper.repository import Repository
+from walkeeper.repo.inventory import BackupInfo, Inventory, WalObject, read_inventory
+from walkeeper.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _read_dump_item(repo: Repository, key: str, sha256: str, pg_restore: str | N
 
 def check_dumps(repo: Repository, report: Report, *, deep: bool, pg_restore: str | None = None,
                 jobs: int = 4) -> None:
-    from walkeeper.catalog import Catalog
+    from walkeeper.repo.catalog import Catalog
 
     catalog = Catalog(repo)
     work = []

@@ -298,7 +298,7 @@ def test_verify_deep_and_restore_of_mutated_backup_objects(setup: Setup) -> None
 
 def test_damaged_repository_file_is_an_integrity_error() -> None:
     """walkeeper.json is plain JSON: each damage to it reads as "not a valid repository file"."""
-    from walkeeper.repository import RepoMeta
+    from walkeeper.repo.repository import RepoMeta
 
     good = RepoMeta(system_identifier="7300000000000000001", wal_segment_size=2**24, pg_version=15).to_json()
     fields = json.loads(good)

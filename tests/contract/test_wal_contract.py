@@ -361,7 +361,7 @@ def test_push_without_looking_first_never_overwrites(backend_setup: Setup) -> No
     from walkeeper.core.config import load_config
     from walkeeper.core.errors import ConflictError
     from walkeeper.core.wal import parse_wal_name
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(backend_setup.config)))
     name, seg = make_segment(1, 7, sysid=SYSID)

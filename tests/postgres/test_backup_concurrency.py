@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.filterwarnings("ignore::Deprecat
 @contextmanager
 def repository(setup: Setup) -> Iterator[object]:
     from walkeeper.core.config import load_config
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))
     try:

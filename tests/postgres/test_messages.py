@@ -112,7 +112,7 @@ def test_unreadable_repository_asks_for_read_permission_only(setup: Setup) -> No
 
 def test_check_before_any_wal_was_archived(setup: Setup) -> None:
     from walkeeper.core.config import load_config
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     open_repository(load_config(str(setup.config), env={})).ensure_identity(7, 1024 * 1024, 15)
     give_to_pg(setup.repo)

@@ -1,7 +1,7 @@
 """Operating the archive: verify, expire, status, check, the Prometheus textfile.
 
 Synthetic segments with real page headers go through the installed CLI (as PostgreSQL would push
-them); backups are published through the real catalog (walkeeper.catalog) with chosen WAL
+them); backups are published through the real catalog (walkeeper.repo.catalog) with chosen WAL
 positions and times, so retention can be tested precisely and quickly. tests/postgres/test_operate_pg.py
 does the same against a real server with real base backups.
 """
@@ -46,10 +46,10 @@ def iso(epoch: float) -> str:
 def add_backup(setup: Setup, backup_id: str, timeline: int, start: int, stop: int, *, ended: float,
                data: bytes = b"base tar bytes") -> None:
     """Publish a backup through the real catalog: one data object, then its metadata (last)."""
-    from walkeeper.catalog import BackupMeta, BackupObject, Catalog, backup_key
     from walkeeper.codec import encode_bytes
     from walkeeper.core.config import load_config
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog, backup_key
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))
     key = backup_key(backup_id, "base.tar")

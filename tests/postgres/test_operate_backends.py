@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def repository(setup: Setup) -> Iterator[object]:
     """The repository as walkeeper opens it, from the test process (root), for inspection and damage."""
     from walkeeper.core.config import load_config
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))
     try:
@@ -50,7 +50,7 @@ def seg(tli: int, segno: int) -> str:
 
 def key_of(name: str) -> str:
     from walkeeper.core.wal import parse_wal_name
-    from walkeeper.repository import wal_key
+    from walkeeper.repo.repository import wal_key
 
     return wal_key(parse_wal_name(name))
 
@@ -93,8 +93,8 @@ def corrupt_object(setup: Setup, key: str) -> None:
 def add_backup(setup: Setup, backup_id: str, start: int, stop: int, *, ended: float,
                data: bytes = b"base tar bytes") -> list[str]:
     """Publish a timeline-1 backup through the real catalog: one data object, then its metadata. Its keys."""
-    from walkeeper.catalog import BackupMeta, BackupObject, Catalog, backup_key
     from walkeeper.codec import encode_bytes
+    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog, backup_key
 
     with repository(setup) as repo:
         key = backup_key(backup_id, "base.tar")
@@ -111,7 +111,7 @@ def add_backup(setup: Setup, backup_id: str, start: int, stop: int, *, ended: fl
 
 def add_restore_point(setup: Setup, name: str, segno: int) -> str:
     """A restore point recorded as `walkeeper restore-point` records it, at the start of segment ``segno``."""
-    from walkeeper.catalog import Catalog, RestorePoint
+    from walkeeper.repo.catalog import Catalog, RestorePoint
 
     with repository(setup) as repo:
         point = RestorePoint(name=name, lsn=lsn(segno), time=iso(time.time()), timeline=1,

@@ -400,9 +400,9 @@ def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) ->
     assert f"backup: {second['id']}" in plan and f"began before backup {second['id']} ended" in plan, plan
 
     # Backups taken before walkeeper recorded the fields: read from their stored pg_control.
-    from walkeeper.catalog import BACKUP_META, Catalog, backup_key
     from walkeeper.core.config import load_config
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.catalog import BACKUP_META, Catalog, backup_key
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))
     catalog = Catalog(repo)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from walkeeper.catalog import BackupMeta
 from walkeeper.core import chronology
-from walkeeper.inventory import BackupInfo
 from walkeeper.pitr import Target, TimelineStep, choose_backup
+from walkeeper.repo.catalog import BackupMeta
+from walkeeper.repo.inventory import BackupInfo
 from walkeeper.retention import retained_backups
 from walkeeper.status import clock_problems
 

@@ -24,7 +24,7 @@ from walkeeper.commands.pusher import NotYourTurn, Pusher
 from walkeeper.core.config import load_config
 from walkeeper.core.errors import GapError, NotFound
 from walkeeper.core.wal import parse_wal_name
-from walkeeper.repository import Repository, open_repository
+from walkeeper.repo.repository import Repository, open_repository
 
 SYSID = 7300000000000000001
 

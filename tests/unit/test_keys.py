@@ -190,7 +190,7 @@ def test_private_key_file_must_be_private(tmp_path: Path) -> None:
     ([{"key_id": "aa", "active_since": "t0"}, {"key_id": "bb", "active_since": "t1"}], "bb", "cc", False),
 ])
 def test_which_keys_may_write(keys: list | None, active: str, writer: str, ok: bool) -> None:
-    from walkeeper.repository import RepoMeta
+    from walkeeper.repo.repository import RepoMeta
 
     assert RepoMeta(key_id=active, keys=keys).writable_key(writer) is ok
 
@@ -200,7 +200,7 @@ def test_rekey_leaves_an_object_that_changed_since_it_was_read(tmp_path: Path) -
     from walkeeper.codec.compress import Compression
     from walkeeper.commands.rekey import _rewrite, scan
     from walkeeper.core.config import load_config
-    from walkeeper.repository import META_KEY, RepoMeta, Repository
+    from walkeeper.repo.repository import META_KEY, RepoMeta, Repository
     from walkeeper.storage import open_storage
 
     old, new = key_file(tmp_path, "old"), key_file(tmp_path, "new")

@@ -95,7 +95,7 @@ def test_globals_without_tablespaces(chunks: list[bytes]) -> None:
 
 
 def _dump(*items: tuple[str, str | None]):  # type: ignore[no-untyped-def]
-    from walkeeper.catalog import DumpItem, DumpMeta
+    from walkeeper.repo.catalog import DumpItem, DumpMeta
 
     return DumpMeta(id="20260101T000000Z", label="", kind="all" if items[0][0] == "globals" else "database",
                     start_time="", stop_time="", server_version=150004, pg_dump_version="15.4", options=[],

@@ -101,7 +101,7 @@ def test_empty_policy_keeps_everything_and_ties_break_by_id() -> None:
 
 def test_backups_keep_by_gfs_with_keep_and_the_newest() -> None:
     """expire's backup selection (retention.retained_backups) combines GFS with --keep and the newest rule."""
-    from walkeeper.inventory import BackupInfo
+    from walkeeper.repo.inventory import BackupInfo
     from walkeeper.retention import retained_backups
 
     def backup(n: int, when: str) -> BackupInfo:

@@ -109,8 +109,8 @@ def test_writer_marker_round_trip_and_process_start() -> None:
 
 def test_reservations_never_share_an_id(tmp_path: Path) -> None:
     """Twenty threads reserve ids for the same second: twenty distinct ids, each marker its owner's."""
-    from walkeeper.catalog import Catalog
-    from walkeeper.repository import Repository
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.repository import Repository
     from walkeeper.storage.local import LocalStorage
 
     storage = LocalStorage(tmp_path / "repo")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.backup import ConnOptions, Progress, _iso, _Proc, _utc_now, pg_tool, psql
-from walkeeper.catalog import Catalog, DumpItem, DumpMeta, dump_key
 from walkeeper.codec import Encoder
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
-from walkeeper.repository import Repository, open_repository
+from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta, dump_key
+from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger(__name__)
 

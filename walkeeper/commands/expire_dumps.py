@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
-from walkeeper.catalog import DUMP_META, DUMP_PREFIX, Catalog
 from walkeeper.core.errors import ConfigError
-from walkeeper.repository import Repository
+from walkeeper.repo.catalog import DUMP_META, DUMP_PREFIX, Catalog
+from walkeeper.repo.repository import Repository
 from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.storage.base import Leftover
 

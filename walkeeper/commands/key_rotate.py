@@ -13,7 +13,7 @@ from typing import Any
 
 from walkeeper.codec.keys import Keyring, read_key_file
 from walkeeper.core.errors import RefusedError
-from walkeeper.repository import META_KEY, Repository
+from walkeeper.repo.repository import META_KEY, Repository
 
 
 def now() -> str:

@@ -27,7 +27,7 @@ from walkeeper.core.config import Config, load_config
 from walkeeper.core.durable import TEMP_PREFIX, write_file
 from walkeeper.core.errors import GapError, NotFound
 from walkeeper.core.wal import WalKind, parse_wal_name, segment_name, segno_of
-from walkeeper.repository import Repository, open_repository
+from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger("walkeeper.prefetch")
 POLL = 0.02

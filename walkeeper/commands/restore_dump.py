@@ -20,13 +20,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from walkeeper.backup import ConnOptions, Progress, _Proc, pg_tool, psql
-from walkeeper.catalog import Catalog, DumpItem, DumpMeta
 from walkeeper.codec import Decoder
 from walkeeper.commands.dump import dump_tool
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, IntegrityError, PostgresError, RefusedError, StorageError
 from walkeeper.core.units import human_bytes
-from walkeeper.repository import Repository, open_repository
+from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta
+from walkeeper.repo.repository import Repository, open_repository
 
 HEADROOM = 64 * 1024 * 1024  # staging leaves this much free besides the dump itself
 

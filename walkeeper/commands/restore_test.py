@@ -20,7 +20,6 @@ from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.backup import ConnOptions, psql
-from walkeeper.catalog import Catalog, RestoreTestRecord
 from walkeeper.core.config import Config
 from walkeeper.core.errors import (
     ClusterNotStarted,
@@ -34,6 +33,7 @@ from walkeeper.core.errors import (
 )
 from walkeeper.core.wal import format_lsn, parse_lsn, segno_of
 from walkeeper.pitr import Plan, pitr
+from walkeeper.repo.catalog import Catalog, RestoreTestRecord
 from walkeeper.scratch_cluster import (
     PORT,
     ScratchCluster,
@@ -212,7 +212,7 @@ def amcheck_check(checker: Checker, add: Callable[[str, bool, str], None], major
 def archive_bound(config: Config, plan: Plan) -> int | None:
     """The start of the newest segment archived now on the plan's timeline (not before the backup's end)."""
     from walkeeper.core.wal import WalKind
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     repo = open_repository(config)
     tli = plan.path[-1].timeline
@@ -313,7 +313,7 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
         record.reason = str(exc).splitlines()[0]
     finally:
         finish_run(cluster, work, record, keep_on_failure=opts.keep_on_failure, began=began)
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     Catalog(open_repository(config)).save_restore_test(record)
     return record

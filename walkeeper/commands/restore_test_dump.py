@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.catalog import Catalog, DumpMeta, RestoreTestRecord
 from walkeeper.commands.restore_test import Checker, Options, finish_run, new_test_id, run_checks
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, IntegrityError, PostgresError, RefusedError, WalkeeperError
+from walkeeper.repo.catalog import Catalog, DumpMeta, RestoreTestRecord
 from walkeeper.scratch_cluster import ScratchCluster, WorkDir, default_base, remove_stale, safety_settings
 
 HEADROOM = 64 * 1024 * 1024
@@ -111,7 +111,7 @@ def restore_test_dump(config: Config, opts: Options, *, progress: Callable[[str]
                       ) -> RestoreTestRecord:
     """Run one dump restore test and record it (a corrupt dump: outcome integrity-failed); raises only for
     refusals before anything was started."""
-    from walkeeper.repository import open_repository
+    from walkeeper.repo.repository import open_repository
 
     if any((opts.backup_id, opts.time, opts.lsn, opts.name, opts.target)):
         raise ConfigError("--dump tests a logical dump: --backup and the --target options do not apply")

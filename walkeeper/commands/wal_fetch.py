@@ -13,8 +13,8 @@ from pathlib import Path
 from walkeeper.accel import fastpath
 from walkeeper.accel.spawn import outside_data_directory, recovering, spawn_helper
 from walkeeper.core.config import Config
+from walkeeper.repo.repository import open_repository
 from walkeeper.repo.walfile import FetchResult, fetch_file
-from walkeeper.repository import open_repository
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from walkeeper.accel import fastpath
 from walkeeper.accel.spawn import outside_data_directory, spawn_helper
 from walkeeper.core.config import Config
+from walkeeper.repo.repository import PushResult, Repository, open_repository
 from walkeeper.repo.walfile import push_file, ready_files
-from walkeeper.repository import PushResult, Repository, open_repository
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from walkeeper.core.durable import write_file
 from walkeeper.core.errors import InvalidWal, NotFound, StorageError
 from walkeeper.core.wal import check_segment, parse_wal_name
 from walkeeper.core.walformat import is_wal_name
-from walkeeper.repository import PushResult, Repository
+from walkeeper.repo.repository import PushResult, Repository
 
 
 def read_wal_file(path: Path) -> bytes:

@@ -28,13 +28,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from walkeeper.catalog import BACKUP_ID_RE, BACKUP_META, BACKUP_PREFIX, BackupMeta, Catalog, backup_key
 from walkeeper.core.errors import AlreadyExists, IntegrityError, LockedError, NotFound, WalkeeperError
+from walkeeper.repo.catalog import BACKUP_ID_RE, BACKUP_META, BACKUP_PREFIX, BackupMeta, Catalog, backup_key
+from walkeeper.repo.layout import (
+    WRITER_NAME,
+)
 from walkeeper.storage.base import Leftover, ObjectInfo, Source, Storage
 
 log = logging.getLogger(__name__)
 
-WRITER_NAME = "writer.json"
 HEARTBEAT = 60.0  # seconds between two refreshes of a running backup's marker
 STALE_AFTER = 15 * 60.0  # a marker of another host not refreshed for this long belongs to a dead writer
 TEMP_SAFE_AGE = 24 * 3600.0  # a temp object no marker speaks for (e.g. of a killed wal-push) is dead after this

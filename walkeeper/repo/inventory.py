@@ -2,7 +2,7 @@
 
 What is there (WAL objects per timeline, backups, restore points), how timelines descend from one
 another (history files), and which segments a recovery along a timeline needs. Backups come from
-walkeeper.catalog through ``load_backups``, the one place that knows the catalog's shape.
+walkeeper.repo.catalog through ``load_backups``, the one place that knows the catalog's shape.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from walkeeper.core.wal import (
     parse_wal_name,
     segment_name,
 )
-from walkeeper.repository import WAL_PREFIX, RepoMeta, Repository
+from walkeeper.repo.layout import (
+    BACKUP_PREFIX,
+    RESTORE_POINT_PREFIX,
+)
+from walkeeper.repo.repository import WAL_PREFIX, RepoMeta, Repository
 from walkeeper.storage.base import Leftover, ObjectInfo
 
 if TYPE_CHECKING:
@@ -33,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKUP_PREFIX = "backups/"
-RESTORE_POINT_PREFIX = "restore-points/"
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def load_backups(repo: Repository) -> tuple[list[BackupInfo], list[str]]:
     """(complete backups oldest first by WAL position, ids of incomplete ones); empty without the backups
     feature."""
     try:
-        from walkeeper.catalog import Catalog
+        from walkeeper.repo.catalog import Catalog
     except ImportError:  # pragma: no cover - the backups feature is not installed
         return [], []
     catalog = Catalog(repo)

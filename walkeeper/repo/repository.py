@@ -45,12 +45,15 @@ from walkeeper.core.wal import (
     segment_name,
     segno_of,
 )
+from walkeeper.repo.layout import (
+    META_KEY,
+    WAL_PREFIX,
+    wal_key,
+)
 from walkeeper.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
-META_KEY = "walkeeper.json"
-WAL_PREFIX = "wal/"
 FORMAT = 1
 GAP_POLL = 0.1  # first wait between looks for a segment stored out of order (one request each on S3)
 GAP_POLL_MAX = 1.0  # the waits grow to this: a store in flight is seen quickly, a real gap costs few requests
@@ -136,10 +139,6 @@ class TimelineSummary:
     history: bool = False
     stored_bytes: int = 0
     newest_mtime: float | None = None
-
-
-def wal_key(name: WalName) -> str:
-    return f"{WAL_PREFIX}{name.timeline:08X}/{name.name}"
 
 
 def build_codec(config: Config) -> CodecSettings:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,31 +31,25 @@ from typing import Any
 from walkeeper.codec import decode_bytes, encode_bytes
 from walkeeper.core.chronology import newest, oldest_first
 from walkeeper.core.errors import IntegrityError, InvalidName, NotFound, RefusedError, WalkeeperError
-from walkeeper.repository import Repository
+from walkeeper.repo.layout import (
+    BACKUP_ID_RE,
+    BACKUP_META,
+    BACKUP_PREFIX,
+    DUMP_META,
+    DUMP_PREFIX,
+    DUMP_RESERVED,
+    RESTORE_POINT_KEY_RE,
+    RESTORE_POINT_PREFIX,
+    RESTORE_TEST_ID_RE,
+    RESTORE_TEST_PREFIX,
+    backup_key,
+    dump_key,
+    validate_backup_id,
+)
+from walkeeper.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
-BACKUP_PREFIX = "backups/"
-RESTORE_POINT_PREFIX = "restore-points/"
-BACKUP_META = "backup.json"
-BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?$")
-DUMP_PREFIX = "dumps/"
-DUMP_META = "dump.json"
-DUMP_RESERVED = "reserved"
-RESTORE_POINT_KEY_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9A-F]{16}\.json$")
-RESTORE_TEST_PREFIX = "restore-tests/"
-RESTORE_TEST_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
-
-
-def validate_backup_id(backup_id: str) -> str:
-    if not isinstance(backup_id, str) or not BACKUP_ID_RE.match(backup_id):
-        raise InvalidName(f"not a backup id: {backup_id!r}",
-                          hint="ids look like 20260101T120000Z; see walkeeper backups")
-    return backup_id
-
-
-def backup_key(backup_id: str, name: str) -> str:
-    return f"{BACKUP_PREFIX}{validate_backup_id(backup_id)}/{name}"
 
 
 @dataclass(frozen=True)
@@ -120,10 +113,6 @@ class BackupMeta:
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def dump_key(dump_id: str, name: str) -> str:
-    return f"{DUMP_PREFIX}{validate_backup_id(dump_id)}/{name}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""The repository's key tree: every key builder and parser, one owner for each name.
+
+    walkeeper.json                                  repository identity (format, system id, key ids)
+    wal/TTTTTTTT/<WAL file name>                    one object per segment, history or backup-history file
+    backups/<id>/backup.json, base.tar, ...         a base backup; writer.json while one is being written
+    dumps/<id>/dump.json, ...; dumps/<id>/reserved  a logical dump (reserved: the id is taken)
+    restore-points/<YYYYMMDDTHHMMSSffffffZ>-<LSN>.json   named restore points
+    restore-tests/<id>.json                         restore-test records
+
+Backup and dump ids look like 20260101T120000Z (a -N suffix when two start in the same second).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from walkeeper.core.errors import InvalidName
+
+if TYPE_CHECKING:
+    from walkeeper.core.wal import WalName
+
+META_KEY = "walkeeper.json"
+WAL_PREFIX = "wal/"
+BACKUP_PREFIX = "backups/"
+BACKUP_META = "backup.json"
+BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?$")
+WRITER_NAME = "writer.json"
+DUMP_PREFIX = "dumps/"
+DUMP_META = "dump.json"
+DUMP_RESERVED = "reserved"
+RESTORE_POINT_PREFIX = "restore-points/"
+RESTORE_POINT_KEY_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9A-F]{16}\.json$")
+RESTORE_TEST_PREFIX = "restore-tests/"
+RESTORE_TEST_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$")
+
+
+def wal_key(name: WalName) -> str:
+    return f"{WAL_PREFIX}{name.timeline:08X}/{name.name}"
+
+
+def validate_backup_id(backup_id: str) -> str:
+    if not isinstance(backup_id, str) or not BACKUP_ID_RE.match(backup_id):
+        raise InvalidName(f"not a backup id: {backup_id!r}",
+                          hint="ids look like 20260101T120000Z; see walkeeper backups")
+    return backup_id
+
+
+def backup_key(backup_id: str, name: str) -> str:
+    return f"{BACKUP_PREFIX}{validate_backup_id(backup_id)}/{name}"
+
+
+def dump_key(dump_id: str, name: str) -> str:
+    return f"{DUMP_PREFIX}{validate_backup_id(dump_id)}/{name}"

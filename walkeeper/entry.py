@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         code = try_fast_path(args)
         if code is not None:
             return code
-    from walkeeper.cli import main as cli_main
+    from walkeeper.cli.main import main as cli_main
 
     return cli_main(args)
 

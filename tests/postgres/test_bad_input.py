@@ -204,7 +204,7 @@ def test_check_usage_error_still_prints_the_plugin_line(setup: Setup) -> None:
 
 
 def test_verbose_shows_the_traceback_and_does_not_ask_for_it() -> None:
-    from walkeeper.cli import _message
+    from walkeeper.cli.main import _message
 
     assert "rerun with -v" in _message(KeyError("x"), 0)
     assert "rerun with -v" not in _message(KeyError("x"), 1)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Setup
 from tests.postgres.test_operate_pg import libpq_env
 from tests.postgres.test_pitr import archive_everything, conn, ok, server_time, start_primary
-from walkeeper.cli import cli
+from walkeeper.cli.main import cli
 
 TIME_KEY = re.compile(r"(^|_)(time|at)$|arrival$|^archived$|^last_failure$")
 LOOKS_LIKE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import give_to_pg, walkeeper_cmd
 from tests.postgres.test_pitr import conn, start_primary
-from walkeeper.preflight import Archiver, archived, failure_reason, parse_archive_command, same_repository
+from walkeeper.commands.check import Archiver, archived, failure_reason, parse_archive_command, same_repository
 
 WK = "/opt/venv/bin/walkeeper"
 

@@ -109,7 +109,7 @@ def test_s3_multipart_completion_whose_answer_is_lost(s3_server: S3Server, tmp_p
 
 def test_boto3_is_imported_only_for_s3() -> None:
     code = ("import sys, tempfile; from walkeeper.commands import wal_fetch, wal_push; "
-            "from walkeeper import cli; from walkeeper.repo import repository; "
+            "from walkeeper.repo import repository; from walkeeper.cli import main; "
             "from walkeeper.storage import open_storage; open_storage(tempfile.mkdtemp()).list(); "
             "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

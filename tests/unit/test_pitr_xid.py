@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
-from walkeeper.backup import parse_pg_control
+from walkeeper.commands.pitr import XID_SPACE, XidMark, choose_for_xid, full_xid, parse_xid
 from walkeeper.core.errors import ConfigError, RefusedError
-from walkeeper.pitr import XID_SPACE, XidMark, choose_for_xid, full_xid, parse_xid
+from walkeeper.postgres.basebackup import parse_pg_control
 from walkeeper.repo.catalog import BackupMeta
 
 E = XID_SPACE  # one epoch

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from walkeeper.backup import TarScanner, extract_tar
 from walkeeper.core.errors import IntegrityError
+from walkeeper.postgres.basebackup import TarScanner
+from walkeeper.postgres.extract import extract_tar
 
 
 def make_tar(*members: tuple[str, str, bytes | str]) -> bytes:

@@ -1,4 +1,4 @@
-"""Grandfather-father-son selection (walkeeper.retention_gfs.decide) over fabricated histories: no root,
+"""Grandfather-father-son selection (walkeeper.core.retention_gfs.decide) over fabricated histories: no root,
 no PostgreSQL, milliseconds."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from walkeeper.retention_gfs import GfsPolicy, Item, decide
+from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -101,8 +101,8 @@ def test_empty_policy_keeps_everything_and_ties_break_by_id() -> None:
 
 def test_backups_keep_by_gfs_with_keep_and_the_newest() -> None:
     """expire's backup selection (retention.retained_backups) combines GFS with --keep and the newest rule."""
+    from walkeeper.commands.expire import retained_backups
     from walkeeper.repo.inventory import BackupInfo
-    from walkeeper.retention import retained_backups
 
     def backup(n: int, when: str) -> BackupInfo:
         t = at(when).timestamp()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from walkeeper.backup import one_line
-from walkeeper.cli import _CommandFormatter
+from walkeeper.cli.main import _CommandFormatter
+from walkeeper.commands.pitr import parse_target_time
 from walkeeper.core.errors import ConfigError
 from walkeeper.core.units import iso_utc, plural
-from walkeeper.pitr import parse_target_time
+from walkeeper.postgres.client import one_line
 
 
 @pytest.mark.parametrize(("n", "word", "many", "text"), [

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.backup import ConnOptions, Progress, _iso, _Proc, _utc_now, pg_tool, psql
 from walkeeper.codec import Encoder
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
+from walkeeper.core.progress import Progress
+from walkeeper.core.units import iso_time, utc_now
+from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, psql
 from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta, dump_key
 from walkeeper.repo.repository import Repository, open_repository
 
@@ -120,7 +122,7 @@ def _server(config: Config, conn: ConnOptions) -> _Server:
     return server
 
 
-def _stream(repo: Repository, key: str, dump_id: str, proc: _Proc, meter: Progress) -> DumpItem:
+def _stream(repo: Repository, key: str, dump_id: str, proc: ToolProcess, meter: Progress) -> DumpItem:
     """Store one tool's stdout under ``key``; a failed tool fails the put (nothing short is kept)."""
     assert proc.proc.stdout is not None
     stdout = proc.proc.stdout
@@ -156,7 +158,7 @@ def take_dump(config: Config, options: DumpOptions) -> DumpMeta:
     major = server.version_num // 10000
     pg_dump = dump_tool(config, "pg_dump", major)
     dump_version = tool_version(pg_dump)[1]
-    started = _utc_now()
+    started = utc_now()
     dump_id = catalog.reserve_dump_id(started.strftime("%Y%m%dT%H%M%SZ"))
     label = options.label or f"walkeeper dump {dump_id}"
     items: list[DumpItem] = []
@@ -168,7 +170,7 @@ def take_dump(config: Config, options: DumpOptions) -> DumpMeta:
             pg_dumpall = dump_tool(config, "pg_dumpall", major)
             base = replace(options.conn, dbname=None)
             key = dump_key(dump_id, "globals.sql")
-            proc = _Proc([pg_dumpall, *base.args(), "-l", options.conn.dbname or server.database,
+            proc = ToolProcess([pg_dumpall, *base.args(), "-l", options.conn.dbname or server.database,
                           "--globals-only"], name="pg_dumpall")
             item = _stream(repo, key, dump_id, proc, meter)
             items.append(replace(item, kind="globals"))
@@ -179,12 +181,12 @@ def take_dump(config: Config, options: DumpOptions) -> DumpMeta:
         for n, database in enumerate(databases):
             conn = replace(base, dbname=database) if options.all_databases else base
             key = dump_key(dump_id, f"db-{n:03d}.dump")
-            proc = _Proc([pg_dump, *conn.args(), "-Fc", "-Z", "0", *options.selection], name="pg_dump")
+            proc = ToolProcess([pg_dump, *conn.args(), "-Fc", "-Z", "0", *options.selection], name="pg_dump")
             items.append(replace(_stream(repo, key, dump_id, proc, meter), database=database))
         meter.finish()
         meta = DumpMeta(
             id=dump_id, label=label, kind="all" if options.all_databases else "database",
-            start_time=_iso(started), stop_time=_iso(_utc_now()), server_version=server.version_num,
+            start_time=iso_time(started), stop_time=iso_time(utc_now()), server_version=server.version_num,
             pg_dump_version=dump_version, options=list(options.selection), items=items,
             plain_size=sum(i.plain_size for i in items), stored_size=sum(i.stored_size for i in items),
             system_identifier=server.system_identifier, host=socket.gethostname(), walkeeper_version=__version__,

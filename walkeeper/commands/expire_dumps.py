@@ -1,6 +1,6 @@
 """expire for logical dumps: grandfather-father-son over complete dumps, plus killed dumps' leftovers.
 
-The decision is walkeeper.retention_gfs.decide over each dump's stop time; the newest dump always
+The decision is walkeeper.core.retention_gfs.decide over each dump's stop time; the newest dump always
 stays. A dump's metadata is deleted first (from then on it is not listed), then its data. Objects
 of a dump without metadata (killed halfway) go once untouched for an hour: a dump in progress
 writes its objects continuously and is never older than that. The same hour applies to what a killed
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 from walkeeper.core.errors import ConfigError
+from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.repo.catalog import DUMP_META, DUMP_PREFIX, Catalog
 from walkeeper.repo.repository import Repository
-from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.storage.base import Leftover
 
 STALE_INCOMPLETE = 3600.0

@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from walkeeper.backup import ConnOptions, Progress, _Proc, pg_tool, psql
 from walkeeper.codec import Decoder
 from walkeeper.commands.dump import dump_tool
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, IntegrityError, PostgresError, RefusedError, StorageError
+from walkeeper.core.progress import Progress
 from walkeeper.core.units import human_bytes
+from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, psql
 from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta
 from walkeeper.repo.repository import Repository, open_repository
 
@@ -197,7 +198,7 @@ def restore_dump(config: Config, dump_id: str | None, options: RestoreDumpOption
     pg_restore = dump_tool(config, "pg_restore", server_major)
     cmd = [pg_restore, *replace(options.conn, dbname=target).args(), *restore_args(options)]
     if options.jobs == 1:
-        proc = _Proc(cmd, name="pg_restore", stdin=True, stdout=False)
+        proc = ToolProcess(cmd, name="pg_restore", stdin=True, stdout=False)
         _feed(proc, _decoded(repo, item, meter))
         meter.finish()
         return RestoreDumpResult(dump, item, target, item.plain_size, False)
@@ -205,7 +206,7 @@ def restore_dump(config: Config, dump_id: str | None, options: RestoreDumpOption
         staged = Path(tmp) / "dump.fc"
         _write_file(_decoded(repo, item, meter), staged, item.plain_size, f"staging dump {dump.id} for -j")
         meter.finish()
-        proc = _Proc([*cmd, str(staged)], name="pg_restore", stdout=False)
+        proc = ToolProcess([*cmd, str(staged)], name="pg_restore", stdout=False)
         try:
             proc.wait()
         finally:
@@ -213,7 +214,7 @@ def restore_dump(config: Config, dump_id: str | None, options: RestoreDumpOption
     return RestoreDumpResult(dump, item, target, item.plain_size, True)
 
 
-def _feed(proc: _Proc, chunks: Iterator[bytes]) -> None:
+def _feed(proc: ToolProcess, chunks: Iterator[bytes]) -> None:
     """Write ``chunks`` into the tool's stdin; its own failure is reported before a broken pipe."""
     stdin = proc.proc.stdin
     assert stdin is not None
@@ -236,7 +237,7 @@ def _restore_globals(config: Config, repo: Repository, dump: DumpMeta, item: Dum
                      options: RestoreDumpOptions, meter: Progress, server_major: int) -> RestoreDumpResult:
     """Roles and tablespaces: the globals script through psql (ON_ERROR_STOP off: existing roles are fine)."""
     conn = replace(options.conn, dbname=options.target or "postgres")
-    proc = _Proc([pg_tool(config, "psql"), "-X", "-q", *conn.args(), "-f", "-"], name="psql", stdin=True,
+    proc = ToolProcess([pg_tool(config, "psql"), "-X", "-q", *conn.args(), "-f", "-"], name="psql", stdin=True,
                  stdout=False)
     chunks = _decoded(repo, item, meter)
     _feed(proc, _without_tablespaces(chunks) if options.no_tablespaces else chunks)

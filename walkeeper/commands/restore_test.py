@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.backup import ConnOptions, psql
+from walkeeper.commands.pitr import Plan, pitr
 from walkeeper.core.config import Config
 from walkeeper.core.errors import (
     ClusterNotStarted,
@@ -32,7 +32,7 @@ from walkeeper.core.errors import (
     WalkeeperError,
 )
 from walkeeper.core.wal import format_lsn, parse_lsn, segno_of
-from walkeeper.pitr import Plan, pitr
+from walkeeper.postgres.client import ConnOptions, psql
 from walkeeper.repo.catalog import Catalog, RestoreTestRecord
 from walkeeper.scratch_cluster import (
     PORT,

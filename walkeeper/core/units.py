@@ -3,6 +3,8 @@ command prints them alike."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 
 def human_bytes(n: float) -> str:
     """1536 -> "1.5 KiB": binary units, since every size here is counted in bytes of 1024."""
@@ -37,4 +39,12 @@ def utc_text(text: str) -> str:
         return text
     if moment.tzinfo is None:
         return text
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")

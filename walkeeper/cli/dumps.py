@@ -1,6 +1,6 @@
 """Command line of logical backups: dump, dumpall, dumps [show], restore-dump (walkeeper/commands/).
 
-Registered on the main group by ``register`` (one line in cli.py). Parsing only: the work is in
+Registered on the main group by ``register`` (one line in cli/main.py). Parsing only: the work is in
 walkeeper.commands.dump and walkeeper.commands.restore_dump.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from walkeeper.cli import AppContext, _conn_options, _run_as_owner, handle_errors, pass_app
+from walkeeper.cli.main import AppContext, _conn_options, _run_as_owner, handle_errors, pass_app
 
 _NO_H = {"help_option_names": ["--help"]}  # -h is the host, as in pg_dump
 
@@ -73,7 +73,7 @@ def dump_cmd(app: AppContext, host: str | None, port: str | None, user: str | No
              schemas: tuple[str, ...], exclude_schemas: tuple[str, ...], exclude_data: tuple[str, ...],
              schema_only: bool, data_only: bool, no_owner: bool, no_privileges: bool, as_json: bool) -> None:
     """Logical backup: pg_dump -Fc of one database, streamed encrypted into dumps/<ID>/."""
-    from walkeeper.backup import ConnOptions
+    from walkeeper.postgres.client import ConnOptions
 
     pairs: list[tuple[str, str | None]] = []
     for flag, values in (("--table", tables), ("--exclude-table", exclude_tables), ("--schema", schemas),
@@ -95,7 +95,7 @@ def dump_cmd(app: AppContext, host: str | None, port: str | None, user: str | No
 def dumpall_cmd(app: AppContext, host: str | None, port: str | None, user: str | None, dbname: str | None,
                 label: str | None, as_json: bool) -> None:
     """Same as dump --all: globals plus every connectable database as one dump set."""
-    from walkeeper.backup import ConnOptions
+    from walkeeper.postgres.client import ConnOptions
 
     _dump(app, ConnOptions(host, port, user, dbname), label, True, as_json, [])
 
@@ -196,9 +196,9 @@ def restore_dump_cmd(app: AppContext, dump_id: str, host: str | None, port: str 
 
     --create connects to the database "postgres" to create the target.
     """
-    from walkeeper.backup import ConnOptions
     from walkeeper.commands.restore_dump import RestoreDumpOptions, restore_dump
     from walkeeper.core.units import human_bytes as human
+    from walkeeper.postgres.client import ConnOptions
 
     options = RestoreDumpOptions(
         conn=ConnOptions(host, port, user), database=database, target=target, create=create, jobs=jobs,
@@ -215,9 +215,9 @@ def restore_dump_cmd(app: AppContext, dump_id: str, host: str | None, port: str 
 
 def expire_report(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_json: bool) -> None:
     """Run expire for backups (``backups``: a GfsPolicy) and/or dumps, and print what was done or would be."""
+    from walkeeper.commands.expire import expire
     from walkeeper.commands.expire_dumps import expire_dumps
     from walkeeper.core.units import human_bytes, plural
-    from walkeeper.retention import expire
 
     verb = "would remove" if dry_run else "removed"
     doc: dict[str, Any] = {}

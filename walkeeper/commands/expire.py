@@ -7,7 +7,7 @@ Rules:
   ``keep_days`` D: every backup that ended within the last D days (by the clock of the host that
   took it) stays, and so does the newest one that ended before the window, because recovery to the
   first moment of the window starts from it. Both set: a backup kept by either rule stays.
-* ``keep_daily/weekly/monthly/yearly`` N (grandfather-father-son, walkeeper.retention_gfs): the
+* ``keep_daily/weekly/monthly/yearly`` N (grandfather-father-son, walkeeper.core.retention_gfs): the
   newest backup of each of the N most recent days/weeks/months/years that have one, by stop time
   in the configured (or local) time zone. Combined with the rules above: kept by any rule stays.
 * The newest backup always stays (so does the only one), and so does all WAL from the oldest
@@ -36,6 +36,7 @@ from datetime import UTC, datetime, tzinfo
 
 from walkeeper.core.chronology import oldest_first
 from walkeeper.core.errors import ConfigError, RefusedError
+from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.core.units import plural
 from walkeeper.core.wal import WalKind
 from walkeeper.repo.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
@@ -44,7 +45,6 @@ from walkeeper.repo.layout import (
 )
 from walkeeper.repo.repository import Repository
 from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
-from walkeeper.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.storage.base import Leftover
 
 log = logging.getLogger(__name__)

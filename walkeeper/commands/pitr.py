@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from walkeeper.backup import RestoreResult, restore_backup, stored_pg_control
 from walkeeper.core import chronology
 from walkeeper.core.config import Config
 from walkeeper.core.durable import fsync_dir, write_file
@@ -40,6 +39,7 @@ from walkeeper.core.wal import (
     parse_wal_name,
     segment_name,
 )
+from walkeeper.postgres.extract import RestoreResult, restore_backup, stored_pg_control
 from walkeeper.repo.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.repo.repository import Repository, open_repository
 

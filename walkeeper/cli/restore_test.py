@@ -1,4 +1,4 @@
-"""Click commands restore-test and restore-tests (registered in cli.py); the work is in commands/restore_test."""
+"""Click commands restore-test and restore-tests (registered in cli/main.py); the work is in commands/restore_test."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from walkeeper.cli import AppContext, handle_errors, log, pass_app
+from walkeeper.cli.main import AppContext, handle_errors, log, pass_app
 
 
 def _become_owner(workdir: str | None) -> None:

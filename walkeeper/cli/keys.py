@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from walkeeper.cli import AppContext, handle_errors, pass_app
+from walkeeper.cli.main import AppContext, handle_errors, pass_app
 from walkeeper.core.durable import write_file
 from walkeeper.core.errors import ConfigError, RefusedError
 

@@ -66,7 +66,7 @@ def _power_of_two(value: int) -> bool:
 
 def identity_from_pgdata(pgdata: str) -> ClusterIdentity:
     """The system identifier, WAL segment size and major version of a data directory (read, never changed)."""
-    from walkeeper.backup import parse_pg_control
+    from walkeeper.postgres.basebackup import parse_pg_control
 
     directory = Path(pgdata)
     try:
@@ -89,7 +89,7 @@ def identity_from_pgdata(pgdata: str) -> ClusterIdentity:
 
 def identity_from_server(config: Config, conn: Any) -> ClusterIdentity:
     """The same facts from a running server (the one psql runner, libpq options and environment)."""
-    from walkeeper.backup import server_info
+    from walkeeper.postgres.client import server_info
 
     info = server_info(config, conn)
     return ClusterIdentity(int(info.system_identifier), info.segment_size, info.version_num // 10000, "the server")
@@ -99,7 +99,7 @@ def identity_from_server(config: Config, conn: Any) -> ClusterIdentity:
 class InitOptions:
     owner: str | None = None
     pgdata: str | None = None
-    conn: Any = None  # walkeeper.backup.ConnOptions, or None for no connection
+    conn: Any = None  # walkeeper.postgres.client.ConnOptions, or None for no connection
     generate_key: str | None = None
     write_config: str | None = None
     config_path: str | None = None  # the --config the command was given, for the "next" lines
@@ -410,7 +410,7 @@ def _facts(version: int | None, segment_size: int | None) -> str:
 
 def next_steps(report: InitReport) -> list[str]:
     """The archive_command and restore_command lines that use what init prepared."""
-    from walkeeper.pitr import walkeeper_executable
+    from walkeeper.commands.pitr import walkeeper_executable
 
     try:
         exe = walkeeper_executable()

@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from walkeeper.backup import ConnOptions
 from walkeeper.core.chronology import clock_off, describe_skew, human_span
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
 from walkeeper.core.units import human_bytes, iso_utc, plural
 from walkeeper.core.wal import parse_lsn, parse_wal_name, segment_of_lsn
+from walkeeper.postgres.client import ConnOptions
 from walkeeper.repo.inventory import Inventory, read_inventory
 from walkeeper.repo.repository import Repository
 
@@ -185,8 +185,8 @@ def status_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def local_failures(config: Config) -> dict[str, dict[str, Any]]:
-    """walkeeper's own failure record on this host (walkeeper.notify's state file), per command."""
-    from walkeeper.notify import read_state, state_path
+    """walkeeper's own failure record on this host (walkeeper.commands.notify's state file), per command."""
+    from walkeeper.commands.notify import read_state, state_path
 
     try:
         state = read_state(state_path(config))
@@ -217,7 +217,7 @@ from pg_stat_archiver a
 
 def cluster_status(config: Config, conn: ConnOptions | None = None) -> dict[str, Any]:
     """pg_stat_archiver and the current WAL file, read with psql (flags, else the libpq environment)."""
-    from walkeeper.backup import psql
+    from walkeeper.postgres.client import psql
 
     try:
         row = psql(config, conn or ConnOptions(), _CLUSTER_SQL, timeout=15)
@@ -333,7 +333,7 @@ def clock_problems(doc: dict[str, Any]) -> list[str]:
 def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, conn: ConnOptions | None = None,
               now: float | None = None) -> CheckResult:
     """Evaluate the repository (and the server when asked); never raises."""
-    from walkeeper.notify import read_state, state_path
+    from walkeeper.commands.notify import read_state, state_path
 
     now = time.time() if now is None else now
     result = CheckResult(OK)

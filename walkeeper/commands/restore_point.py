@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from walkeeper.backup import ConnOptions, psql
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, ForeignClusterError, PostgresError
 from walkeeper.core.wal import parse_lsn, segment_of_lsn
+from walkeeper.postgres.client import ConnOptions, psql
 from walkeeper.repo.catalog import Catalog, RestorePoint
 from walkeeper.repo.repository import open_repository
 

@@ -137,11 +137,11 @@ def _message(exc: BaseException, verbose: int = 0) -> str:
 
 
 def _notify(ctx: click.Context, app: AppContext | None, exc: BaseException, code: int) -> None:
-    """Record the failure of a watched command and run [notify] on_failure (walkeeper.notify); never raises."""
+    """Record the failure of a watched command and run [notify] on_failure (walkeeper.commands.notify); never raises."""
     if app is None:
         return
     try:
-        from walkeeper.notify import EVENTS, notify_failure
+        from walkeeper.commands.notify import EVENTS, notify_failure
 
         if ctx.info_name not in EVENTS:
             return
@@ -242,7 +242,7 @@ def wal_list_cmd(app: AppContext, as_json: bool) -> None:
             click.echo(f"    partial: {p}")
 
 
-# -- base backups, restore, point-in-time recovery (walkeeper/backup.py, pitr.py) ----------------
+# -- base backups, restore, point-in-time recovery (commands/backup.py, restore.py, pitr.py) ----------------
 
 def _conn_options(func: F) -> F:
     """libpq connection flags; unset ones come from PGHOST/PGPORT/PGUSER/PGDATABASE and .pgpass."""
@@ -283,8 +283,8 @@ def init_cmd(app: AppContext, owner: str | None, pgdata: str | None, host: str |
     Idempotent; a repository of another database system is refused (exit 7). Connection options
     (-h/-p/-U/-d) record the system identifier of a running server instead of --pgdata.
     """
-    from walkeeper.backup import ConnOptions
-    from walkeeper.init import InitOptions, next_steps, run_init
+    from walkeeper.commands.init import InitOptions, next_steps, run_init
+    from walkeeper.postgres.client import ConnOptions
 
     conn = ConnOptions(host, port, user, dbname) if any((host, port, user, dbname)) else None
     report = run_init(app.config, InitOptions(owner=owner, pgdata=pgdata, conn=conn, generate_key=generate_key,
@@ -315,8 +315,9 @@ def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | 
     _run_as_owner(app, "backup")
     from dataclasses import asdict
 
-    from walkeeper.backup import BackupOptions, ConnOptions, take_backup
+    from walkeeper.commands.backup import BackupOptions, take_backup
     from walkeeper.core.units import human_bytes as human
+    from walkeeper.postgres.client import ConnOptions
 
     options = BackupOptions(conn=ConnOptions(host, port, user, dbname), label=label,
                             fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout)
@@ -414,7 +415,7 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
 def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...]) -> None:
     """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
     _run_as_owner(app, "restore", pgdata=pgdata)
-    from walkeeper.backup import restore
+    from walkeeper.commands.restore import restore
     from walkeeper.core.units import human_bytes as human
 
     result = restore(app.config, backup_id, pgdata, tablespace_map)
@@ -449,7 +450,7 @@ def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: 
     """Point-in-time recovery: choose a backup, check WAL coverage, restore, write recovery settings."""
     if not dry_run:
         _run_as_owner(app, "pitr", pgdata=pgdata)
-    from walkeeper.pitr import pitr
+    from walkeeper.commands.pitr import pitr
 
     result = pitr(app.config, pgdata, time=target_time, lsn=target_lsn, xid=target_xid, name=target_name,
                   immediate=target_immediate, action=target_action, target_timeline=target_timeline,
@@ -487,8 +488,8 @@ def restore_point_cmd(app: AppContext, name: str, host: str | None, port: str | 
                       dbname: str | None, switch_wal: bool) -> None:
     """Create a named restore point (pg_create_restore_point) and record it in the repository."""
     _run_as_owner(app, "restore-point")
-    from walkeeper.backup import ConnOptions
-    from walkeeper.restorepoints import create_restore_point
+    from walkeeper.commands.restore_point import create_restore_point
+    from walkeeper.postgres.client import ConnOptions
 
     point = create_restore_point(app.config, name, ConnOptions(host, port, user, dbname), switch_wal=switch_wal)
     click.echo(f"restore point {point.name!r} at LSN {point.lsn} (timeline {point.timeline}, {point.time}, "
@@ -538,10 +539,10 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
 
     Exit 0 only when it is; 5 when a problem was found (the report says what to do).
     """
-    from walkeeper.backup import pg_tool
+    from walkeeper.commands.verify import format_report, verify
     from walkeeper.core.errors import IntegrityError
+    from walkeeper.postgres.client import pg_tool
     from walkeeper.repo.repository import open_repository
-    from walkeeper.verify import format_report, verify
 
     lister = pg_tool(app.config, "pg_restore") if deep and pg_restore_list else None
     report = verify(open_repository(app.config), deep=deep, jobs=jobs, pg_restore=lister)
@@ -560,9 +561,9 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, port: str | None, user: str | None,
                dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
-    from walkeeper.backup import ConnOptions
+    from walkeeper.commands.status import cluster_status, local_failures, repository_status, status_json
+    from walkeeper.postgres.client import ConnOptions
     from walkeeper.repo.repository import open_repository
-    from walkeeper.status import cluster_status, local_failures, repository_status, status_json
 
     config = app.config
     repo_error: WalkeeperError | None = None
@@ -591,8 +592,8 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
 
 def _print_status(doc: dict[str, Any]) -> None:
     """`walkeeper status` as text: the repository (or why it cannot be read), the server, local failures."""
+    from walkeeper.commands.status import human_age
     from walkeeper.core.units import iso_utc, plural
-    from walkeeper.status import human_age
 
     if "error" in doc:
         click.echo(f"repository {doc['repository']}: cannot be read ({doc['error']})")
@@ -615,8 +616,8 @@ def _print_status(doc: dict[str, Any]) -> None:
 
 
 def _print_repository(doc: dict[str, Any]) -> None:
+    from walkeeper.commands.status import human_ago
     from walkeeper.core.units import human_bytes, plural
-    from walkeeper.status import human_ago
 
     click.echo(f"repository {doc['repository']} (system {doc['system_identifier']}), "
                f"{human_bytes(doc['total_bytes'])} stored")
@@ -684,8 +685,7 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
               port: str | None, user: str | None, dbname: str | None, prometheus_file: str | None,
               as_json: bool) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
-    from walkeeper.backup import ConnOptions
-    from walkeeper.status import (
+    from walkeeper.commands.status import (
         UNKNOWN,
         CheckResult,
         Thresholds,
@@ -693,6 +693,7 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         prometheus_text,
         run_check,
     )
+    from walkeeper.postgres.client import ConnOptions
 
     _name_command(click.get_current_context())
     if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
@@ -705,7 +706,7 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         config = app.config
         repo_url = config.repo
         if archive:
-            from walkeeper.preflight import run_archive_check
+            from walkeeper.commands.check import run_archive_check
 
             preflight = run_archive_check(config, conn, timeout)
             result, doc = preflight.result, preflight.doc
@@ -726,7 +727,7 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
             result.status = UNKNOWN
     try:
         if as_json:
-            from walkeeper.status import STATE_NAMES, status_json
+            from walkeeper.commands.status import STATE_NAMES, status_json
 
             if not archive:
                 doc = {"repository": repo_url, **({"repo": status_json(result.repo)} if result.repo else {}),
@@ -761,10 +762,10 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
     """Remove expired backups and the WAL and restore points no retained backup needs; expired dumps."""
     if not dry_run:
         _run_as_owner(app, "expire")
-    from walkeeper.cli_dumps import expire_report
+    from walkeeper.cli.dumps import expire_report
+    from walkeeper.commands.expire import time_zone
+    from walkeeper.core.retention_gfs import GfsPolicy
     from walkeeper.repo.repository import open_repository
-    from walkeeper.retention import time_zone
-    from walkeeper.retention_gfs import GfsPolicy
 
     given = GfsPolicy(keep, keep_days, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     ret = app.config.retention
@@ -794,7 +795,7 @@ def _usage_error(exc: click.ClickException, args: list[str]) -> int:
     click.echo(f"{path}: error: {message} (see '{path} --help')", err=True)
     if ctx is not None and ctx.info_name == "check":
         # A monitoring plugin's caller reads 2 as CRITICAL: a broken check command line is UNKNOWN.
-        from walkeeper.status import STATE_NAMES, UNKNOWN
+        from walkeeper.commands.status import STATE_NAMES, UNKNOWN
 
         click.echo(f"WALKEEPER {STATE_NAMES[UNKNOWN]} - bad command line: {message}")
         return UNKNOWN
@@ -802,7 +803,7 @@ def _usage_error(exc: click.ClickException, args: list[str]) -> int:
     return exit_code(exc, restore_command=True) if "wal-fetch" in args else exc.exit_code
 
 
-from walkeeper.cli_dumps import register as _register_dumps  # noqa: E402 - needs cli defined
+from walkeeper.cli.dumps import register as _register_dumps  # noqa: E402 - needs cli defined
 
 _register_dumps(cli)
 
@@ -835,11 +836,11 @@ def main(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-from walkeeper.cli_restore_test import restore_test_cmd, restore_tests_cmd  # noqa: E402 - they import this module
+from walkeeper.cli.restore_test import restore_test_cmd, restore_tests_cmd  # noqa: E402 - they import this module
 
 cli.add_command(restore_test_cmd)
 cli.add_command(restore_tests_cmd)
 
-from walkeeper import cli_keys  # noqa: E402 - key, rekey commands register on ``cli`` (import cycle by design)
+from walkeeper.cli import keys as cli_keys  # noqa: E402 - key, rekey commands register on ``cli`` (import cycle by design)
 
 cli_keys.register(cli)

@@ -89,7 +89,8 @@ def listed(setup: Setup) -> list[str]:
 
 
 def marker_pids(setup: Setup) -> dict[str, int]:
-    from walkeeper.repo.writers import WRITER_NAME, read_writer
+    from walkeeper.repo.layout import WRITER_NAME
+    from walkeeper.repo.writers import read_writer
 
     with repository(setup) as repo:
         ids = [i.key.split("/")[1] for i in repo.storage.list("backups/") if i.key.endswith(f"/{WRITER_NAME}")]

@@ -48,7 +48,8 @@ def add_backup(setup: Setup, backup_id: str, timeline: int, start: int, stop: in
     """Publish a backup through the real catalog: one data object, then its metadata (last)."""
     from walkeeper.codec import encode_bytes
     from walkeeper.core.config import load_config
-    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog, backup_key
+    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog
+    from walkeeper.repo.layout import backup_key
     from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))

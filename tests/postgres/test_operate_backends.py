@@ -50,7 +50,7 @@ def seg(tli: int, segno: int) -> str:
 
 def key_of(name: str) -> str:
     from walkeeper.core.wal import parse_wal_name
-    from walkeeper.repo.repository import wal_key
+    from walkeeper.repo.layout import wal_key
 
     return wal_key(parse_wal_name(name))
 
@@ -94,7 +94,8 @@ def add_backup(setup: Setup, backup_id: str, start: int, stop: int, *, ended: fl
                data: bytes = b"base tar bytes") -> list[str]:
     """Publish a timeline-1 backup through the real catalog: one data object, then its metadata. Its keys."""
     from walkeeper.codec import encode_bytes
-    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog, backup_key
+    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog
+    from walkeeper.repo.layout import backup_key
 
     with repository(setup) as repo:
         key = backup_key(backup_id, "base.tar")

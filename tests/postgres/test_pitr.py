@@ -401,7 +401,8 @@ def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) ->
 
     # Backups taken before walkeeper recorded the fields: read from their stored pg_control.
     from walkeeper.core.config import load_config
-    from walkeeper.repo.catalog import BACKUP_META, Catalog, backup_key
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.layout import BACKUP_META, backup_key
     from walkeeper.repo.repository import open_repository
 
     repo = open_repository(load_config(str(setup.config), env={}))

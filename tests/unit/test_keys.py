@@ -200,7 +200,8 @@ def test_rekey_leaves_an_object_that_changed_since_it_was_read(tmp_path: Path) -
     from walkeeper.codec.compress import Compression
     from walkeeper.commands.rekey import _rewrite, scan
     from walkeeper.core.config import load_config
-    from walkeeper.repo.repository import META_KEY, RepoMeta, Repository
+    from walkeeper.repo.layout import META_KEY
+    from walkeeper.repo.repository import RepoMeta, Repository
     from walkeeper.storage import open_storage
 
     old, new = key_file(tmp_path, "old"), key_file(tmp_path, "new")

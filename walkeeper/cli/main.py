@@ -345,7 +345,8 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     from dataclasses import asdict
 
     from walkeeper.core.units import human_bytes as human
-    from walkeeper.repo.catalog import BACKUP_PREFIX, Catalog
+    from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.layout import BACKUP_PREFIX
     from walkeeper.repo.repository import open_repository
     from walkeeper.repo.writers import writer_states
 

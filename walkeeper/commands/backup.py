@@ -35,8 +35,9 @@ from walkeeper.core.units import human_bytes, iso_time, plural, utc_now
 from walkeeper.core.wal import format_lsn, parse_wal_name, segment_of_lsn
 from walkeeper.postgres.basebackup import collect_facts, scan_tar
 from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, server_info, server_next_xid, warn_clock_skew
-from walkeeper.repo.catalog import BACKUP_META, BACKUP_PREFIX, BackupMeta, BackupObject, Catalog, backup_key
-from walkeeper.repo.repository import Repository, open_repository, wal_key
+from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog
+from walkeeper.repo.layout import BACKUP_META, BACKUP_PREFIX, backup_key, wal_key
+from walkeeper.repo.repository import Repository, open_repository
 from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from walkeeper.core.errors import ConfigError, PostgresError
 from walkeeper.core.progress import Progress
 from walkeeper.core.units import iso_time, utc_now
 from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, psql
-from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta, dump_key
+from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta
+from walkeeper.repo.layout import dump_key
 from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger(__name__)

@@ -39,12 +39,14 @@ from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.core.units import plural
 from walkeeper.core.wal import WalKind
-from walkeeper.repo.inventory import BACKUP_PREFIX, BackupInfo, Inventory, read_inventory, restore_point_lsn
+from walkeeper.repo.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repo.layout import (
     BACKUP_META,
+    BACKUP_PREFIX,
+    WRITER_NAME,
 )
 from walkeeper.repo.repository import Repository
-from walkeeper.repo.writers import WRITER_NAME, leftover_is_dead
+from walkeeper.repo.writers import leftover_is_dead
 from walkeeper.storage.base import Leftover
 
 log = logging.getLogger(__name__)

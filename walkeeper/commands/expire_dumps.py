@@ -15,7 +15,8 @@ from datetime import UTC, datetime, tzinfo
 
 from walkeeper.core.errors import ConfigError
 from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
-from walkeeper.repo.catalog import DUMP_META, DUMP_PREFIX, Catalog
+from walkeeper.repo.catalog import Catalog
+from walkeeper.repo.layout import DUMP_META, DUMP_PREFIX
 from walkeeper.repo.repository import Repository
 from walkeeper.storage.base import Leftover
 

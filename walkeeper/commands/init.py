@@ -346,7 +346,7 @@ def _write_files(plan: _Plan, owner: Account | None, options: InitOptions, repor
 
 def _check_local_repository(repo_dir: Path, identity: ClusterIdentity | None, *, new_key: bool) -> None:
     """What can be refused before a key or configuration is written (remote ones are checked later)."""
-    from walkeeper.repo.repository import META_KEY
+    from walkeeper.repo.layout import META_KEY
 
     if repo_dir.exists() and not repo_dir.is_dir():
         raise RefusedError(f"{repo_dir} exists and is not a directory")
@@ -367,7 +367,8 @@ def _check_local_repository(repo_dir: Path, identity: ClusterIdentity | None, *,
 
 
 def _init_repository(config: Config, identity: ClusterIdentity | None, report: InitReport) -> None:
-    from walkeeper.repo.repository import META_KEY, Repository, build_codec
+    from walkeeper.repo.layout import META_KEY
+    from walkeeper.repo.repository import Repository, build_codec
     from walkeeper.storage import open_storage
 
     repo = Repository(open_storage(config.repo, config), build_codec(config))
@@ -410,7 +411,7 @@ def _facts(version: int | None, segment_size: int | None) -> str:
 
 def next_steps(report: InitReport) -> list[str]:
     """The archive_command and restore_command lines that use what init prepared."""
-    from walkeeper.commands.pitr import walkeeper_executable
+    from walkeeper.postgres.recovery_conf import walkeeper_executable
 
     try:
         exe = walkeeper_executable()

@@ -13,7 +13,8 @@ from typing import Any
 
 from walkeeper.codec.keys import Keyring, read_key_file
 from walkeeper.core.errors import RefusedError
-from walkeeper.repo.repository import META_KEY, Repository
+from walkeeper.repo.layout import META_KEY
+from walkeeper.repo.repository import Repository
 
 
 def now() -> str:

@@ -15,10 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
-import shutil
-import stat
-import sys
 import time as clock
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,7 +23,6 @@ from typing import Any
 
 from walkeeper.core import chronology
 from walkeeper.core.config import Config
-from walkeeper.core.durable import fsync_dir, write_file
 from walkeeper.core.errors import ConfigError, GapError, InvalidName, NotFound, RefusedError
 from walkeeper.core.units import human_bytes, plural
 from walkeeper.core.wal import (
@@ -40,13 +35,16 @@ from walkeeper.core.wal import (
     segment_name,
 )
 from walkeeper.postgres.extract import RestoreResult, restore_backup, stored_pg_control
+from walkeeper.postgres.recovery_conf import (
+    restore_command,
+    settings_block,
+    write_settings,
+)
 from walkeeper.repo.catalog import BackupMeta, Catalog, RestorePoint
 from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger(__name__)
 
-BLOCK_BEGIN = "# BEGIN walkeeper pitr"
-BLOCK_END = "# END walkeeper pitr"
 TARGET_KINDS = ("time", "lsn", "xid", "name", "immediate")
 ACTIONS = ("pause", "promote", "shutdown")
 GAP_RECHECK = 0.5  # seconds between listings while a gap may be a store in flight
@@ -587,100 +585,6 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
                 warnings)
 
 
-# -- writing the settings ------------------------------------------------------------------------
-
-def quote_conf(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def restore_command(config_path: str | None, repo_flag: str | None) -> str:
-    exe = walkeeper_executable()
-    parts = [exe]
-    if config_path:
-        parts += ["--config", os.path.abspath(config_path)]
-    if repo_flag:
-        parts += ["--repo", repo_flag if "://" in repo_flag else os.path.abspath(repo_flag)]
-    return " ".join(shlex.quote(p) for p in parts) + " wal-fetch %f %p"
-
-
-def walkeeper_executable() -> str:
-    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if os.path.basename(argv0).startswith("walkeeper") and os.path.exists(argv0):
-        return os.path.abspath(argv0)
-    beside = Path(sys.executable).parent / "walkeeper"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("walkeeper")
-    if found:
-        return os.path.abspath(found)
-    raise ConfigError("cannot tell where the walkeeper executable is, for restore_command")
-
-
-_TARGET_LINE = re.compile(r"^\s*(recovery_target\w*)\s*=?", re.IGNORECASE)
-_RESTORE_LINE = re.compile(r"^\s*restore_command\s*=?", re.IGNORECASE)
-
-
-def _comment_out(text: str, *, include_restore: bool) -> tuple[str, int]:
-    out = []
-    changed = 0
-    for line in text.splitlines(keepends=True):
-        if _TARGET_LINE.match(line) or (include_restore and _RESTORE_LINE.match(line)):
-            out.append(f"# commented out by walkeeper pitr (a recovery target is set below): {line}")
-            changed += 1
-        else:
-            out.append(line)
-    return "".join(out), changed
-
-
-def settings_block(plan: Plan, command: str) -> str:
-    lines = [f"{BLOCK_BEGIN} (written {datetime.now(UTC).isoformat(timespec='seconds')}; "
-             "replaced by the next walkeeper pitr, remove after recovery if you like)",
-             f"restore_command = {quote_conf(command)}"]
-    target = plan.target
-    if target.kind == "immediate":
-        lines.append("recovery_target = 'immediate'")
-    elif target.kind != "none":
-        lines.append(f"recovery_target_{target.kind} = {quote_conf(target.value)}")
-    if target.kind != "none":
-        lines.append(f"recovery_target_action = {quote_conf(plan.action)}")
-        if plan.exclusive:
-            lines.append("recovery_target_inclusive = off")
-    lines.append(f"recovery_target_timeline = {quote_conf(str(plan.timeline))}")
-    lines.append(BLOCK_END)
-    return "\n".join(lines) + "\n"
-
-
-def write_settings(pgdata: Path, plan: Plan, command: str) -> list[str]:
-    """Write the signal file and the marked block; returns notes on what else was changed."""
-    notes = []
-    auto = pgdata / "postgresql.auto.conf"
-    text = auto.read_text() if auto.exists() else ""
-    # Drop a previous block of ours, then comment out conflicting lines elsewhere.
-    text = re.sub(rf"(?ms)^{re.escape(BLOCK_BEGIN)}.*?^{re.escape(BLOCK_END)}\n?", "", text)
-    text, changed = _comment_out(text, include_restore=True)
-    if changed:
-        notes.append(f"commented out {plural(changed, 'earlier recovery setting line')} in {auto}")
-    if text and not text.endswith("\n"):
-        text += "\n"
-    # Each file durable and replaced atomically (never rewritten in place): a crash leaves the old or the new.
-    write_file(auto, (text + settings_block(plan, command)).encode())
-    conf = pgdata / "postgresql.conf"
-    if conf.exists():
-        original = conf.read_text()
-        updated, changed = _comment_out(original, include_restore=False)
-        if changed:
-            write_file(conf, updated.encode(), mode=stat.S_IMODE(conf.stat().st_mode))
-            notes.append(f"commented out {plural(changed, 'recovery_target* line')} in {conf}")
-    signal = pgdata / ("standby.signal" if plan.standby else "recovery.signal")
-    other = pgdata / ("recovery.signal" if plan.standby else "standby.signal")
-    write_file(signal, b"")
-    if other.exists():
-        other.unlink()
-        fsync_dir(pgdata)
-        notes.append(f"removed {other.name}")
-    return notes
-
-
 # -- the command ----------------------------------------------------------------------------------
 
 @dataclass
@@ -778,7 +682,7 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
     if action not in ACTIONS:
         raise ConfigError(f"--target-action must be one of {', '.join(ACTIONS)}")
     if backup_id is not None and backup_id != "latest":
-        from walkeeper.repo.catalog import validate_backup_id
+        from walkeeper.repo.layout import validate_backup_id
 
         try:
             validate_backup_id(backup_id)

@@ -30,7 +30,8 @@ from walkeeper.accel.spawn import log_helper_stopped
 from walkeeper.core.config import Config, load_config
 from walkeeper.core.durable import TEMP_PREFIX
 from walkeeper.core.wal import parse_wal_name
-from walkeeper.repo.repository import Repository, open_repository, wal_key
+from walkeeper.repo.layout import wal_key
+from walkeeper.repo.repository import Repository, open_repository
 from walkeeper.repo.walfile import push_file, ready_files
 
 log = logging.getLogger("walkeeper.pusher")

@@ -24,8 +24,8 @@ from walkeeper.codec import Decoder, read_header
 from walkeeper.codec.format import ObjectHeader, reseal
 from walkeeper.commands.key_rotate import mark_retired
 from walkeeper.core.errors import IntegrityError, KeyMaterialError, NotFound, RefusedError
-from walkeeper.repo.repository import META_KEY, Repository
-from walkeeper.repo.writers import WRITER_NAME
+from walkeeper.repo.layout import META_KEY, WRITER_NAME
+from walkeeper.repo.repository import Repository
 from walkeeper.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)

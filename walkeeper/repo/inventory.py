@@ -28,8 +28,9 @@ from walkeeper.core.wal import (
 from walkeeper.repo.layout import (
     BACKUP_PREFIX,
     RESTORE_POINT_PREFIX,
+    WAL_PREFIX,
 )
-from walkeeper.repo.repository import WAL_PREFIX, RepoMeta, Repository
+from walkeeper.repo.repository import RepoMeta, Repository
 from walkeeper.storage.base import Leftover, ObjectInfo
 
 if TYPE_CHECKING:

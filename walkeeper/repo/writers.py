@@ -29,9 +29,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from walkeeper.core.errors import AlreadyExists, IntegrityError, LockedError, NotFound, WalkeeperError
-from walkeeper.repo.catalog import BACKUP_ID_RE, BACKUP_META, BACKUP_PREFIX, BackupMeta, Catalog, backup_key
+from walkeeper.repo.catalog import BackupMeta, Catalog
 from walkeeper.repo.layout import (
+    BACKUP_ID_RE,
+    BACKUP_META,
+    BACKUP_PREFIX,
     WRITER_NAME,
+    backup_key,
 )
 from walkeeper.storage.base import Leftover, ObjectInfo, Source, Storage
 

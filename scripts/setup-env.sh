@@ -35,6 +35,9 @@ spec="$ROOT"
 pip_q() {  # pip, without the noise of this machine's unused local index settings
     "$VENV/bin/pip" --disable-pip-version-check "$@" 2>&1 | { grep -v "WARNING: Location 'file:" || true; }
 }
+# setuptools builds in the checkout: a build/ left by an older tree would ship modules that have since
+# moved (stale copies that can hide a missed rename), so every install starts from the sources.
+rm -rf "$ROOT/build"
 pip_q install -q "$spec"
 pip_q install -q --no-deps --force-reinstall "$ROOT"
 chmod -R a+rX "$VENV"

@@ -303,16 +303,7 @@ def check_dumps(repo: Repository, report: Report, *, deep: bool, pg_restore: str
             details={"dump": dump_id}))
     if not deep:
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(fn, *args): key for key, (fn, *args) in work}
-        for future in concurrent.futures.as_completed(futures):
-            key = futures[future]
-            report.objects_read += 1
-            error = future.result()
-            if error:
-                report.problems.append(Problem(kind="corrupt", severity="error", message=f"{key}: {error}",
-                                               action="this dump cannot be restored: take a new one",
-                                               objects=[key]))
+    _read_back(work, report, jobs, action="this dump cannot be restored: take a new one")
 
 
 def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int = 4) -> None:
@@ -321,6 +312,12 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
     backups: list[BackupInfo] = inv.backups
     for backup in backups:
         work.extend((key, (_read_backup_object, repo, key, sha)) for key, sha in backup.objects)
+    _read_back(work, report, jobs, action="restore this object from another copy (for WAL: the server's pg_wal or "
+                                          "a second archive); otherwise treat it as missing: take a new base backup")
+
+
+def _read_back(work: list[tuple[str, Any]], report: Report, jobs: int, *, action: str) -> None:
+    """Run each (key, (reader, *args)) on ``jobs`` threads; a reader returns an error text or None."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(fn, *args): key for key, (fn, *args) in work}
         for future in concurrent.futures.as_completed(futures):
@@ -328,11 +325,8 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
             report.objects_read += 1
             error = future.result()
             if error:
-                report.problems.append(Problem(
-                    kind="corrupt", severity="error", message=f"{key}: {error}",
-                    action="restore this object from another copy (for WAL: the server's pg_wal or a "
-                           "second archive); otherwise treat it as missing: take a new base backup",
-                    objects=[key]))
+                report.problems.append(Problem(kind="corrupt", severity="error", message=f"{key}: {error}",
+                                               action=action, objects=[key]))
     report.problems.sort(key=lambda p: (p.kind != "corrupt", p.objects))
 
 

@@ -52,6 +52,21 @@ log = logging.getLogger(__name__)
 
 
 
+def _load_metadata(cls: Any, doc: dict[str, Any], where: str, what: str, listed: str, item_cls: Any) -> Any:
+    """A backup's or dump's metadata from its stored JSON: unknown fields ignored (newer writers), wrong
+    shapes and other format versions are integrity errors, the id is validated."""
+    try:
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        fields[listed] = [item_cls(**o) for o in fields.get(listed, [])]
+        meta = cls(**fields)
+    except TypeError as exc:
+        raise IntegrityError(f"{where}: not valid {what} metadata ({exc})") from None
+    if meta.format != 1:
+        raise IntegrityError(f"{where}: {what} metadata format {meta.format} is not supported")
+    validate_backup_id(meta.id)
+    return meta
+
+
 @dataclass(frozen=True)
 class BackupObject:
     """One stored tar of a backup."""
@@ -100,19 +115,7 @@ class BackupMeta:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], where: str) -> BackupMeta:
-        try:
-            fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
-            fields["objects"] = [BackupObject(**o) for o in fields.get("objects", [])]
-            meta = cls(**fields)
-        except TypeError as exc:
-            raise IntegrityError(f"{where}: not valid backup metadata ({exc})") from None
-        if meta.format != 1:
-            raise IntegrityError(f"{where}: backup metadata format {meta.format} is not supported")
-        validate_backup_id(meta.id)
-        return meta
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
+        return _load_metadata(cls, doc, where, "backup", "objects", BackupObject)
 
 
 @dataclass(frozen=True)
@@ -154,16 +157,7 @@ class DumpMeta:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], where: str) -> DumpMeta:
-        try:
-            fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
-            fields["items"] = [DumpItem(**o) for o in fields.get("items", [])]
-            meta = cls(**fields)
-        except TypeError as exc:
-            raise IntegrityError(f"{where}: not valid dump metadata ({exc})") from None
-        if meta.format != 1:
-            raise IntegrityError(f"{where}: dump metadata format {meta.format} is not supported")
-        validate_backup_id(meta.id)
-        return meta
+        return _load_metadata(cls, doc, where, "dump", "items", DumpItem)
 
 
 @dataclass(frozen=True)

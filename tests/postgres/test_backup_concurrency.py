@@ -16,29 +16,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Setup
 from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, as_pg, give_to_pg
+from tests.postgres.test_operate_backends import repository
 from tests.postgres.test_pitr import archive_everything, conn, ok, start_primary
 
 pytestmark = [pytest.mark.postgres, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-@contextmanager
-def repository(setup: Setup) -> Iterator[object]:
-    from walkeeper.core.config import load_config
-    from walkeeper.repo.repository import open_repository
-
-    repo = open_repository(load_config(str(setup.config), env={}))
-    try:
-        yield repo
-    finally:
-        repo.storage.close()
 
 
 def env() -> dict[str, str]:

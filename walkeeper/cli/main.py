@@ -845,3 +845,8 @@ cli.add_command(restore_tests_cmd)
 from walkeeper.cli import keys as cli_keys  # noqa: E402 - key, rekey commands register on ``cli`` (import cycle by design)
 
 cli_keys.register(cli)
+
+from walkeeper.cli.copy import COMMANDS as _copy_commands  # noqa: E402 - it imports this module
+
+for _command in _copy_commands:
+    cli.add_command(_command)

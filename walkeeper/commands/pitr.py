@@ -710,7 +710,7 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
         backup_id = catalog.resolve("latest").id
     plan = build_plan(repo, catalog, target, action=action, target_timeline=target_timeline,
                       exclusive=exclusive, backup_id=backup_id, standby=standby, gap_wait=config.restore.gap_wait)
-    command = restore_command(config_path or config.source, repo_flag)
+    command = restore_command(config_path or config.source, repo_flag, repository_name=config.repository_selected)
     if not (config_path or config.source):
         plan.warnings.append("no configuration file: restore_command relies on WALKEEPER_* variables being set "
                              "in the server's environment")

@@ -40,13 +40,15 @@ def quote_conf(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def restore_command(config_path: str | None, repo_flag: str | None) -> str:
+def restore_command(config_path: str | None, repo_flag: str | None, *, repository_name: bool = False) -> str:
+    """``wal-fetch %f %p`` with this configuration; ``repo_flag`` a configured repository's name
+    (``repository_name``), a URL, or a path made absolute (the server runs it from its data directory)."""
     exe = walkeeper_executable()
     parts = [exe]
     if config_path:
         parts += ["--config", os.path.abspath(config_path)]
     if repo_flag:
-        parts += ["--repo", repo_flag if "://" in repo_flag else os.path.abspath(repo_flag)]
+        parts += ["--repo", repo_flag if repository_name or "://" in repo_flag else os.path.abspath(repo_flag)]
     return " ".join(shlex.quote(p) for p in parts) + " wal-fetch %f %p"
 
 

@@ -235,6 +235,7 @@ class Copier:
 
     def copy_object(self, key: str) -> bool:
         """Copy one object; False when an identical one was already there."""
+        log.debug("copying %s", key)
         with self.source.storage.open(key) as handle:
             chunks, metadata, reencoded = self._stream(key, handle)
             size = 0

@@ -1,0 +1,173 @@
+"""`walkeeper copy` between repositories, with a real PostgreSQL 15 archiving into the first one.
+
+Two pairs: local -> S3 (moto) with another key and compression level (every object re-encoded) and
+local -> ssh with the same key (stored bytes copied as they are, still decoded on the way). Each story
+kills the copy twice with SIGKILL (in the middle of a backup's data object, then between its data and
+its listing), resumes it, reruns it (all skipped), meets a different object at the destination
+(refused, nothing overwritten), then deletes the first repository and recovers to a point in time from
+the copy alone, comparing the table contents with what they were at the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Setup, make_key
+from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, run_pg, running_as_root
+from tests.postgres.test_pitr import STATE_SQL, archive_everything, conn, ok, pgbench, server_time, start_primary
+
+pytestmark = pytest.mark.postgres
+
+
+def copy_config(setup: Setup, pair: str, request: pytest.FixtureRequest) -> Path:
+    """main: the local repository PostgreSQL archives into; offsite: S3 (other key) or ssh (same key)."""
+    if pair == "s3":
+        server = request.getfixturevalue("s3_server")
+        url, table = server.url(), server.config_toml().replace("[s3]", "[repository.s3]")
+        key = make_key(setup.work / "offsite.key")
+        extra = '[repository.compression]\nmethod = "zstd"\nlevel = 9\n'
+    else:
+        server = request.getfixturevalue("ssh_server")
+        url, table = server.url(), server.config_toml().replace("[ssh]", "[repository.ssh]")
+        key, extra = setup.key_file, ""
+    path = setup.work / "copy.toml"
+    path.write_text(
+        '[compression]\nmethod = "zstd"\nlevel = 3\n[encryption]\nmethod = "aes-256-gcm"\n\n'
+        f'[[repository]]\nname = "main"\nrepo = "{setup.repo}"\n'
+        f'[repository.encryption]\nkey_file = "{setup.key_file}"\n\n'
+        f'[[repository]]\nname = "offsite"\nrepo = "{url}"\n[repository.encryption]\nkey_file = "{key}"\n'
+        f"{extra}{table}")
+    give_to_pg(path)
+    return path
+
+
+def wk(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
+    return subprocess.run(as_pg([str(WALKEEPER_BIN), "--config", str(config), *args]), capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def copy_killed_at(config: Path, marker: str) -> list[str]:
+    """Run a copy and SIGKILL walkeeper (not its runuser parent) as soon as it logs ``marker``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")}
+    proc = subprocess.Popen(as_pg([str(WALKEEPER_BIN), "--config", str(config), "-vv", "copy", "--from", "main",
+                                   "--to", "offsite"]), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env=env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line.rstrip())
+        if marker in line:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")  # under runuser: walkeeper itself
+            pids = children.read_text().split() if running_as_root() else []
+            for pid in pids or [str(proc.pid)]:
+                os.kill(int(pid), signal.SIGKILL)
+            break
+    proc.wait(60)
+    assert any(marker in line for line in seen), "\n".join(seen)
+    return seen
+
+
+def offsite_keys(config: Path) -> set[str]:
+    from walkeeper.core.config import load_config
+    from walkeeper.repo.repository import open_repository
+
+    repo = open_repository(load_config(str(config), env={}).for_repository("offsite"))
+    try:
+        return {info.key for info in repo.storage.list("")}
+    finally:
+        repo.storage.close()
+
+
+def replace_offsite_object(config: Path, key: str, content: bytes | None = None) -> tuple[bytes, bytes]:
+    """Put ``content`` (default: another valid object of that name) at ``key`` in offsite: (before, after)."""
+    from walkeeper.codec import encode_bytes
+    from walkeeper.core.config import load_config
+    from walkeeper.repo.repository import open_repository
+
+    repo = open_repository(load_config(str(config), env={}).for_repository("offsite"))
+    try:
+        before = repo.storage.get(key)
+        if content is None:
+            content, _sha = encode_bytes(repo.codec, key.rsplit("/", 1)[1], os.urandom(64))
+        repo.storage.put(key, content, overwrite=True)
+        return before, content
+    finally:
+        repo.storage.close()
+
+
+@pytest.mark.parametrize("pair", ["s3", "ssh"])
+def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
+        setup: Setup, pair: str, request: pytest.FixtureRequest) -> None:
+    config = copy_config(setup, pair, request)
+    primary = start_primary(setup)
+    try:
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "3", "-q", *primary.conninfo(), "postgres"])
+        primary.psql("create table notes(id serial primary key, note text)")
+        archive_everything(primary)
+        backup = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
+        pgbench(primary, 200)
+        primary.psql("insert into notes(note) values ('at the target')")
+        expected = primary.psql(STATE_SQL)
+        target = server_time(primary)
+        pgbench(primary, 100)
+        primary.psql("insert into notes(note) values ('after the target')")
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    base = f"backups/{backup['id']}/base.tar"
+    listed = f"backups/{backup['id']}/backup.json"
+
+    # 1. killed in the middle of the backup's data object: nothing of it visible, nothing listed
+    copy_killed_at(config, f"copying {base}")
+    keys = offsite_keys(config)
+    assert base not in keys and listed not in keys
+    # 2. killed after the data object, while copying the WAL the backup needs: still not listed
+    copy_killed_at(config, "copying wal/")
+    keys = offsite_keys(config)
+    assert base in keys and listed not in keys
+    assert json.loads(ok(wk(config, "--repo", "offsite", "backups", "--json")).stdout)["backups"] == []
+
+    # 3. resumed: the data object is checked, not copied again; the backup listed last
+    report = json.loads(ok(wk(config, "copy", "--from", "main", "--to", "offsite", "--json")).stdout)
+    assert report["backups_listed"] == [backup["id"]] and report["skipped"] >= 1 and report["copied"] >= 3
+    assert report["reencoded"] == (report["copied"] if pair == "s3" else 0)
+    offsite_backups = json.loads(ok(wk(config, "--repo", "offsite", "backups", "--json")).stdout)["backups"]
+    assert [b["id"] for b in offsite_backups] == [backup["id"]]
+    assert [o["sha256"] for o in offsite_backups[0]["objects"]] == [o["sha256"] for o in backup["objects"]]
+    verify = ok(wk(config, "--repo", "offsite", "verify", "--deep"))
+    assert "the archive is whole" in verify.stdout
+
+    # 4. rerun: everything already there and identical
+    again = json.loads(ok(wk(config, "copy", "--from", "main", "--to", "offsite", "--json")).stdout)
+    assert again["copied"] == 0 and again["backups_present"] == [backup["id"]] and again["skipped"] > 0
+    text = ok(wk(config, "copy", "--from", "main", "--to", "offsite")).stdout
+    assert "0 objects copied" in text
+
+    # 5. a different object at the destination: refused with one line, nothing overwritten
+    wal = sorted(k for k in offsite_keys(config) if k.startswith("wal/") and len(k.rsplit("/", 1)[1]) == 24)[-1]
+    original, planted = replace_offsite_object(config, wal)
+    refused = wk(config, "copy", "--from", "main", "--to", "offsite")
+    assert refused.returncode == 6, (refused.stdout, refused.stderr)
+    assert refused.stderr.count("\n") == 1 and "different content" in refused.stderr and wal in refused.stderr
+    assert replace_offsite_object(config, wal, original)[0] == planted  # untouched by the copy
+
+    # 6. the first repository gone: recover to the target from the copy alone
+    shutil.rmtree(setup.repo)
+    cluster = Cluster(setup.work / "recovered")
+    ok(wk(config, "--repo", "offsite", "pitr", "--pgdata", str(cluster.datadir), "--target-time", target,
+          "--target-action", "promote"))
+    cluster.configure({**cluster.base_settings(), "archive_mode": "off"})
+    try:
+        cluster.start()
+        cluster.wait_recovery_done()
+        assert cluster.psql(STATE_SQL) == expected
+    finally:
+        cluster.stop()

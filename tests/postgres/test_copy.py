@@ -109,7 +109,7 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
     config = copy_config(setup, pair, request)
     primary = start_primary(setup)
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "3", "-q", *primary.conninfo(), "postgres"])
+        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         primary.psql("create table notes(id serial primary key, note text)")
         archive_everything(primary)
         backup = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
@@ -148,8 +148,6 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
     # 4. rerun: everything already there and identical
     again = json.loads(ok(wk(config, "copy", "--from", "main", "--to", "offsite", "--json")).stdout)
     assert again["copied"] == 0 and again["backups_present"] == [backup["id"]] and again["skipped"] > 0
-    text = ok(wk(config, "copy", "--from", "main", "--to", "offsite")).stdout
-    assert "0 objects copied" in text
 
     # 5. a different object at the destination: refused with one line, nothing overwritten
     wal = sorted(k for k in offsite_keys(config) if k.startswith("wal/") and len(k.rsplit("/", 1)[1]) == 24)[-1]

@@ -163,7 +163,7 @@ def test_require_all_fails_while_one_repository_is_down(tmp_path: Path) -> None:
     fan = fanout(tmp_path, "all")
     fan.push(segment(tmp_path, SEG(1, 1)))
     break_repository(tmp_path / "b")
-    with pytest.raises(StorageError, match="^repository b: "):
+    with pytest.raises(StorageError, match=r"^repository b: "):
         fan.push(segment(tmp_path, SEG(1, 2)))
     assert stored(tmp_path, "a") == [SEG(1, 1), SEG(1, 2)]  # stored where it could be: a retry finds it there
     mend_repository(tmp_path / "b")
@@ -215,7 +215,7 @@ def test_require_any_fails_when_no_repository_stores_it(tmp_path: Path) -> None:
     fan = fanout(tmp_path, "any")
     break_repository(tmp_path / "a")
     break_repository(tmp_path / "b")
-    with pytest.raises(StorageError, match="^repository a: "):
+    with pytest.raises(StorageError, match=r"^repository a: "):
         fan.push(segment(tmp_path, SEG(1, 1)))
 
 
@@ -228,5 +228,5 @@ def test_different_content_fails_in_both_modes(tmp_path: Path) -> None:
         other.mkdir(exist_ok=True)
         write_segment(other, 1, 1, sysid=SYSID, seed=99)
         fan.targets[1].repo.push_wal(parse_wal_name(SEG(1, 1)), (other / SEG(1, 1)).read_bytes())
-        with pytest.raises(ConflictError, match="^repository b: "):
+        with pytest.raises(ConflictError, match=r"^repository b: "):
             fan.push(segment(root, SEG(1, 1)))

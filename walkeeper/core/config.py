@@ -34,6 +34,8 @@ from walkeeper.core.configbase import (
     REPO_ENV,
     config_dir,
     env_name,
+    push_identity,
+    repositories_identity,
     resolve_path,
 )
 from walkeeper.core.errors import ConfigError
@@ -101,6 +103,10 @@ class ArchiveConfig:
     status_dir: str | None = None  # records of pushed-ahead segments; default under /var/tmp/walkeeper-<uid>
     idle_timeout: float = 10.0  # the pusher exits after this many seconds with nothing to push
     self_check: bool = False  # decode each object and compare it with the file before storing it (~25 ms/segment)
+    # Several repositories (README "Several repositories"): "all" = exit 0 once every repository holds the file;
+    # "any" = once one does, the others recorded as behind and caught up in WAL order.
+    require: str = "all"
+    catch_up_interval: float = 10.0  # seconds a repository that failed is left alone before the next try
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,8 @@ class Config:
     repositories: tuple[RepositoryConfig, ...] = field(default=(), metadata={"internal": True})
     # True when --repo NAME / WALKEEPER_REPO=NAME picked this repository (commands may then act on it alone).
     repository_selected: bool = field(default=False, metadata={"internal": True})
+    # --repo / WALKEEPER_REPO as given (a name or a URL), so that helpers load the same configuration.
+    repo_choice: str | None = field(default=None, metadata={"internal": True})
 
     def repository_names(self) -> list[str]:
         """The configured repositories' names, in configured order."""
@@ -226,6 +234,23 @@ class Config:
     def each_repository(self) -> list[Config]:
         """One Config per configured repository, in configured order."""
         return [self.for_repository(name) for name in self.repository_names()]
+
+    def push_repositories(self) -> list[Config]:
+        """The repositories wal-push stores into: all of them, or the one --repo NAME selected."""
+        return [self] if self.repository_selected else self.each_repository()
+
+    def fetch_repositories(self) -> list[Config]:
+        """The repositories wal-fetch reads, in the order it tries them: --repo NAME's first, then configured."""
+        first = self if self.repository_selected else self.for_repository(None)
+        return [first, *(c for c in self.each_repository() if c.repository_name != first.repository_name)]
+
+    def push_identity(self) -> str:
+        """What the pusher's records vouch for (walkeeper.core.configbase.push_identity)."""
+        return push_identity([(c.repository_name, c.repo) for c in self.push_repositories()], self.archive.require)
+
+    def fetch_identity(self) -> str:
+        """What the prefetcher's spool holds files of (walkeeper.core.configbase.repositories_identity)."""
+        return repositories_identity([(c.repository_name, c.repo) for c in self.fetch_repositories()])
 
 
 def unknown_repository(name: str, names: list[str]) -> ConfigError:
@@ -257,6 +282,7 @@ _CHOICES = {
     ("encryption", "method"): ("aes-256-gcm", "x25519-aes-256-gcm", "none"),
     ("s3", "sse"): (None, "AES256", "aws:kms"),
     ("s3", "addressing_style"): ("auto", "path", "virtual"),
+    ("archive", "require"): ("all", "any"),
 }
 
 
@@ -270,6 +296,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("archive", "push_ahead"): (0, None),
     ("archive", "workers"): (1, None),
     ("archive", "idle_timeout"): (0, None),
+    ("archive", "catch_up_interval"): (0, None),
     ("restore", "prefetch"): (0, None),
     ("restore", "workers"): (1, None),
     ("restore", "idle_timeout"): (0, None),
@@ -473,10 +500,10 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     if choice is None:
         return config
     if choice in config.repository_names() and (len(repositories) > 1 or tables):
-        return dataclasses.replace(config.for_repository(choice), repository_selected=True)
+        return dataclasses.replace(config.for_repository(choice), repository_selected=True, repo_choice=choice)
     single = RepositoryConfig(name=DEFAULT_REPOSITORY, repo=choice,
                               **{section: built[section] for section in REPOSITORY_SECTIONS})
-    return Config(**built, source=path, repositories=(single,)).for_repository(None)
+    return Config(**built, source=path, repositories=(single,), repo_choice=choice).for_repository(None)
 
 
 def _override(section: str, cls: type, base: dict[str, Any], own: dict[str, Any], env: Mapping[str, str]) -> Any:

@@ -157,11 +157,15 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
     assert refused.stderr.count("\n") == 1 and "different content" in refused.stderr and wal in refused.stderr
     assert replace_offsite_object(config, wal, original)[0] == planted  # untouched by the copy
 
-    # 6. the first repository gone: recover to the target from the copy alone
+    # 6. the first repository gone (and gone from the configuration: wal-fetch would otherwise stop at
+    # the missing repository rather than take "not found" from it): recover from the copy alone
     shutil.rmtree(setup.repo)
+    text = config.read_text()
+    alone = setup.work / "offsite.toml"
+    alone.write_text(text[:text.index("[[repository]]")] + text[text.index('[[repository]]\nname = "offsite"'):])
+    give_to_pg(alone)
     cluster = Cluster(setup.work / "recovered")
-    ok(wk(config, "--repo", "offsite", "pitr", "--pgdata", str(cluster.datadir), "--target-time", target,
-          "--target-action", "promote"))
+    ok(wk(alone, "pitr", "--pgdata", str(cluster.datadir), "--target-time", target, "--target-action", "promote"))
     cluster.configure({**cluster.base_settings(), "archive_mode": "off"})
     try:
         cluster.start()

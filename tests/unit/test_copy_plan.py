@@ -153,3 +153,64 @@ def test_copy_lag(src: LagInput, dst: LagInput, seconds: float, behind: int, bac
     lag = copy_lag(src, dst, now=1000.0)
     assert (lag.seconds, lag.wal_behind, lag.backups_behind) == (seconds, behind, backups)
     assert (lag.oldest_missing is None) == (seconds == 0.0)
+
+
+# -- the copier's pure rules ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("header", "dest", "raw"), [
+    (("aes-256-gcm", "k1", "zstd"), ("aes-256-gcm", "k1", "zstd"), True),
+    (("aes-256-gcm", "k1", "zstd"), ("aes-256-gcm", "k2", "zstd"), False),  # other key: re-encrypted
+    (("aes-256-gcm", "k1", "zstd"), ("aes-256-gcm", "k1", "none"), False),  # other compression
+    (("aes-256-gcm", "k1", "zstd"), ("none", None, "zstd"), False),  # into an unencrypted repository
+    (("none", None, "zstd"), ("none", None, "zstd"), True),
+    (("none", None, "zstd"), ("aes-256-gcm", "k1", "zstd"), False),  # into an encrypted one
+    (("x25519-aes-256-gcm", "p1", "zstd"), ("x25519-aes-256-gcm", "p1", "zstd"), True),
+])
+def test_same_encoding_decides_raw_copy(header: tuple, dest: tuple, raw: bool) -> None:
+    from walkeeper.repo.copier import same_encoding
+
+    assert same_encoding(header, dest) is raw
+
+
+@pytest.mark.parametrize(("source", "dest", "refused"), [
+    (("1", 16), None, None),  # an empty destination takes the source's identity
+    (("1", 16), ("1", 16), None),
+    (("1", 16), (None, None), None),  # a destination initialised without a cluster
+    (("1", 16), ("2", 16), "database system"),
+    (("1", 16), ("1", 64), "segments"),
+])
+def test_identity_must_agree(source: tuple, dest: tuple | None, refused: str | None) -> None:
+    from walkeeper.core.errors import ForeignClusterError
+    from walkeeper.repo.copier import check_identity
+    from walkeeper.repo.repository import RepoMeta
+
+    def meta(sysid: str | None, mib: int | None) -> RepoMeta:
+        return RepoMeta(system_identifier=sysid, wal_segment_size=mib and mib << 20)
+
+    if refused is None:
+        check_identity(meta(*source), dest and meta(*dest), "a", "b")
+    else:
+        with pytest.raises(ForeignClusterError, match=refused):
+            check_identity(meta(*source), dest and meta(*dest), "a", "b")
+
+
+@pytest.mark.parametrize(("text", "backup", "epoch"), [
+    (None, None, None),
+    ("20260101T120000Z", "20260101T120000Z", None),
+    ("20260101T120000Z-2", "20260101T120000Z-2", None),
+    ("2026-01-01T12:00:00Z", None, 1767268800.0),
+    ("2026-01-01 12:00:00", None, 1767268800.0),  # no offset: UTC
+    ("2026-01-01 13:00:00+01:00", None, 1767268800.0),
+])
+def test_since_is_a_backup_id_or_a_time(text: str | None, backup: str | None, epoch: float | None) -> None:
+    from walkeeper.commands.copy import parse_since
+
+    assert parse_since(text) == (backup, epoch)
+
+
+def test_since_garbage_is_one_clear_error() -> None:
+    from walkeeper.commands.copy import parse_since
+    from walkeeper.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="neither a backup id nor a time"):
+        parse_since("yesterday")

@@ -60,12 +60,17 @@ def object_name(key: str) -> str:
     return key.rsplit("/", 1)[1] if key.startswith(WAL_PREFIX) else key
 
 
-def same_encoding(header_cipher: str, header_key_id: str | None, header_compression: str,
-                  settings: CodecSettings) -> bool:
-    """Whether ``settings`` would store the object as it is: then its bytes are copied unchanged."""
-    if settings.cipher != header_cipher or settings.compression.method != header_compression:
+def same_encoding(stored: tuple[str, str | None, str], wanted: tuple[str, str | None, str]) -> bool:
+    """Whether the destination would store an object as it is stored, each given as (cipher, key id,
+    compression): then its bytes are copied unchanged. Unencrypted objects have no key id to compare."""
+    if stored[0] != wanted[0] or stored[2] != wanted[2]:
         return False
-    return header_cipher == "none" or (settings.keyring is not None and settings.keyring.active_id == header_key_id)
+    return stored[0] == "none" or (wanted[1] is not None and stored[1] == wanted[1])
+
+
+def encoding_of(settings: CodecSettings) -> tuple[str, str | None, str]:
+    key_id = settings.keyring.active_id if settings.keyring is not None and settings.cipher != "none" else None
+    return settings.cipher, key_id, settings.compression.method
 
 
 def check_identity(source: RepoMeta, dest: RepoMeta | None, source_url: str, dest_url: str) -> None:
@@ -220,7 +225,7 @@ class Copier:
                                      f"{want} is recorded")
 
         settings = self._settings(key)
-        if same_encoding(header.cipher, header.key_id, header.compression, settings):
+        if same_encoding((header.cipher, header.key_id, header.compression), encoding_of(settings)):
             def raw() -> Iterator[bytes]:
                 tap.keep = True
                 for _plain in verified(decoder.decode(tap.read)):

@@ -114,6 +114,8 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
         archive_everything(primary)
         backup = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
         pgbench(primary, 200)
+        ok(setup.wk("restore-point", "before-the-target", *conn(primary)))
+        dump = json.loads(ok(setup.wk("dump", *conn(primary), "-d", "postgres", "-t", "notes", "--json")).stdout)
         primary.psql("insert into notes(note) values ('at the target')")
         expected = primary.psql(STATE_SQL)
         target = server_time(primary)
@@ -142,12 +144,17 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
     offsite_backups = json.loads(ok(wk(config, "--repo", "offsite", "backups", "--json")).stdout)["backups"]
     assert [b["id"] for b in offsite_backups] == [backup["id"]]
     assert [o["sha256"] for o in offsite_backups[0]["objects"]] == [o["sha256"] for o in backup["objects"]]
+    assert [d["id"] for d in json.loads(ok(wk(config, "--repo", "offsite", "dumps", "--json")).stdout)["dumps"]] \
+        == [dump["id"]] and report["dumps_listed"] == [dump["id"]]
+    points = json.loads(ok(wk(config, "--repo", "offsite", "restore-points", "--json")).stdout)
+    assert [p["name"] for p in points] == ["before-the-target"]
     verify = ok(wk(config, "--repo", "offsite", "verify", "--deep"))
     assert "the archive is whole" in verify.stdout
 
     # 4. rerun: everything already there and identical
     again = json.loads(ok(wk(config, "copy", "--from", "main", "--to", "offsite", "--json")).stdout)
     assert again["copied"] == 0 and again["backups_present"] == [backup["id"]] and again["skipped"] > 0
+    assert again["dumps_present"] == [dump["id"]]
 
     # 5. a different object at the destination: refused with one line, nothing overwritten
     wal = sorted(k for k in offsite_keys(config) if k.startswith("wal/") and len(k.rsplit("/", 1)[1]) == 24)[-1]

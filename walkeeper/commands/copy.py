@@ -2,24 +2,20 @@
 
 The plan (walkeeper/repo/copyplan.py) orders the work so that a kill at any moment leaves B
 consistent (nothing half-listed) and a rerun finishes it; the copier (walkeeper/repo/copier.py)
-verifies every object on the way and never overwrites one. ``copy_lag`` is what ``check
---max-copy-lag`` and the status figures report: how long B has been behind A.
+verifies every object on the way and never overwrites one. How far B lags behind A (``check
+--max-copy-lag``, status) is measured in walkeeper/repo/copylisting.py.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.progress import Progress
 from walkeeper.repo.copier import Copier, CopyReport
-from walkeeper.repo.copylisting import lag_input, read_dest, read_source
-from walkeeper.repo.copyplan import KINDS, CopyLag, Selection, copy_lag, plan
-from walkeeper.repo.inventory import read_inventory
+from walkeeper.repo.copylisting import read_dest, read_source
+from walkeeper.repo.copyplan import KINDS, Selection, plan
 from walkeeper.repo.layout import BACKUP_ID_RE
 from walkeeper.repo.repository import Repository
 
@@ -81,23 +77,3 @@ def unusable_error(report: CopyReport) -> RefusedError | None:
     more = f" and {len(report.unusable) - 1} more" if len(report.unusable) > 1 else ""
     return RefusedError(f"backup {first['backup']} was not copied: {first['reason']}{more}; "
                         "everything else was", hint="walkeeper verify shows what the source lacks")
-
-
-# -- lag ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LagFigure:
-    source: str
-    destination: str
-    lag: CopyLag
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"from": self.source, "to": self.destination, **asdict(self.lag)}
-
-
-def measure_lag(source: Repository, dest: Repository, *, source_name: str, dest_name: str,
-                now: float | None = None) -> LagFigure:
-    now = time.time() if now is None else now
-    src = lag_input(read_inventory(source, histories=False))
-    dst = lag_input(read_inventory(dest, histories=False))
-    return LagFigure(source_name, dest_name, copy_lag(src, dst, now))

@@ -9,16 +9,28 @@ field kept, because the copy must carry fields a newer walkeeper wrote (an incre
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from walkeeper.codec import decode_bytes
 from walkeeper.core.chronology import oldest_first
+from walkeeper.core.config import Config
 from walkeeper.core.errors import IntegrityError, InvalidName
 from walkeeper.core.wal import WalKind, parse_lsn, parse_wal_name
 from walkeeper.repo.catalog import BackupMeta, DumpMeta
-from walkeeper.repo.copyplan import BackupRef, DestListing, DumpRef, LagInput, RestorePointRef, SourceListing, WalRef
+from walkeeper.repo.copyplan import (
+    BackupRef,
+    CopyLag,
+    DestListing,
+    DumpRef,
+    LagInput,
+    RestorePointRef,
+    SourceListing,
+    WalRef,
+    copy_lag,
+)
 from walkeeper.repo.inventory import Inventory, read_inventory, restore_point_lsn
 from walkeeper.repo.layout import (
     BACKUP_ID_RE,
@@ -31,7 +43,7 @@ from walkeeper.repo.layout import (
     dump_key,
     wal_key,
 )
-from walkeeper.repo.repository import Repository
+from walkeeper.repo.repository import Repository, open_repository
 
 
 def _epoch(text: str) -> float:
@@ -176,3 +188,41 @@ def lag_input(inv: Inventory) -> LagInput:
             except InvalidName:
                 continue
     return LagInput(segments, [(b.id, b.stop_time) for b in inv.backups])
+
+
+@dataclass(frozen=True)
+class LagFigure:
+    """How far repository ``destination`` lags behind ``source`` (names as configured)."""
+
+    source: str
+    destination: str
+    lag: CopyLag
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": self.source, "to": self.destination, **asdict(self.lag)}
+
+
+def copy_lags(config: Config, source: str | None = None, *, now: float | None = None) -> list[LagFigure]:
+    """Each other configured repository's lag behind ``source`` (default: the first, where backups are
+    taken and copies start); empty with one repository."""
+    names = config.repository_names()
+    if len(names) < 2:
+        return []
+    src_config = config.for_repository(source)
+    now = time.time() if now is None else now
+    src = open_repository(src_config)
+    try:
+        src_input = lag_input(read_inventory(src, histories=False))
+        figures = []
+        for name in names:
+            if name == src_config.repository_name:
+                continue
+            dst = open_repository(config.for_repository(name))
+            try:
+                figures.append(LagFigure(src_config.repository_name, name,
+                                         copy_lag(src_input, lag_input(read_inventory(dst, histories=False)), now)))
+            finally:
+                dst.storage.close()
+        return figures
+    finally:
+        src.storage.close()

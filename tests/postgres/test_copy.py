@@ -127,6 +127,11 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
     base = f"backups/{backup['id']}/base.tar"
     listed = f"backups/{backup['id']}/backup.json"
 
+    # 0. a dry run says what it would copy and writes nothing
+    dry = json.loads(ok(wk(config, "copy", "--from", "main", "--to", "offsite", "--dry-run", "--json")).stdout)
+    assert dry["to_copy"] > 3 and dry["copied"] == 0 and dry["backups_listed"] == [backup["id"]]
+    assert offsite_keys(config) == set()
+
     # 1. killed in the middle of the backup's data object: nothing of it visible, nothing listed
     copy_killed_at(config, f"copying {base}")
     keys = offsite_keys(config)
@@ -180,3 +185,58 @@ def test_copy_killed_resumed_idempotent_refusing_then_pitr_from_the_copy(
         assert cluster.psql(STATE_SQL) == expected
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("same_key", [True, False])
+def test_copy_memory_is_bounded(setup: Setup, same_key: bool) -> None:
+    """A backup object several times the RSS limit streams through, copied as stored or re-encoded."""
+    import sys
+    from datetime import UTC, datetime
+
+    from walkeeper.codec import Encoder
+    from walkeeper.core.config import load_config
+    from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog
+    from walkeeper.repo.layout import backup_key
+    from walkeeper.repo.repository import open_repository
+
+    limit_kb, size = 100 * 1024, 300 * 2**20
+    key = make_key(setup.work / "other.key") if not same_key else setup.key_file
+    config = setup.work / "copy.toml"
+    config.write_text(
+        '[compression]\nmethod = "zstd"\nlevel = 1\n[encryption]\nmethod = "aes-256-gcm"\n'
+        f'[[repository]]\nname = "main"\nrepo = "{setup.repo}"\n'
+        f'[repository.encryption]\nkey_file = "{setup.key_file}"\n'
+        f'[[repository]]\nname = "offsite"\nrepo = "{setup.work / "offsite"}"\n'
+        f'[repository.encryption]\nkey_file = "{key}"\n')
+    give_to_pg(config)
+    repo = open_repository(load_config(str(config), env={}))
+    repo.ensure_identity(7300000000000000001, 16 * 2**20, 150000)
+    backup_id = "20260101T000000Z"
+    obj = backup_key(backup_id, "base.tar")
+    encoder = Encoder(repo.codec, obj, extra={"backup": backup_id})
+    repo.storage.put(obj, encoder.encode_chunks(os.urandom(2**20) for _ in range(size // 2**20)))
+    now = datetime.now(UTC).isoformat()
+    Catalog(repo).save_backup(BackupMeta(
+        id=backup_id, label="big", start_lsn="0/1000028", stop_lsn="0/1000100", start_wal="000000010000000000000001",
+        stop_wal="000000010000000000000001", timeline=1, stop_timeline=1, start_time=now, stop_time=now,
+        pg_version=150000, system_identifier="7300000000000000001", wal_segment_size=16 * 2**20, wal_mode="include",
+        plain_size=size, stored_size=encoder.stored_size,
+        objects=[BackupObject(obj, "base.tar", None, None, size, encoder.stored_size, encoder.sha256)]))
+    give_to_pg(setup.repo)
+    probe = ("import resource, subprocess, sys, time; t = time.time(); "
+             "rc = subprocess.run(sys.argv[1:]).returncode; "
+             "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.time() - t)")
+    cmd = [sys.executable, "-c", probe, str(WALKEEPER_BIN), "--config", str(config), "copy", "--from", "main",
+           "--to", "offsite", "--json"]
+    proc = subprocess.run(as_pg(cmd), capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("WALKEEPER_")})
+    lines = proc.stdout.strip().splitlines()
+    rc, peak_kb, seconds = lines[-1].split()
+    assert rc == "0", proc.stderr
+    report = json.loads("\n".join(lines[:-1]))
+    print(f"copy of {size >> 20} MiB ({'as stored' if same_key else 're-encoded'}) in {float(seconds):.1f}s, "
+          f"peak RSS {int(peak_kb) >> 10} MiB")
+    assert report["backups_listed"] == [backup_id] and report["reencoded"] == (0 if same_key else 1)
+    assert int(peak_kb) < limit_kb, f"peak RSS {peak_kb} kB"
+    if same_key:  # copied as stored: the very same bytes
+        assert (setup.work / "offsite" / obj).read_bytes() == (setup.repo / obj).read_bytes()

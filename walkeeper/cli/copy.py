@@ -59,6 +59,8 @@ def copy_cmd(app: AppContext, source: str, dest: str, kinds: tuple[str, ...], si
                        f"in {report.seconds:.1f} s")
             if report.backups_listed:
                 click.echo(f"backups listed in {dest}: {', '.join(report.backups_listed)}")
+            if report.backups_present:
+                click.echo(f"backups already in {dest}: {', '.join(report.backups_present)}")
             if report.dumps_listed:
                 click.echo(f"dumps listed in {dest}: {', '.join(report.dumps_listed)}")
     error = unusable_error(report)

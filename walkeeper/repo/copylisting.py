@@ -134,9 +134,16 @@ def read_source(repo: Repository) -> SourceState:
         wal, missing = _backup_wal(inv, meta)
         for obj in meta.objects:
             state.expected[obj.key] = obj.sha256
-        parent = state.backup_docs[meta.id].get("parent")
+        doc = state.backup_docs[meta.id]
+        parent = doc.get("parent")
+        objects = [o.key for o in meta.objects]
+        manifest = doc.get("manifest_key")  # incremental-capable backups store their backup_manifest alone
+        if isinstance(manifest, str) and manifest.startswith(backup_key(meta.id, "")) and manifest in state.sizes:
+            objects.append(manifest)
+            if isinstance(doc.get("manifest_sha256"), str):
+                state.expected[manifest] = doc["manifest_sha256"]
         state.listing.backups.append(BackupRef(
-            id=meta.id, objects=tuple(o.key for o in meta.objects), wal=tuple(wal), missing=tuple(missing),
+            id=meta.id, objects=tuple(objects), wal=tuple(wal), missing=tuple(missing),
             parent=parent if isinstance(parent, str) else None,
             start_segno=parse_wal_name(meta.start_wal).segno(size), start_time=_epoch(meta.start_time)))
     dump_keys: dict[str, list[str]] = {}

@@ -80,8 +80,8 @@ def check_identity(source: RepoMeta, dest: RepoMeta | None, source_url: str, des
     if None not in (source.system_identifier, dest.system_identifier) and \
             source.system_identifier != dest.system_identifier:
         raise ForeignClusterError(
-            f"{source_url} belongs to database system {source.system_identifier}, {dest_url} to "
-            f"{dest.system_identifier}; refusing to copy one cluster's archive into another's",
+            f"{source_url} belongs to database system {source.system_identifier}, {dest_url} to database "
+            f"system {dest.system_identifier}; refusing to copy one cluster's archive into another's",
             hint="copy into an empty repository or one of the same cluster")
     if None not in (source.wal_segment_size, dest.wal_segment_size) and \
             source.wal_segment_size != dest.wal_segment_size:
@@ -367,7 +367,7 @@ class Copier:
         op = action.op
         if op == UNUSABLE:
             report.unusable.append({"backup": action.key, "reason": action.detail})
-            log.warning("backup %s is not copied: %s", action.key, action.detail)
+            log.info("backup %s is not copied: %s", action.key, action.detail)  # the command ends naming it
         elif op == SAME_BACKUP:
             self.same_listed("backup", action.key)
             report.backups_present.append(action.key)

@@ -1,0 +1,76 @@
+"""`walkeeper copy`'s refusals and partial outcomes through the installed CLI, on synthetic archives.
+
+Segments come from tests/helpers/walfactory.py (pushed with wal-push as PostgreSQL would), backups are
+published through the real catalog (tests/postgres/test_operate_backends.py's helpers): what the plan
+needs to see, without a cluster's start-up cost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.conftest import Setup
+from tests.helpers.pgharness import give_to_pg
+from tests.postgres.test_operate_backends import add_backup, delete_object, key_of, push_segments, seg
+
+
+def two_repositories(setup: Setup) -> Path:
+    """main = the setup's repository (what wal-push fills); copy = a second local one, same key."""
+    config = setup.work / "copy.toml"
+    config.write_text(
+        f'[encryption]\nkey_file = "{setup.key_file}"\n'
+        f'[[repository]]\nname = "main"\nrepo = "{setup.repo}"\n'
+        f'[[repository]]\nname = "copy"\nrepo = "{setup.work / "copy"}"\n')
+    give_to_pg(config)
+    return config
+
+
+def copy(setup: Setup, config: Path, *args: str):  # type: ignore[no-untyped-def]
+    return setup.wk("--config", str(config), "copy", "--from", "main", "--to", "copy", *args, config=False)
+
+
+def test_backup_whose_wal_the_source_lacks_is_left_out_and_named(setup: Setup) -> None:
+    push_segments(setup, 1, range(1, 7))
+    now = time.time()
+    add_backup(setup, "20260101T000000Z", 2, 3, ended=now - 600)
+    add_backup(setup, "20260102T000000Z", 5, 6, ended=now - 60)
+    delete_object(setup, key_of(seg(1, 6)))  # the newer backup cannot be recovered from the source either
+    config = two_repositories(setup)
+    proc = copy(setup, config, "--json")
+    assert proc.returncode == 15, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["backups_listed"] == ["20260101T000000Z"]
+    assert report["unusable"][0]["backup"] == "20260102T000000Z" and seg(1, 6) in report["unusable"][0]["reason"]
+    assert proc.stderr.count("\n") == 1 and "20260102T000000Z was not copied" in proc.stderr
+    assert (setup.work / "copy" / key_of(seg(1, 5))).exists()  # the rest of the WAL was copied
+    assert not (setup.work / "copy" / "backups" / "20260102T000000Z" / "backup.json").exists()
+
+
+def test_since_copies_that_backup_on_and_its_wal(setup: Setup) -> None:
+    push_segments(setup, 1, range(1, 7))
+    now = time.time()
+    add_backup(setup, "20260101T000000Z", 2, 3, ended=now - 600)
+    add_backup(setup, "20260102T000000Z", 5, 6, ended=now - 60)
+    config = two_repositories(setup)
+    report = json.loads(copy(setup, config, "--since", "20260102T000000Z", "--json").stdout)
+    assert report["backups_listed"] == ["20260102T000000Z"]
+    stored = {p.name for p in (setup.work / "copy" / "wal" / "00000001").iterdir()}
+    assert stored == {seg(1, 5), seg(1, 6)}
+    proc = copy(setup, config, "--since", "20261231T000000Z")
+    assert proc.returncode == 15 and "no backup 20261231T000000Z in repository main" in proc.stderr
+
+
+def test_another_clusters_repository_is_refused(setup: Setup) -> None:
+    push_segments(setup, 1, range(1, 3))
+    config = two_repositories(setup)
+    other = setup.work / "copy"
+    other.mkdir()
+    (other / "walkeeper.json").write_text(json.dumps({"format": 1, "system_identifier": "42",
+                                                      "wal_segment_size": 1048576, "created": ""}))
+    give_to_pg(other)
+    proc = copy(setup, config)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "database system 42" in proc.stderr
+    assert sorted(p.name for p in other.iterdir()) == ["walkeeper.json"]

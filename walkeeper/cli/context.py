@@ -168,9 +168,10 @@ def conn_options(func: F) -> F:
 
 
 def switch_to_owner(app: AppContext, command: str, *, pgdata: str | None = None) -> None:
-    """As root: switch to the owner of the local repository / target data directory, or refuse (privileges.py)."""
-    from walkeeper.privileges import run_as_owner
+    """As root: switch to the owner of the local repository / target data directory, or refuse (core/privileges.py)."""
+    from walkeeper.core.privileges import run_as_owner
+    from walkeeper.storage import local_repository_path
 
-    account = run_as_owner(command, app.config.repo, pgdata=pgdata)
+    account = run_as_owner(command, app.config.repo, local_repository_path(app.config.repo), pgdata=pgdata)
     if account is not None:
         log.info("running as %s, the owner of what %s writes", account.describe(), command)

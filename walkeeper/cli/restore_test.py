@@ -16,7 +16,7 @@ def _become_owner(workdir: str | None) -> None:
     if os.geteuid() != 0:
         return
     from walkeeper.core.errors import RefusedError
-    from walkeeper.privileges import Account, become, owner_of
+    from walkeeper.core.privileges import Account, become, owner_of
 
     account = owner_of(workdir) if workdir else None
     if account is None or account.uid == 0:

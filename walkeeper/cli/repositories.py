@@ -1,4 +1,4 @@
-"""Click command ``copy`` (registered in cli/main.py); the work is in commands/copy and repo/copier."""
+"""Several repositories: ``copy`` between them. Parsing only: the work is in commands/copy and repo/copier."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import click
 
-from walkeeper.cli.main import AppContext, handle_errors, pass_app
+from walkeeper.cli.context import AppContext, handle_errors, pass_app
 
 
 @click.command("copy")

@@ -66,18 +66,31 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
 
     Exit 0 only when it is; 5 when a problem was found (the report says what to do).
     """
+    from walkeeper.cli.repositories import for_each, targets
     from walkeeper.commands.verify import format_report, verify
     from walkeeper.core.errors import IntegrityError
     from walkeeper.postgres.client import pg_tool
     from walkeeper.repo.repository import open_repository
 
-    lister = pg_tool(app.config, "pg_restore") if deep and pg_restore_list else None
-    report = verify(open_repository(app.config), deep=deep, jobs=jobs, pg_restore=lister)
-    if as_json:
-        render.echo_json(report.to_dict())
+    configs = targets(app.config)
+
+    def one(config: Any) -> Any:
+        lister = pg_tool(config, "pg_restore") if deep and pg_restore_list else None
+        return verify(open_repository(config), deep=deep, jobs=jobs, pg_restore=lister)
+
+    reports, failed = for_each(configs, one)
+    if as_json:  # several repositories: {"repositories": {NAME: report}, "ok": ...} (README "Several repositories")
+        render.echo_json(next(iter(reports.values())).to_dict() if len(configs) == 1 else
+                         {"repositories": {n: r if isinstance(r, dict) else r.to_dict() for n, r in reports.items()},
+                          "ok": failed is None and all(r.ok for r in reports.values())})
     else:
-        click.echo(format_report(report))
-    if not report.ok:
+        for name, report in reports.items():
+            if len(configs) > 1:
+                click.echo(f"repository {name}:")
+            click.echo(report["error"] if isinstance(report, dict) else format_report(report))
+    if failed is not None:
+        raise failed
+    if not all(r.ok for r in reports.values()):
         raise CommandFailed(IntegrityError.code)
 
 
@@ -216,29 +229,42 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
     """Remove expired backups and the WAL and restore points no retained backup needs; expired dumps."""
     if not dry_run:
         switch_to_owner(app, "expire")
+    from walkeeper.cli.repositories import for_each, targets
     from walkeeper.commands.expire import time_zone
     from walkeeper.core.retention_gfs import GfsPolicy
     from walkeeper.repo.repository import open_repository
 
     given = GfsPolicy(keep, keep_days, keep_daily, keep_weekly, keep_monthly, keep_yearly)
-    ret = app.config.retention
-    zone = time_zone(ret.time_zone)
-    repo = open_repository(app.config)
-    if dumps_only:
-        _expire(repo, None, given, zone, dry_run, as_json)
-        return
-    backups = given if not given.empty() else GfsPolicy(ret.keep, ret.keep_days, ret.keep_daily, ret.keep_weekly,
-                                                         ret.keep_monthly, ret.keep_yearly)
-    d = ret.dumps
-    dumps = None if not given.empty() else GfsPolicy(d.keep, d.keep_days, d.keep_daily, d.keep_weekly,
-                                                     d.keep_monthly, d.keep_yearly)
-    dumps = dumps if dumps is not None and not dumps.empty() else None
-    # [retention.dumps] alone expires dumps only; with no rule at all, expire for backups says what to set.
-    _expire(repo, None if backups.empty() and dumps is not None else backups, dumps, zone, dry_run, as_json)
+    configs = targets(app.config)
+    several = len(configs) > 1
+
+    def one(config: Any) -> dict[str, Any]:  # each repository with its own [retention] (README "Several ...")
+        if several and not as_json:
+            click.echo(f"repository {config.repository_name}:")
+        ret = config.retention
+        zone = time_zone(ret.time_zone)
+        repo = open_repository(config)
+        if dumps_only:
+            return _expire(repo, None, given, zone, dry_run, as_json and not several)
+        backups = given if not given.empty() else GfsPolicy(ret.keep, ret.keep_days, ret.keep_daily,
+                                                             ret.keep_weekly, ret.keep_monthly, ret.keep_yearly)
+        d = ret.dumps
+        dumps = None if not given.empty() else GfsPolicy(d.keep, d.keep_days, d.keep_daily, d.keep_weekly,
+                                                         d.keep_monthly, d.keep_yearly)
+        dumps = dumps if dumps is not None and not dumps.empty() else None
+        # [retention.dumps] alone expires dumps only; with no rule at all, expire for backups says what to set.
+        return _expire(repo, None if backups.empty() and dumps is not None else backups, dumps, zone, dry_run,
+                       as_json and not several)
+
+    docs, failed = for_each(configs, one)
+    if as_json and several:
+        render.echo_json({"repositories": docs, "dry_run": dry_run})
+    if failed is not None:
+        raise failed
 
 
-def _expire(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_json: bool) -> None:
-    """Expire backups (``backups``: a GfsPolicy) and/or dumps, printing each part once it is done."""
+def _expire(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_json: bool) -> dict[str, Any]:
+    """Expire backups (``backups``: a GfsPolicy) and/or dumps, printing each part once it is done; the JSON doc."""
     from walkeeper.commands.expire import expire
     from walkeeper.commands.expire_dumps import expire_dumps
 
@@ -253,9 +279,10 @@ def _expire(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_js
         doc["dumps"] = dplan.to_dict()
         if not as_json:
             render.print_expire_dumps(dplan, dry_run)
+    doc["dry_run"] = dry_run
     if as_json:
-        doc["dry_run"] = dry_run
         render.echo_json(doc)
+    return doc
 
 
 COMMANDS = (init_cmd, status_cmd, check_cmd, verify_cmd, expire_cmd)

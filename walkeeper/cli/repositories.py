@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from walkeeper.cli.context import AppContext, handle_errors, pass_app
+from walkeeper.core.config import Config
+from walkeeper.core.errors import WalkeeperError
+
+
+def targets(config: Config) -> list[Config]:
+    """What status, verify, check and expire act on: the repository --repo NAME selected, else each configured
+    one in order (one repository: just it, and their output keeps its one-repository shape)."""
+    return [config] if config.repository_selected else config.each_repository()
+
+
+def for_each(configs: list[Config], work: Callable[[Config], Any]) -> tuple[dict[str, Any], WalkeeperError | None]:
+    """``work`` on each repository, results keyed by name; a repository that fails does not stop the others
+    (its result is ``{"error": ...}``); the first failure is returned for the exit code."""
+    results: dict[str, Any] = {}
+    first: WalkeeperError | None = None
+    for config in configs:
+        try:
+            results[config.repository_name] = work(config)
+        except WalkeeperError as exc:
+            if len(configs) == 1:
+                raise
+            error = type(exc)(f"repository {config.repository_name}: {exc.args[0] if exc.args else exc}",
+                              hint=exc.hint)
+            first = first or error
+            results[config.repository_name] = {"error": str(error)}
+    return results, first
 
 
 @click.command("copy")

@@ -74,3 +74,26 @@ def test_another_clusters_repository_is_refused(setup: Setup) -> None:
     assert proc.returncode == 7, proc.stderr
     assert proc.stderr.count("\n") == 1 and "database system 42" in proc.stderr
     assert sorted(p.name for p in other.iterdir()) == ["walkeeper.json"]
+
+
+def test_verify_and_expire_act_on_each_repository_with_its_own_retention(setup: Setup) -> None:
+    push_segments(setup, 1, range(1, 8))
+    now = time.time()
+    for n, (start, stop) in enumerate([(2, 2), (4, 4), (6, 6)]):
+        add_backup(setup, f"2026010{n + 1}T000000Z", start, stop, ended=now - 600 + n)
+    config = two_repositories(setup)
+    config.write_text(config.read_text() + "[repository.retention]\nkeep = 1\n")  # the copy keeps less
+    assert copy(setup, config).returncode == 0
+    text = setup.wk("--config", str(config), "verify", config=False)
+    assert text.returncode == 0 and "repository main:" in text.stdout and "repository copy:" in text.stdout
+    doc = json.loads(setup.wk("--config", str(config), "verify", "--json", config=False).stdout)
+    assert set(doc["repositories"]) == {"main", "copy"} and doc["ok"] is True
+    one = json.loads(setup.wk("--config", str(config), "--repo", "copy", "verify", "--json", config=False).stdout)
+    assert "repositories" not in one and one["repository"].endswith("/copy")  # one repository: its own shape
+    plans = json.loads(setup.wk("--config", str(config), "expire", "--dry-run", "--json", config=False,
+                                env={"WALKEEPER_RETENTION_KEEP": "2"}).stdout)["repositories"]
+    assert plans["main"]["expired_backups"] == ["20260101T000000Z"]  # keep = 2 from the environment
+    assert plans["copy"]["expired_backups"] == ["20260101T000000Z"]  # the environment wins over its keep = 1 too
+    plans = json.loads(setup.wk("--config", str(config), "expire", "--dry-run", "--json", config=False).stdout)
+    assert "error" in plans["repositories"]["main"] and "retention" in plans["repositories"]["main"]["error"]
+    assert plans["repositories"]["copy"]["expired_backups"] == ["20260101T000000Z", "20260102T000000Z"]

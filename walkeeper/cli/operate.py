@@ -237,6 +237,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
     given = GfsPolicy(keep, keep_days, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     configs = targets(app.config)
     several = len(configs) > 1
+    output = "text" if not as_json else "none" if several else "json"
 
     def one(config: Any) -> dict[str, Any]:  # each repository with its own [retention] (README "Several ...")
         if several and not as_json:
@@ -245,7 +246,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
         zone = time_zone(ret.time_zone)
         repo = open_repository(config)
         if dumps_only:
-            return _expire(repo, None, given, zone, dry_run, as_json and not several)
+            return _expire(repo, None, given, zone, dry_run, output)
         backups = given if not given.empty() else GfsPolicy(ret.keep, ret.keep_days, ret.keep_daily,
                                                              ret.keep_weekly, ret.keep_monthly, ret.keep_yearly)
         d = ret.dumps
@@ -254,7 +255,7 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
         dumps = dumps if dumps is not None and not dumps.empty() else None
         # [retention.dumps] alone expires dumps only; with no rule at all, expire for backups says what to set.
         return _expire(repo, None if backups.empty() and dumps is not None else backups, dumps, zone, dry_run,
-                       as_json and not several)
+                       output)
 
     docs, failed = for_each(configs, one)
     if as_json and several:
@@ -263,8 +264,9 @@ def expire_cmd(app: AppContext, keep: int | None, keep_days: float | None, keep_
         raise failed
 
 
-def _expire(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_json: bool) -> dict[str, Any]:
-    """Expire backups (``backups``: a GfsPolicy) and/or dumps, printing each part once it is done; the JSON doc."""
+def _expire(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, output: str) -> dict[str, Any]:
+    """Expire backups (``backups``: a GfsPolicy) and/or dumps, printing each part once it is done (``output``:
+    text, json or none); the JSON doc."""
     from walkeeper.commands.expire import expire
     from walkeeper.commands.expire_dumps import expire_dumps
 
@@ -272,15 +274,15 @@ def _expire(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_js
     if backups is not None:
         plan = expire(repo, keep=backups.keep, keep_days=backups.keep_days, dry_run=dry_run, gfs=backups, zone=zone)
         doc = plan.to_dict()
-        if not as_json:
+        if output == "text":
             render.print_expire_plan(plan, dry_run)
     if dumps is not None:
         dplan = expire_dumps(repo, dumps, zone, dry_run=dry_run)
         doc["dumps"] = dplan.to_dict()
-        if not as_json:
+        if output == "text":
             render.print_expire_dumps(dplan, dry_run)
     doc["dry_run"] = dry_run
-    if as_json:
+    if output == "json":
         render.echo_json(doc)
     return doc
 

@@ -1,6 +1,7 @@
 """restore-test: prove a backup restores, by recovering it into a throwaway cluster and checking it.
 
-The restore runs through ``pitr`` (the same planning, refusals and restore a real recovery uses);
+The restore runs through ``recover`` (postgres/recovery.py: the same planning, refusals and restore
+``pitr`` uses);
 the cluster then gets settings that keep it away from production (see scratch_cluster), recovers
 through ``walkeeper wal-fetch``, is checked, stopped and removed. The result is recorded in the
 repository (the only object this command writes there) and returned; the caller turns a failed
@@ -19,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.commands.pitr import Plan, pitr
 from walkeeper.core.config import Config
 from walkeeper.core.errors import (
     ClusterNotStarted,
@@ -33,7 +33,9 @@ from walkeeper.core.errors import (
 )
 from walkeeper.core.wal import format_lsn, parse_lsn, segno_of
 from walkeeper.postgres.client import ConnOptions, psql
+from walkeeper.postgres.recovery import recover
 from walkeeper.repo.catalog import Catalog, RestoreTestRecord
+from walkeeper.repo.pitr_plan import Plan
 from walkeeper.scratch_cluster import (
     PORT,
     ScratchCluster,
@@ -242,13 +244,13 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
     started = datetime.now(UTC)
     began = time.monotonic()
     try:
-        plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan  # refuses before anything is written
+        plan = recover(config, str(work.data), dry_run=True, **kwargs).plan  # refuses before anything is written
         bound = archive_bound(config, plan) if end_of_archive else None
         if end_of_archive and bound is not None:
             # A primary that keeps archiving would keep "the end of the archive" moving: recovery could chase
             # it for ever. The test recovers up to the WAL archived when it was planned.
             kwargs.update(lsn=format_lsn(bound), end_of_archive=False)
-            plan = pitr(config, str(work.data), dry_run=True, **kwargs).plan
+            plan = recover(config, str(work.data), dry_run=True, **kwargs).plan
         pg_ctl = server_bin(config, "pg_ctl", plan.backup.pg_version // 10000 if plan.backup.pg_version > 1000
                             else plan.backup.pg_version)
         for stale in remove_stale(base, pg_ctl):
@@ -273,7 +275,7 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
     cluster = ScratchCluster(work, pg_ctl, user)
     try:
         progress(f"restoring backup {plan.backup.id} into {work.data}")
-        result = pitr(config, str(work.data), **kwargs)
+        result = recover(config, str(work.data), **kwargs)
         if result.restored:
             record.bytes_restored = result.restored.bytes
             record.restore_seconds = round(result.restored.seconds, 3)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from walkeeper.commands.expire import retained_backups
-from walkeeper.commands.status import clock_problems
 from walkeeper.core import chronology
 from walkeeper.repo.catalog import BackupMeta
+from walkeeper.repo.health import clock_problems
 from walkeeper.repo.inventory import BackupInfo
 from walkeeper.repo.pitr_plan import TimelineStep, choose_backup
 from walkeeper.repo.pitr_target import Target

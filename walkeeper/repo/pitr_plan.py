@@ -187,6 +187,15 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
     for name, _stored, mtime in repo.iter_wal():
         if name.kind is WalKind.SEGMENT:
             present.setdefault(name.timeline, {})[name.segno(size)] = mtime
+    return coverage(present, size, backup, target, path, now=datetime.now(UTC))
+
+
+def coverage(present: dict[int, dict[int, float]], size: int, backup: BackupMeta, target: Target,
+             path: list[TimelineStep], *, now: datetime) -> tuple[str, str | None, int]:
+    """``check_coverage`` over a listing (timeline -> segment number -> mtime): the pure decision.
+
+    Returns (first segment, last segment or None for "to the end of the archive", count); raises GapError
+    for a hole recovery would stop at, RefusedError when the archive cannot reach a time target."""
 
     def tli_for(segno: int) -> int:
         # PostgreSQL reads a segment from the newest timeline that had begun by that segment.
@@ -214,9 +223,9 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
             later = any(s > segno and tli_for(s) == t for t in path_tlis for s in present.get(t, {}))
             if last is not None or segno <= stop_seg or later:
                 raise _gap(name, backup, target)
-            if target.kind == "time" and target.time is not None and target.time > datetime.now(UTC):
+            if target.kind == "time" and target.time is not None and target.time > now:
                 raise RefusedError(
-                    f"the target time {target.value} is in the future (now {format_target_time(datetime.now(UTC))}"
+                    f"the target time {target.value} is in the future (now {format_target_time(now)}"
                     " by this host's clock): no archived WAL can reach it yet",
                     hint="choose a moment in the past; to follow the archive as it grows, use --standby",
                 )

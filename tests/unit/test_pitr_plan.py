@@ -17,7 +17,7 @@ import pytest
 
 from walkeeper.core.errors import ConfigError, GapError, RefusedError
 from walkeeper.repo.catalog import BackupMeta, RestorePoint
-from walkeeper.repo.pitr_plan import TimelineStep, archived_after, choose_backup, coverage, on_path
+from walkeeper.repo.pitr_plan import TimelineStep, archived_after, choose_backup, coverage, latest_timeline, on_path
 from walkeeper.repo.pitr_target import Target, format_target_time, make_target
 
 SEG = 16 * 1024 * 1024
@@ -212,3 +212,13 @@ def test_make_target(options: dict, kind: str, value: str, lsn: int | None) -> N
 def test_make_target_refuses(options: dict, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         make_target(Points(), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("start", "histories", "latest"), [
+    (1, set(), 1),
+    (1, {2, 3}, 3),
+    (1, {3}, 1),  # PostgreSQL probes start+1, start+2...: a missing 2 stops it
+    (2, {2, 3, 5}, 3),
+])
+def test_latest_timeline(start: int, histories: set[int], latest: int) -> None:
+    assert latest_timeline(None, start, histories) == latest  # type: ignore[arg-type]

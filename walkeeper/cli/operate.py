@@ -109,26 +109,50 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
     from walkeeper.repo.repository import open_repository
 
     config = app.config
-    repo_error: WalkeeperError | None = None
-    try:
-        repo = open_repository(config)
-        doc = repository_status(repo)
-        from walkeeper.commands.key_rotate import key_table  # README "Keys": key ids, never keys
+    from walkeeper.cli.repositories import targets
 
-        doc["keys"] = key_table(repo) if repo.meta() else []
-    except WalkeeperError as exc:  # the server's side is still worth showing: it may say why
-        repo_error = exc
-        doc = {"repository": config.repo, "error": str(exc)}
+    configs = targets(config)
+    docs: dict[str, dict[str, Any]] = {}
+    repo_error: WalkeeperError | None = None
+    for each in configs:
+        try:
+            repo = open_repository(each)
+            doc = repository_status(repo)
+            from walkeeper.commands.key_rotate import key_table  # README "Keys": key ids, never keys
+
+            doc["keys"] = key_table(repo) if repo.meta() else []
+        except WalkeeperError as exc:  # the server's side is still worth showing: it may say why
+            repo_error = repo_error or exc
+            doc = {"repository": each.repo, "error": str(exc)}
+        docs[each.repository_name] = doc
+    first = next(iter(docs.values()))
     if cluster:
         try:
-            doc["cluster"] = cluster_status(config, ConnOptions(host, port, user, dbname))
+            first["cluster"] = cluster_status(config, ConnOptions(host, port, user, dbname))
         except WalkeeperError as exc:
-            doc["cluster"] = {"error": str(exc)}
-    doc["walkeeper_failures"] = local_failures(config)
-    if as_json:
-        render.echo_json(status_json(doc))
-    else:
-        render.print_status(doc)
+            first["cluster"] = {"error": str(exc)}
+    first["walkeeper_failures"] = local_failures(config)
+    if len(configs) == 1:
+        if as_json:
+            render.echo_json(status_json(first))
+        else:
+            render.print_status(first)
+    else:  # README "Several repositories": {"repositories": {NAME: ...}, "cluster", "walkeeper_failures", "copy_lag"}
+        from walkeeper.repo.copylisting import copy_lags
+
+        try:
+            lags: list[Any] = [f.to_dict() for f in copy_lags(config)]
+        except WalkeeperError as exc:
+            lags = [{"error": str(exc)}]
+        if as_json:
+            shared = {k: first.pop(k) for k in ("cluster", "walkeeper_failures") if k in first}
+            render.echo_json({"repositories": {n: status_json(d) for n, d in docs.items()},
+                              **status_json(shared), "copy_lag": lags})
+        else:
+            for name, doc in docs.items():
+                click.echo(f"repository {name}:")
+                render.print_status({"walkeeper_failures": {}, **doc})
+            render.print_copy_lags(lags)
     if repo_error is not None:
         raise repo_error
 
@@ -142,6 +166,9 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
 @click.option("--warn-dump-age", help="WARNING when the newest dump of a database is older.")
 @click.option("--max-restore-test-age", help="CRITICAL when the last successful restore test is older (e.g. 8d).")
 @click.option("--warn-restore-test-age", help="WARNING when the last successful restore test is older.")
+@click.option("--max-copy-lag", help="CRITICAL when another repository has lacked something the first one holds "
+              "for longer (e.g. 1h; walkeeper copy).")
+@click.option("--warn-copy-lag", help="WARNING when another repository lags behind the first for longer.")
 @click.option("--cluster", is_flag=True, help="Also check the server's archiver (psql with the connection options).")
 @click.option("--archive", is_flag=True, help="Preflight instead: check the server's archive settings, force a WAL "
               "switch and wait until that segment is in this repository and reads back.")
@@ -155,7 +182,8 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
               warn_backup_age: str | None, max_dump_age: str | None,
               warn_dump_age: str | None, max_restore_test_age: str | None,
-              warn_restore_test_age: str | None, cluster: bool, archive: bool, timeout: float, host: str | None,
+              warn_restore_test_age: str | None, max_copy_lag: str | None, warn_copy_lag: str | None,
+              cluster: bool, archive: bool, timeout: float, host: str | None,
               port: str | None, user: str | None, dbname: str | None, prometheus_file: str | None,
               as_json: bool) -> None:
     """Monitoring plugin: one line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."""
@@ -165,14 +193,13 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         Thresholds,
         parse_duration,
         prometheus_text,
-        run_check,
     )
     from walkeeper.postgres.client import ConnOptions
 
     name_command(click.get_current_context())
     if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
                                                        max_dump_age, warn_dump_age, max_restore_test_age,
-                                                       warn_restore_test_age))):
+                                                       warn_restore_test_age, max_copy_lag, warn_copy_lag))):
         raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
@@ -189,24 +216,52 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
                                       for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
                                                 max_dump_age, warn_dump_age, max_restore_test_age,
                                                 warn_restore_test_age)))
-            result = run_check(config, thresholds, cluster=cluster, conn=conn)
+            result, several, lags = _check_each(config, thresholds, cluster, conn, max_copy_lag, warn_copy_lag,
+                                                want_lags=bool(prometheus_file or max_copy_lag or warn_copy_lag))
     except Exception as exc:
         result, repo_url = CheckResult(UNKNOWN, [error_message(exc)]), app.repo or ""
+        several, lags = None, []
     if prometheus_file:
         try:
             # Durable and atomic: the collector never reads half a file (its temp name does not end in .prom).
-            write_file(prometheus_file, prometheus_text(result, repo_url).encode(), mode=0o644)
+            text = prometheus_text(result, repo_url, several=several, copy_lags=lags)
+            write_file(prometheus_file, text.encode(), mode=0o644)
         except OSError as exc:
             result.raise_to(UNKNOWN, f"cannot write {prometheus_file}: {exc.strerror or exc}")
             result.status = UNKNOWN
     try:
         if as_json:
-            render.echo_json(render.check_json(result, doc, repo_url, archive))
+            render.echo_json(render.check_json(result, doc, repo_url, archive, several=several, lags=lags))
         else:
             click.echo(result.line())
     except BrokenPipeError:
         raise CommandFailed(closed_pipe()) from None
     raise CommandFailed(result.status)
+
+
+def _check_each(config: Any, thresholds: Any, cluster: bool, conn: Any, max_copy_lag: str | None,
+                warn_copy_lag: str | None, *, want_lags: bool) -> tuple[Any, Any, list[Any]]:
+    """(the verdict, each repository's (name, URL, result) when there are several, the copy lags): every
+    repository checked as one is, the server once (with the first), the copy lag behind the first."""
+    from walkeeper.cli.repositories import targets
+    from walkeeper.commands.status import parse_duration, run_check
+    from walkeeper.repo.copylisting import copy_lags
+    from walkeeper.repo.several import judge_copy_lag, merge_checks
+
+    configs = targets(config)
+    named = []
+    for i, each in enumerate(configs):
+        result = run_check(each, thresholds, cluster=cluster and i == 0, conn=conn)
+        if i > 0:
+            result.failures = {}  # this host's, counted once
+        named.append((each.repository_name, each.repo, result))
+    result = merge_checks([(n, r) for n, _u, r in named])
+    lags = copy_lags(config) if want_lags and len(configs) > 1 else []
+    crit, warn = (parse_duration(v) if v else None for v in (max_copy_lag, warn_copy_lag))
+    if (crit is not None or warn is not None) and len(configs) == 1:
+        result.facts.append("one repository: no copy lag to check")
+    judge_copy_lag(result, lags, crit, warn)
+    return result, named if len(configs) > 1 else None, lags
 
 
 @click.command("expire")

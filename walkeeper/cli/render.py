@@ -181,6 +181,21 @@ def print_status(doc: dict[str, Any]) -> None:
                    + (f": {entry['last_error']}" if entry.get("last_error") else ""))
 
 
+def print_copy_lags(lags: list[dict[str, Any]]) -> None:
+    """How far each repository is behind the first (walkeeper copy), under `status` of several repositories."""
+    from walkeeper.commands.status import human_age
+
+    for lag in lags:
+        if "error" in lag:
+            click.echo(f"copy lag: cannot be measured ({lag['error']})")
+        elif lag["seconds"] > 0:
+            click.echo(f"copy lag: {lag['to']} is {human_age(lag['seconds'])} behind {lag['from']} (oldest not "
+                       f"copied: {lag['oldest_missing']}; {lag['wal_behind']} newer segments, "
+                       f"{len(lag['backups_behind'])} newer backups)")
+        else:
+            click.echo(f"copy lag: none, {lag['to']} holds {lag['from']}'s newest WAL and backup")
+
+
 def print_repository(doc: dict[str, Any]) -> None:
     from walkeeper.commands.status import human_ago
     from walkeeper.core.units import human_bytes, plural
@@ -225,13 +240,22 @@ def print_repository(doc: dict[str, Any]) -> None:
         click.echo(f"  newest segment: {newest['name']}, archived {human_ago(newest['age_seconds'])}")
 
 
-def check_json(result: Any, doc: dict[str, Any], repo_url: str, archive: bool) -> dict[str, Any]:
-    """`check --json`: the verdict, its reasons, and what was read (the preflight's own document with --archive)."""
+def check_json(result: Any, doc: dict[str, Any], repo_url: str, archive: bool, *, several: Any = None,
+               lags: Any = ()) -> dict[str, Any]:
+    """`check --json`: the verdict, its reasons, and what was read (the preflight's own document with --archive);
+    with several repositories each one's own verdict and status under "repositories", and "copy_lag"."""
     from walkeeper.commands.status import STATE_NAMES, status_json
 
     if not archive:
         doc = {"repository": repo_url, **({"repo": status_json(result.repo)} if result.repo else {}),
                **({"cluster": status_json(result.cluster)} if result.cluster else {})}
+    if several:
+        doc["repositories"] = {name: {"repository": url, "status": STATE_NAMES[each.status], "reasons": each.messages,
+                                      **({"repo": status_json(each.repo)} if each.repo else {})}
+                               for name, url, each in several}
+        doc.pop("repo", None)
+    if lags:
+        doc["copy_lag"] = [f.to_dict() for f in lags]
     return {"status": STATE_NAMES[result.status], "exit_code": result.status, "line": result.line(),
             "reasons": result.messages, "facts": result.facts, **doc}
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from walkeeper.repo.copylisting import LagFigure
 from walkeeper.repo.health import CheckResult
 
 
@@ -11,19 +13,50 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = None) -> str:
-    """The node-exporter textfile (exposition format 0.0.4)."""
+def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = None,
+                    several: list[tuple[str, str, CheckResult]] | None = None,
+                    copy_lags: list[LagFigure] | None = None) -> str:
+    """The node-exporter textfile (exposition format 0.0.4).
+
+    With several repositories (``several``: (name, URL, its own result)) every per-repository sample also
+    carries ``repository="NAME"`` and each metric is described once; ``walkeeper_check_status`` without a
+    repository label is the overall verdict (``result``). ``copy_lags``: walkeeper_copy_lag_seconds{from,to}.
+    """
     now = time.time() if now is None else now
-    base = f'repo="{_label(repo_url)}"'
-    lines: list[str] = []
+    families: dict[str, tuple[str, str, list[str]]] = {}
+    base = ""
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
+        lines = families.setdefault(name, (kind, help_text, []))[2]
         for labels, value in samples:
             lines.append(f"{name}{{{base}{labels}}} {value:.17g}" if isinstance(value, float)
                          else f"{name}{{{base}{labels}}} {value}")
 
+    for name, url, each in several or [("", repo_url, result)]:
+        base = f'repo="{_label(url)}"' + (f',repository="{_label(name)}"' if name else "")
+        _samples(metric, each, now)
+    if several:
+        base = f'repo="{_label(repo_url)}"'
+        metric("walkeeper_check_overall_status", "gauge", "walkeeper check over every repository: 0 OK, "
+               "1 WARNING, 2 CRITICAL, 3 UNKNOWN.", [("", result.status)])
+    for figure in copy_lags or []:
+        base = f'from="{_label(figure.source)}",to="{_label(figure.destination)}"'
+        metric("walkeeper_copy_lag_seconds", "gauge", "Seconds the destination has been behind the source "
+               "(the age of the oldest WAL segment or backup it lacks; 0 when it holds the newest of both).",
+               [("", float(figure.lag.seconds))])
+        metric("walkeeper_copy_wal_behind_segments", "gauge", "Source WAL segments newer than the destination's "
+               "newest.", [("", figure.lag.wal_behind)])
+        metric("walkeeper_copy_backups_behind", "gauge", "Source backups newer than the destination's newest "
+               "that it lacks.", [("", len(figure.lag.backups_behind))])
+    out: list[str] = []
+    for name, (kind, help_text, lines) in families.items():
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
+    return "\n".join(out) + "\n"
+
+
+def _samples(metric: Callable[[str, str, str, list[tuple[str, float]]], None], result: CheckResult,
+             now: float) -> None:
+    """One repository's metrics (and the server's and this host's, where ``result`` read them)."""
     doc = result.repo
     metric("walkeeper_up", "gauge", "1 if the repository could be read.", [("", 1 if doc else 0)])
     metric("walkeeper_check_status", "gauge", "walkeeper check result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
@@ -80,4 +113,3 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
         if c["archive_lag_seconds"] is not None:
             metric("walkeeper_archive_lag_seconds", "gauge", "Seconds since the last archived segment "
                    "while segments wait.", [("", float(c["archive_lag_seconds"]))])
-    return "\n".join(lines) + "\n"

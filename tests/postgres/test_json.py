@@ -12,6 +12,7 @@ import click
 import pytest
 
 from tests.conftest import Setup
+from tests.helpers.pgharness import give_to_pg
 from tests.postgres.test_operate_pg import libpq_env
 from tests.postgres.test_pitr import archive_everything, conn, ok, server_time, start_primary
 from walkeeper.cli.main import cli
@@ -116,6 +117,18 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
             proc = setup.wk(*args, "--json", env=env)
             assert proc.returncode == code, (name, proc.stdout, proc.stderr)
             outputs[name] = json.loads(proc.stdout)
+        # Several repositories: copy into a second one, then the documents keyed by repository name.
+        several = setup.work / "several.toml"
+        several.write_text(setup.config.read_text().replace(f'repo = "{setup.repo}"\n', "") +
+                           f'[[repository]]\nname = "main"\nrepo = "{setup.repo}"\n'
+                           f'[[repository]]\nname = "copy"\nrepo = "{setup.work / "copy"}"\n')
+        give_to_pg(several)
+        for name, args in (("copy", ["copy", "--from", "main", "--to", "copy"]), ("status (several)", ["status"]),
+                           ("check (several)", ["check", "--max-copy-lag", "1h"]), ("verify (several)", ["verify"]),
+                           ("expire (several)", ["expire", "--keep", "1", "--dry-run"])):
+            proc = setup.wk("--config", several, *args, "--json", env=env, config=False)
+            assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
+            outputs[name] = json.loads(proc.stdout)
         # A gap gives verify's report a time of its own (the last good segment's arrival).
         segments = sorted((setup.repo / "wal" / "00000001").glob("0000000100000000000000??"))
         segments[1].unlink()
@@ -144,6 +157,10 @@ def test_every_json_output_uses_iso_utc_times(setup: Setup) -> None:
     assert outputs["check --archive"]["status"] == "OK" and outputs["check --archive"]["seconds"] > 0
     gap = next(p for p in outputs["verify (gap)"]["problems"] if p["kind"] == "gap")
     assert gap["details"]["last_good_time"]
+    assert outputs["copy"]["backups_listed"] and set(outputs["status (several)"]["repositories"]) == {"main", "copy"}
+    assert outputs["status (several)"]["copy_lag"][0]["seconds"] == 0.0
+    assert outputs["check (several)"]["copy_lag"][0]["to"] == "copy" and outputs["verify (several)"]["ok"]
+    assert outputs["expire (several)"]["repositories"]["copy"]["kept_backups"]
     docs = DOCS.read_text()
     for command in json_commands():
         assert f"walkeeper {command}" in docs, f"docs/json.md does not describe {command} --json"

@@ -203,6 +203,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
         raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
+    several: Any = None
+    lags: list[Any] = []
     try:
         config = app.config
         repo_url = config.repo

@@ -51,10 +51,38 @@ from walkeeper.repo.pitr_target import (
     make_target,
 )
 from walkeeper.repo.repository import Repository, open_repository
+from walkeeper.repo.union import UnionView
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("pause", "promote", "shutdown")
+
+
+def holding(repo: Any, backup: BackupMeta) -> Repository:
+    """The repository to read ``backup`` from: ``repo`` itself, or its holder in a union of several."""
+    return repo.holder(backup.id).repo if isinstance(repo, UnionView) else repo
+
+
+def open_for_planning(config: Config) -> tuple[Any, Any]:
+    """(repository, catalog) for a recovery: the one configured or chosen with --repo NAME, else every
+    configured repository as one archive (a backup in one, WAL in another: repo/union.py)."""
+    if len(config.repository_names()) > 1 and not config.repository_selected:
+        from walkeeper.repo.fallback import sources_for
+
+        union = UnionView(sources_for(config))
+        union.require_meta()
+        return union, union
+    repo = open_repository(config)
+    repo.require_meta()
+    return repo, Catalog(repo)
+
+
+def describe_sources(union: UnionView, plan: Plan) -> str:
+    """"backup from local; WAL from local, offsite": which repositories the recovery will read."""
+    needed = (plan.first_wal, plan.last_wal or "\uffff")
+    wal = [s.name for s in union.sources
+           if any(needed[0] <= n.name[:24] <= needed[1] for n, _s, _m in s.repo.iter_wal() if n.name[:24])]
+    return f"backup from {union.holder(plan.backup.id).name}; WAL from {', '.join(wal) or 'none'}"
 
 
 def xid_choice(repo: Repository, usable: list[BackupMeta], value: int) -> XidChoice:
@@ -66,7 +94,8 @@ def xid_choice(repo: Repository, usable: list[BackupMeta], value: int) -> XidCho
             backup = marks[i].backup
             log.warning("reading backup %s's next transaction id from its stored global/pg_control (its "
                         "metadata predates recording it): decoding %s", backup.id, human_bytes(backup.plain_size))
-            marks[i] = XidMark(backup, stored_pg_control(repo, backup).next_xid, None, from_control=True)
+            marks[i] = XidMark(backup, stored_pg_control(holding(repo, backup), backup).next_xid, None,
+                               from_control=True)
         choice = choose_for_xid(marks[i:], value)
         if choice.settled or i == 0:
             return choice
@@ -200,9 +229,7 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
             validate_backup_id(backup_id)
         except InvalidName as exc:
             raise ConfigError(str(exc)) from None
-    repo = open_repository(config)
-    repo.require_meta()
-    catalog = Catalog(repo)
+    repo, catalog = open_for_planning(config)
     target = make_target(catalog, time=time, lsn=lsn, xid=xid, name=name, immediate=immediate,
                          standby=standby or end_of_archive)
     directory = Path(os.path.abspath(pgdata))
@@ -222,6 +249,8 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
         backup_id = catalog.resolve("latest").id
     plan = build_plan(repo, catalog, target, action=action, target_timeline=target_timeline,
                       exclusive=exclusive, backup_id=backup_id, standby=standby, gap_wait=config.restore.gap_wait)
+    if isinstance(repo, UnionView):
+        plan.sources = describe_sources(repo, plan)
     command = restore_command(config_path or config.source, repo_flag, repository_name=config.repository_selected)
     if not (config_path or config.source):
         plan.warnings.append("no configuration file: restore_command relies on WALKEEPER_* variables being set "
@@ -234,6 +263,6 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
         return PitrResult(plan, None, write_settings(directory, plan, command), directory, False)
     notes: list[str] = []
     # The settings are written before pg_control: a directory is never startable without them.
-    restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map,
+    restored = restore_backup(holding(repo, plan.backup), plan.backup, directory, tablespace_map=tablespace_map,
                               before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command)))
     return PitrResult(plan, restored, notes, directory, False)

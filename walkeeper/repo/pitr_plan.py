@@ -89,6 +89,7 @@ class Plan:
     exclusive: bool
     standby: bool
     warnings: list[str] = field(default_factory=list)
+    sources: str | None = None  # several repositories: where the backup and the WAL come from
 
     def lines(self) -> list[str]:
         out = [
@@ -99,8 +100,10 @@ class Plan:
             "timeline: " + " -> ".join(str(s.timeline) for s in self.path)
             + ("" if self.timeline_explicit else " (the latest timeline, PostgreSQL's default)"),
             f"WAL: {plural(self.segments, 'segment')} {self.first_wal} .. {self.last_wal or '(end of archive)'} "
-            "all present in the repository",
+            + ("all present in the repositories" if self.sources else "all present in the repository"),
         ]
+        if self.sources:
+            out.append(f"repositories: {self.sources}")
         if self.target.kind != "none":
             if self.action == "pause":
                 out.append("target action: pause (PostgreSQL's default): at the target, recovery pauses; check the "

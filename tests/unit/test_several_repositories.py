@@ -276,3 +276,21 @@ def test_repository_lags_count_backlog_and_listings(tmp_path: Path) -> None:
     (tmp_path / "b" / "walkeeper.away").rename(tmp_path / "b" / "walkeeper.json")
     lags = {lag.name: lag for lag in repository_lags(config, lambda url: str(tmp_path / f"lag-{url[-1]}"))}
     assert (lags["b"].segments, lags["b"].newest_segment, lags["b"].error) == (3, SEG(1, 1), None)
+
+
+@pytest.mark.parametrize(("segments", "oldest", "failure", "error", "problems"), [
+    (0, None, None, None, []),
+    (3, SEG(1, 2), "connection refused", None,
+     [f"repository b is 3 segments behind, missing since {SEG(1, 2)}; last error: connection refused"]),
+    (1, None, None, None, ["repository b is 1 segment behind"]),
+    (0, None, None, "cannot connect", ["repository b cannot be listed: cannot connect"]),
+])
+def test_lag_problems_and_metric(segments: int, oldest: str | None, failure: str | None, error: str | None,
+                                 problems: list[str]) -> None:
+    from walkeeper.repo.lag import RepositoryLag, lag_metric, lag_problems
+
+    lags = [RepositoryLag("a", "/a", 0, 0, None, SEG(1, 5), None, None),
+            RepositoryLag("b", "s3://b/p", segments, segments if oldest else 0, oldest, None, failure, error)]
+    assert lag_problems(lags) == problems
+    assert lag_metric(lags)[2:] == ['walkeeper_repository_lag_segments{repo="a"} 0',
+                                    f'walkeeper_repository_lag_segments{{repo="b"}} {segments}']

@@ -90,3 +90,26 @@ def _book(lag_dir: Callable[[str], str | None], url: str) -> LagBook | None:
     except OSError:
         return None
     return LagBook(directory) if directory else None
+
+
+def lag_problems(lags: list[RepositoryLag]) -> list[str]:
+    """One line per repository that is behind or cannot be listed (check raises each to WARNING)."""
+    out = []
+    for lag in lags:
+        if lag.segments:
+            since = f", missing since {lag.oldest_missing}" if lag.oldest_missing else ""
+            why = f"; last error: {lag.last_failure}" if lag.last_failure else ""
+            out.append(f"repository {lag.name} is {lag.segments} segment{'s' if lag.segments != 1 else ''} "
+                       f"behind{since}{why}")
+        if lag.error and len(lags) > 1:
+            out.append(f"repository {lag.name} cannot be listed: {lag.error}")
+    return out
+
+
+def lag_metric(lags: list[RepositoryLag]) -> list[str]:
+    """The Prometheus lines of ``walkeeper_repository_lag_segments{repo="NAME"}``."""
+    lines = ["# HELP walkeeper_repository_lag_segments WAL segments a repository is behind the others "
+             "(its backlog on this host, or what the others hold beyond its newest segment).",
+             "# TYPE walkeeper_repository_lag_segments gauge"]
+    lines += [f'walkeeper_repository_lag_segments{{repo="{lag.name}"}} {lag.segments}' for lag in lags]
+    return lines

@@ -59,9 +59,12 @@ def fetch_first(sources: Sequence[Source], name: WalName, *, gap_wait: float = 0
     """The verified plaintext of ``name`` from the first source that has it (see the module docstring)."""
     several = len(sources) > 1
     errors: list[WalkeeperError] = []
-    for source in sources:
+    for index, source in enumerate(sources):
         data = _try(source, name, errors, several)
         if data is not None:
+            if index:
+                log.info("%s served by repository %s, after %s", name.name, source.name,
+                         ", ".join(s.name for s in sources[:index]))
             return Fetched(data, source.name)
     if errors:
         raise errors[0]

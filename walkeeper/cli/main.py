@@ -562,7 +562,13 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, port: str | None, user: str | None,
                dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
-    from walkeeper.commands.status import cluster_status, local_failures, repository_status, status_json
+    from walkeeper.commands.status import (
+        cluster_status,
+        local_failures,
+        repository_lag_status,
+        repository_status,
+        status_json,
+    )
     from walkeeper.postgres.client import ConnOptions
     from walkeeper.repo.repository import open_repository
 
@@ -583,6 +589,9 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
         except WalkeeperError as exc:
             doc["cluster"] = {"error": str(exc)}
     doc["walkeeper_failures"] = local_failures(config)
+    lags = repository_lag_status(config)
+    if lags is not None:
+        doc["repositories_behind"] = {lag.name: lag.to_json() for lag in lags}
     if as_json:
         click.echo(json.dumps(status_json(doc), indent=2))
     else:
@@ -610,6 +619,13 @@ def _print_status(doc: dict[str, Any]) -> None:
         if c["archive_lag_segments"] is not None:
             click.echo(f"  archive lag: {plural(c['archive_lag_segments'], 'segment')}"
                        + (f", {human_age(c['archive_lag_seconds'])}" if c["archive_lag_seconds"] else ""))
+    for name, lag in (doc.get("repositories_behind") or {}).items():
+        state = "up to date" if not lag["segments"] else (
+            f"{plural(lag['segments'], 'segment')} behind"
+            + (f", missing since {lag['oldest_missing']}" if lag["oldest_missing"] else "")
+            + (f" (last error: {lag['last_failure']})" if lag["last_failure"] else ""))
+        click.echo(f"  repository {name} ({lag['url']}): {state}"
+                   + (f"; cannot be listed: {lag['error']}" if lag["error"] else ""))
     for event, entry in sorted(doc["walkeeper_failures"].items()):
         click.echo(f"  walkeeper {event} failures on this host: {entry['failures']}"
                    + (f", last at {iso_utc(entry['last_failure'])}" if entry.get("last_failure") else "")

@@ -197,6 +197,22 @@ def local_failures(config: Config) -> dict[str, dict[str, Any]]:
             for event, entry in state.items() if entry.get("failures")}
 
 
+def repository_lag_status(config: Config) -> list[Any] | None:
+    """Each configured repository's lag (repo/lag.py); None with a single repository."""
+    if len(config.repository_names()) < 2:
+        return None
+    from walkeeper.accel import fastpath
+    from walkeeper.repo.lag import repository_lags
+
+    def lag_dir(url: str) -> str | None:
+        try:
+            return fastpath.lag_dir(config.archive.status_dir, url, create=False)
+        except OSError:  # no backlog on this host (or not this user's)
+            return None
+
+    return repository_lags(config, lag_dir)
+
+
 # -- the server -------------------------------------------------------------------------------------
 
 _CLUSTER_SQL = """
@@ -287,6 +303,7 @@ class CheckResult:
     repo: dict[str, Any] | None = None
     cluster: dict[str, Any] | None = None
     failures: dict[str, int] = field(default_factory=dict)
+    lags: list[Any] | None = None  # several repositories: each one's lag (repo/lag.py)
 
     def raise_to(self, status: int, message: str) -> None:
         """Add a reason; the status only ever gets worse (UNKNOWN is only set when nothing could be read)."""
@@ -372,6 +389,12 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
         result.raise_to(WARNING, f"the last restore test {tests['last']['id']} failed: {tests['last']['reason']}")
     if doc["gaps"]:
         result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
+    with contextlib.suppress(Exception):
+        result.lags = repository_lag_status(config)
+    from walkeeper.repo.lag import lag_problems
+
+    for problem in lag_problems(result.lags or []):
+        result.raise_to(WARNING, problem)
     if cluster:
         try:
             result.cluster = cluster_status(config, conn)
@@ -482,6 +505,10 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
     metric("walkeeper_failures_total", "counter",
            "Failed walkeeper commands seen by [notify] on this host, per event.",
            [(f',event="{_label(event)}"', count) for event, count in sorted(result.failures.items())])
+    if result.lags:
+        from walkeeper.repo.lag import lag_metric
+
+        lines += lag_metric(result.lags)
     if result.cluster:
         c = result.cluster
         metric("walkeeper_archiver_failed_total", "counter", "pg_stat_archiver.failed_count of the server.",

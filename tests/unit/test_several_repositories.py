@@ -283,7 +283,9 @@ def test_repository_lags_count_backlog_and_listings(tmp_path: Path) -> None:
     (3, SEG(1, 2), "connection refused", None,
      [f"repository b is 3 segments behind, missing since {SEG(1, 2)}; last error: connection refused"]),
     (1, None, None, None, ["repository b is 1 segment behind"]),
-    (0, None, None, "cannot connect", ["repository b cannot be listed: cannot connect"]),
+    (0, None, None, "cannot connect", ["repository b cannot be read now: cannot connect"]),
+    (2, SEG(1, 2), "refused", "cannot connect",
+     [f"repository b is 2 segments behind, missing since {SEG(1, 2)}; cannot be read now: cannot connect"]),
 ])
 def test_lag_problems_and_metric(segments: int, oldest: str | None, failure: str | None, error: str | None,
                                  problems: list[str]) -> None:

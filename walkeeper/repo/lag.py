@@ -96,13 +96,14 @@ def lag_problems(lags: list[RepositoryLag]) -> list[str]:
     """One line per repository that is behind or cannot be listed (check raises each to WARNING)."""
     out = []
     for lag in lags:
+        why = f"; cannot be read now: {lag.error}" if lag.error and len(lags) > 1 else (
+            f"; last error: {lag.last_failure}" if lag.last_failure else "")
         if lag.segments:
             since = f", missing since {lag.oldest_missing}" if lag.oldest_missing else ""
-            why = f"; last error: {lag.last_failure}" if lag.last_failure else ""
             out.append(f"repository {lag.name} is {lag.segments} segment{'s' if lag.segments != 1 else ''} "
                        f"behind{since}{why}")
-        if lag.error and len(lags) > 1:
-            out.append(f"repository {lag.name} cannot be listed: {lag.error}")
+        elif why.startswith("; cannot"):
+            out.append(f"repository {lag.name}{why[1:]}")
     return out
 
 

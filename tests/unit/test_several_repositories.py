@@ -100,6 +100,7 @@ def test_fetch_from_the_first_repository_that_has_it(tmp_path: Path, contents: d
         with pytest.raises(outcome) as caught:
             fetch_first(sources, name, gap_wait=5.0)
         assert not isinstance(caught.value, NotFound) and str(caught.value).startswith("repository ")
+        assert "so it may be only where it cannot be read" in str(caught.value) and "--repo" in str(caught.value)
     else:
         fetched = fetch_first(sources, name)
         assert fetched.source == outcome and fetched.data == segment(tmp_path, wanted).read_bytes()

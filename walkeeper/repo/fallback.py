@@ -60,7 +60,7 @@ def fetch_first(sources: Sequence[Source], name: WalName, *, gap_wait: float = 0
     several = len(sources) > 1
     errors: list[tuple[str, WalkeeperError]] = []
     for index, source in enumerate(sources):
-        data = _try(source, name, errors, several)
+        data = _try(source, name, errors, several, warn=index < len(sources) - 1)
         if data is not None:
             if index:
                 log.info("%s served by repository %s, after %s", name.name, source.name,
@@ -74,15 +74,17 @@ def fetch_first(sources: Sequence[Source], name: WalName, *, gap_wait: float = 0
     return _wait_for_store(sources, name, later, gap_wait, several)
 
 
-def _try(source: Source, name: WalName, errors: list[tuple[str, WalkeeperError]], several: bool) -> bytes | None:
+def _try(source: Source, name: WalName, errors: list[tuple[str, WalkeeperError]], several: bool, *,
+         warn: bool = False) -> bytes | None:
     """The verified file from ``source``; None when it does not hold it or fails (the error goes to ``errors``)."""
     try:
         return source.repo.decode_wal(name, source.repo.wal_object(name))
     except NotFound:
         return None
     except WalkeeperError as exc:
-        if several:
-            log.warning("repository %s: cannot read %s (%s)", source.name, name.name, exc)
+        if warn:  # the next repository is tried; if none has it, this error is the answer
+            log.warning("repository %s: cannot read %s (%s); trying the next repository", source.name, name.name,
+                        exc)
         errors.append((source.name, named(exc, source.name, several)))
         return None
 

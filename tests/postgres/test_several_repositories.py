@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Setup
-from tests.helpers.pgharness import PG_BIN, Cluster, run_pg, walkeeper_cmd
+from tests.helpers.pgharness import PG_BIN, Cluster, give_to_pg, run_pg, walkeeper_cmd
 from tests.helpers.servers import TcpForwarder
+from tests.postgres.test_speed import copy_datadir, ready, spool_has, status_records, wal_source  # noqa: F401
 
 pytestmark = pytest.mark.postgres
 
@@ -172,3 +174,38 @@ def test_restore_falls_back_to_the_second_repository(setup: Setup, request: pyte
         assert f'restored log file "{last}" from archive' in log
     finally:
         restored.stop()
+
+
+# -- push-ahead and prefetch with two repositories: the fast paths answer from records made for both ------------
+
+
+@pytest.mark.parametrize("require", ["all", "any"])
+def test_fast_paths_with_two_repositories(setup: Setup, wal_source: Path, require: str) -> None:  # noqa: F811
+    second = setup.work / "second"
+    setup.write_config(
+        f'[encryption]\nkey_file = "{setup.key_file}"\n'
+        f'[archive]\nrequire = "{require}"\npush_ahead = 16\nidle_timeout = 2\nstatus_dir = "{setup.work}/status"\n'
+        f'[restore]\nprefetch = 4\nspool_dir = "{setup.work}/spool"\n'
+        f'[[repository]]\nname = "one"\nrepo = "{setup.repo}"\n[[repository]]\nname = "two"\nrepo = "{second}"\n')
+    data = copy_datadir(wal_source, setup.work / "data")
+    names = ready(data)
+    proc = setup.wk("-v", "wal-push", f"pg_wal/{names[0]}", cwd=data)
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: status_records(setup) == names[1:])
+    for root in (setup.repo, second):  # a record vouches for both repositories
+        assert all((root / "wal" / n[:8] / n).exists() for n in names), root
+    for name in names[1:]:
+        proc = setup.wk("-v", "wal-push", f"pg_wal/{name}", cwd=data)
+        assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+    # wal-fetch: the second repository alone has the first segment; the prefetcher serves the next ones
+    (setup.repo / "wal" / names[0][:8] / names[0]).unlink()
+    restore = copy_datadir(wal_source, setup.work / "restore")
+    (restore / "recovery.signal").touch()
+    give_to_pg(restore)
+    proc = setup.wk("-v", "wal-fetch", names[0], "pg_wal/RECOVERYXLOG", cwd=restore)
+    assert proc.returncode == 0 and "served by repository two, after one" in proc.stderr, proc.stderr
+    wait_for(lambda: spool_has(setup, names[1]))
+    proc = setup.wk("-v", "wal-fetch", names[1], "pg_wal/RECOVERYXLOG", cwd=restore)
+    assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
+    assert (restore / "pg_wal" / "RECOVERYXLOG").read_bytes() == (wal_source / "pg_wal" / names[1]).read_bytes()
+    (restore / "recovery.signal").unlink()

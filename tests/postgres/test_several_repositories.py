@@ -191,7 +191,7 @@ def test_fast_paths_with_two_repositories(setup: Setup, wal_source: Path, requir
     names = ready(data)
     proc = setup.wk("-v", "wal-push", f"pg_wal/{names[0]}", cwd=data)
     assert proc.returncode == 0, proc.stderr
-    wait_for(lambda: status_records(setup) == names[1:])
+    wait_for(lambda: status_records(setup) == names[1:], 30, "the pusher did not record the others")
     for root in (setup.repo, second):  # a record vouches for both repositories
         assert all((root / "wal" / n[:8] / n).exists() for n in names), root
     for name in names[1:]:
@@ -204,7 +204,7 @@ def test_fast_paths_with_two_repositories(setup: Setup, wal_source: Path, requir
     give_to_pg(restore)
     proc = setup.wk("-v", "wal-fetch", names[0], "pg_wal/RECOVERYXLOG", cwd=restore)
     assert proc.returncode == 0 and "served by repository two, after one" in proc.stderr, proc.stderr
-    wait_for(lambda: spool_has(setup, names[1]))
+    wait_for(lambda: spool_has(setup, names[1]), 30, "the prefetcher did not fetch the next")
     proc = setup.wk("-v", "wal-fetch", names[1], "pg_wal/RECOVERYXLOG", cwd=restore)
     assert proc.returncode == 0 and "fast path" in proc.stderr, proc.stderr
     assert (restore / "pg_wal" / "RECOVERYXLOG").read_bytes() == (wal_source / "pg_wal" / names[1]).read_bytes()

@@ -12,7 +12,7 @@ import pytest
 
 from walkeeper.commands.restore_test import classify_failure, read_check_file
 from walkeeper.core.errors import RefusedError
-from walkeeper.scratch_cluster import LOCK_NAME, WORK_PREFIX, WorkDir, inside_data_directory, remove_stale
+from walkeeper.postgres.scratch_cluster import LOCK_NAME, WORK_PREFIX, WorkDir, inside_data_directory, remove_stale
 
 
 @pytest.mark.parametrize(("lines", "outcome", "reason"), [
@@ -88,7 +88,7 @@ def test_choose_server_for_a_dump(found: list, dump_major: int, chosen: tuple | 
     [b"CREATE ROLE a;\n", b"CREATE TABLESPACE t LOCATION '/srv/t';", b"\nALTER ROLE a;"],
 ])
 def test_globals_without_tablespaces(chunks: list[bytes]) -> None:
-    from walkeeper.commands.restore_dump import _without_tablespaces
+    from walkeeper.postgres.dump_restore import _without_tablespaces
 
     out = b"".join(_without_tablespaces(iter(chunks)))
     assert out.rstrip(b"\n") == b"CREATE ROLE a;\nALTER ROLE a;"

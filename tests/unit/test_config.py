@@ -77,6 +77,7 @@ def test_float_accepts_integer(tmp_path: Path) -> None:
 
 # -- the fast path reads the settings it needs exactly as the full path does ---------------------------------
 
+MULTI = '[[repository]]\nname = "a"\nrepo = "/ra"\n[[repository]]\nname = "b"\nrepo = "s3://b/p"\n'
 FAST_CASES = [  # (config text or None, read through a symlink in another directory, environment, --repo)
     ('repo = "/r"\n', False, {}, None),
     ('repo = "/r"\n[archive]\npush_ahead = 3\nstatus_dir = "st"\n[restore]\nprefetch = 0\nspool_dir = "../sp"\n',
@@ -89,6 +90,14 @@ FAST_CASES = [  # (config text or None, read through a symlink in another direct
      {"WALKEEPER_ARCHIVE_PUSH_AHEAD": "7", "WALKEEPER_RESTORE_PREFETCH": "2", "WALKEEPER_REPO": "/e"}, None),
     ('repo = "/r"\n', False, {"WALKEEPER_REPO": "/e"}, "/flag"),
     (None, False, {"WALKEEPER_REPO": "/e", "WALKEEPER_ARCHIVE_STATUS_DIR": "rel/st"}, None),
+    # several repositories: the identities of what wal-push stores into and wal-fetch reads, in order
+    (MULTI, False, {}, None),
+    ('[archive]\nrequire = "any"\n' + MULTI, False, {}, None),
+    (MULTI, False, {"WALKEEPER_ARCHIVE_REQUIRE": "any"}, None),
+    (MULTI, False, {}, "b"),
+    (MULTI, False, {"WALKEEPER_REPO": "b"}, None),
+    (MULTI, False, {"WALKEEPER_REPO": "a"}, "/url"),
+    ('[[repository]]\nname = "only"\nrepo = "/r"\n', True, {}, "only"),
 ]
 
 
@@ -110,11 +119,14 @@ def test_fast_path_settings_equal_full_path_settings(tmp_path: Path, monkeypatch
             path = str(tmp_path / "links" / "walkeeper.toml")
     full = load_config(path, env=env, repo=flag)
     # An empty directory setting means the default to both ("" here, None there).
-    expected = (full.repo, full.archive.push_ahead, full.restore.prefetch, full.archive.status_dir or None,
-                full.restore.spool_dir or None)
+    expected = (full.push_identity(), full.fetch_identity(), full.archive.push_ahead, full.restore.prefetch,
+                full.archive.status_dir or None, full.restore.spool_dir or None)
+    if len(full.repository_names()) == 1:
+        assert full.push_identity() == full.fetch_identity() == full.repo  # as before several repositories
     for _ in range(2):  # the second time from the fast path's cache of the file
         fast = settings.load_settings(path, flag, env)
-        assert (fast.repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == expected
+        assert (fast.repo, fast.fetch_repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == \
+            expected
     if text and 'status_dir = "st"' in text and not env:  # relative to the real file's directory
         assert full.archive.status_dir == str(tmp_path / "real" / "st")
 

@@ -100,6 +100,7 @@ def test_fetch_from_the_first_repository_that_has_it(tmp_path: Path, contents: d
         with pytest.raises(outcome) as caught:
             fetch_first(sources, name, gap_wait=5.0)
         assert not isinstance(caught.value, NotFound) and str(caught.value).startswith("repository ")
+        assert "so it may be only where it cannot be read" in str(caught.value) and "--repo" in str(caught.value)
     else:
         fetched = fetch_first(sources, name)
         assert fetched.source == outcome and fetched.data == segment(tmp_path, wanted).read_bytes()
@@ -230,3 +231,69 @@ def test_different_content_fails_in_both_modes(tmp_path: Path) -> None:
         fan.targets[1].repo.push_wal(parse_wal_name(SEG(1, 1)), (other / SEG(1, 1)).read_bytes())
         with pytest.raises(ConflictError, match=r"^repository b: "):
             fan.push(segment(root, SEG(1, 1)))
+
+
+# -- the lag per repository (status, check, Prometheus) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("mine", "others", "expected"), [
+    (set(), [], 0),
+    ({SEG(1, 3)}, [{SEG(1, 3)}], 0),
+    ({SEG(1, 3)}, [{SEG(1, 1), SEG(1, 2), SEG(1, 3), SEG(1, 4), SEG(1, 5)}], 2),
+    (set(), [{SEG(1, 1), SEG(1, 2)}], 2),
+    ({SEG(1, 5)}, [{SEG(1, 2)}], 0),  # ahead of the other: not behind (the other is)
+    ({SEG(1, 5)}, [{SEG(1, 6)}, {SEG(1, 6), SEG(1, 7)}], 2),  # counted once across the others
+    ({SEG(1, 9)}, [{SEG(2, 9)}], 1),  # a later timeline is later
+    # older segments expired in one repository only are no lag
+    ({SEG(1, 8), SEG(1, 9)}, [{SEG(1, n) for n in range(1, 10)}], 0),
+])
+def test_behind_by(mine: set[str], others: list[set[str]], expected: int) -> None:
+    from walkeeper.repo.lag import behind_by
+
+    assert behind_by(mine, others) == expected
+
+
+def test_repository_lags_count_backlog_and_listings(tmp_path: Path) -> None:
+    from walkeeper.repo.lag import repository_lags
+
+    fan = fanout(tmp_path, "any", interval=3600.0)
+    fan.push(segment(tmp_path, SEG(1, 1)))
+    break_repository(tmp_path / "b")
+    for n in (2, 3, 4):
+        fan.push(segment(tmp_path, SEG(1, n)))
+    path = tmp_path / "walkeeper.toml"
+    path.write_text(f'[[repository]]\nname = "a"\nrepo = "{tmp_path / "a"}"\n'
+                    f'[[repository]]\nname = "b"\nrepo = "{tmp_path / "b"}"\n')
+    config = load_config(str(path), env=PLAIN)
+    (tmp_path / "b" / "walkeeper.json").rename(tmp_path / "b" / "walkeeper.away")  # and unreadable
+    lags = {lag.name: lag for lag in repository_lags(config, lambda url: str(tmp_path / f"lag-{url[-1]}"))}
+    assert (lags["a"].segments, lags["a"].backlog, lags["a"].error) == (0, 0, None)
+    b = lags["b"]
+    # b's listing fails (its wal/ is broken): the backlog still says how far behind it is, and why
+    assert (b.segments, b.backlog, b.oldest_missing) == (3, 3, SEG(1, 2))
+    assert b.error and "walkeeper.json is missing" in b.error
+    assert b.last_failure and "Not a directory" in b.last_failure
+    mend_repository(tmp_path / "b")
+    (tmp_path / "b" / "walkeeper.away").rename(tmp_path / "b" / "walkeeper.json")
+    lags = {lag.name: lag for lag in repository_lags(config, lambda url: str(tmp_path / f"lag-{url[-1]}"))}
+    assert (lags["b"].segments, lags["b"].newest_segment, lags["b"].error) == (3, SEG(1, 1), None)
+
+
+@pytest.mark.parametrize(("segments", "oldest", "failure", "error", "problems"), [
+    (0, None, None, None, []),
+    (3, SEG(1, 2), "connection refused", None,
+     [f"repository b is 3 segments behind, missing since {SEG(1, 2)}; last error: connection refused"]),
+    (1, None, None, None, ["repository b is 1 segment behind"]),
+    (0, None, None, "cannot connect", ["repository b cannot be read now: cannot connect"]),
+    (2, SEG(1, 2), "refused", "cannot connect",
+     [f"repository b is 2 segments behind, missing since {SEG(1, 2)}; cannot be read now: cannot connect"]),
+])
+def test_lag_problems_and_metric(segments: int, oldest: str | None, failure: str | None, error: str | None,
+                                 problems: list[str]) -> None:
+    from walkeeper.repo.lag import RepositoryLag, lag_metric, lag_problems
+
+    lags = [RepositoryLag("a", "/a", 0, 0, None, SEG(1, 5), None, None),
+            RepositoryLag("b", "s3://b/p", segments, segments if oldest else 0, oldest, None, failure, error)]
+    assert lag_problems(lags) == problems
+    assert lag_metric(lags)[2:] == ['walkeeper_repository_lag_segments{repo="a"} 0',
+                                    f'walkeeper_repository_lag_segments{{repo="b"}} {segments}']

@@ -104,7 +104,13 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, port: str | None, user: str | None,
                dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
-    from walkeeper.commands.status import cluster_status, local_failures, repository_status, status_json
+    from walkeeper.commands.status import (
+        cluster_status,
+        local_failures,
+        repository_lag_status,
+        repository_status,
+        status_json,
+    )
     from walkeeper.postgres.client import ConnOptions
     from walkeeper.repo.repository import open_repository
 
@@ -132,6 +138,9 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
         except WalkeeperError as exc:
             first["cluster"] = {"error": str(exc)}
     first["walkeeper_failures"] = local_failures(config)
+    behind = repository_lag_status(config)  # wal-push's backlog per repository (require = "any")
+    if behind is not None:
+        first["repositories_behind"] = {lag.name: lag.to_json() for lag in behind}
     if len(configs) == 1:
         if as_json:
             render.echo_json(status_json(first))
@@ -145,7 +154,7 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
         except WalkeeperError as exc:
             lags = [{"error": str(exc)}]
         if as_json:
-            shared = {k: first.pop(k) for k in ("cluster", "walkeeper_failures") if k in first}
+            shared = {k: first.pop(k) for k in ("cluster", "walkeeper_failures", "repositories_behind") if k in first}
             render.echo_json({"repositories": {n: status_json(d) for n, d in docs.items()},
                               **status_json(shared), "copy_lag": lags})
         else:
@@ -245,25 +254,40 @@ def _check_each(config: Any, thresholds: Any, cluster: bool, conn: Any, max_copy
                 warn_copy_lag: str | None, *, want_lags: bool) -> tuple[Any, Any, list[Any]]:
     """(the verdict, each repository's (name, URL, result) when there are several, the copy lags): every
     repository checked as one is, the server once (with the first), the copy lag behind the first."""
+    import contextlib
+    import dataclasses
+
     from walkeeper.cli.repositories import targets
-    from walkeeper.commands.status import parse_duration, run_check
+    from walkeeper.commands.status import parse_duration, repository_lag_status, run_check
+    from walkeeper.repo.health import WARNING
     from walkeeper.repo.copylisting import copy_lags
+    from walkeeper.repo.lag import lag_problems
     from walkeeper.repo.several import judge_copy_lag, merge_checks
 
     configs = targets(config)
+    if len(configs) == 1:
+        result = run_check(configs[0], thresholds, cluster=cluster, conn=conn)
+        if max_copy_lag or warn_copy_lag:
+            result.facts.append("one repository: no copy lag to check")
+        return result, None, []
     named = []
     for i, each in enumerate(configs):
-        result = run_check(each, thresholds, cluster=cluster and i == 0, conn=conn)
+        # Each repository judged alone; wal-push's backlog of the set is judged once, below.
+        alone = dataclasses.replace(each, repositories=tuple(r for r in each.repositories
+                                                             if r.name == each.repository_name))
+        result = run_check(alone, thresholds, cluster=cluster and i == 0, conn=conn)
         if i > 0:
             result.failures = {}  # this host's, counted once
         named.append((each.repository_name, each.repo, result))
     result = merge_checks([(n, r) for n, _u, r in named])
-    lags = copy_lags(config) if want_lags and len(configs) > 1 else []
+    with contextlib.suppress(Exception):
+        result.lags = repository_lag_status(config)
+    for problem in lag_problems(result.lags or []):
+        result.raise_to(WARNING, problem)
+    lags = copy_lags(config) if want_lags else []
     crit, warn = (parse_duration(v) if v else None for v in (max_copy_lag, warn_copy_lag))
-    if (crit is not None or warn is not None) and len(configs) == 1:
-        result.facts.append("one repository: no copy lag to check")
     judge_copy_lag(result, lags, crit, warn)
-    return result, named if len(configs) > 1 else None, lags
+    return result, named, lags
 
 
 @click.command("expire")

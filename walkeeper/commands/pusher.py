@@ -14,6 +14,11 @@ the fast path instead of pushing it a second time; then the durable store; then 
 A failed or killed push leaves no record: PostgreSQL's own call then pushes the file itself and
 reports what went wrong. Running beside PostgreSQL's calls (instead of inside one of them) lets
 the fast-path calls overlap with compression and upload on a second core.
+
+Several repositories (repo/fanout.py): a file is recorded only once it is stored as ``[archive] require``
+asks (in every repository; with "any", in one and in the backlog of the others). While a repository is
+behind, the pusher stays alive and catches it up in WAL order, every ``catch_up_interval`` seconds while
+it keeps failing, also when PostgreSQL archives nothing.
 """
 
 from __future__ import annotations

@@ -58,31 +58,51 @@ def named(error: WalkeeperError, name: str, several: bool) -> WalkeeperError:
 def fetch_first(sources: Sequence[Source], name: WalName, *, gap_wait: float = 0.0) -> Fetched:
     """The verified plaintext of ``name`` from the first source that has it (see the module docstring)."""
     several = len(sources) > 1
-    errors: list[WalkeeperError] = []
-    for source in sources:
-        data = _try(source, name, errors, several)
+    errors: list[tuple[str, WalkeeperError]] = []
+    for index, source in enumerate(sources):
+        data = _try(source, name, errors, several, warn=index < len(sources) - 1)
         if data is not None:
+            if index:
+                log.info("%s served by repository %s, after %s", name.name, source.name,
+                         ", ".join(s.name for s in sources[:index]))
             return Fetched(data, source.name)
     if errors:
-        raise errors[0]
+        raise _failed(errors, sources, name)
     later = _later_anywhere(sources, name, several) if name.kind is WalKind.SEGMENT else None
     if later is None:
         raise NotFound(f"{name.name} is not in the archive" + (" (in none of the repositories)" if several else ""))
     return _wait_for_store(sources, name, later, gap_wait, several)
 
 
-def _try(source: Source, name: WalName, errors: list[WalkeeperError], several: bool) -> bytes | None:
+def _try(source: Source, name: WalName, errors: list[tuple[str, WalkeeperError]], several: bool, *,
+         warn: bool = False) -> bytes | None:
     """The verified file from ``source``; None when it does not hold it or fails (the error goes to ``errors``)."""
     try:
         return source.repo.decode_wal(name, source.repo.wal_object(name))
     except NotFound:
         return None
     except WalkeeperError as exc:
-        if several:
-            log.warning("repository %s: cannot read %s (%s); trying the next repository", source.name,
-                        name.name, exc)
-        errors.append(named(exc, source.name, several))
+        if warn:  # the next repository is tried; if none has it, this error is the answer
+            log.warning("repository %s: cannot read %s (%s); trying the next repository", source.name, name.name,
+                        exc)
+        errors.append((source.name, named(exc, source.name, several)))
         return None
+
+
+def _failed(errors: list[tuple[str, WalkeeperError]], sources: Sequence[Source], name: WalName) -> WalkeeperError:
+    """The first failure, saying (with several repositories) why it is not "not found"."""
+    first = errors[0][1]
+    if len(sources) == 1:
+        return first
+    failed = {source for source, _error in errors}
+    clean = [s.name for s in sources if s.name not in failed]
+    if not clean:
+        return first
+    return type(first)(
+        f"{first.args[0] if first.args else first}; {name.name} is not in {', '.join(clean)}, so it may be only "
+        f"where it cannot be read: stopping rather than reporting it missing",
+        hint=f"{first.hint + '; ' if first.hint else ''}to read without {', '.join(sorted(failed))}, give wal-fetch "
+             "--repo with the URL of a repository that is up")
 
 
 def _later_anywhere(sources: Sequence[Source], name: WalName, several: bool) -> str | None:
@@ -107,13 +127,13 @@ def _wait_for_store(sources: Sequence[Source], name: WalName, later: str, gap_wa
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(poll, left))
         poll = min(poll * 1.5, GAP_POLL_MAX)
-        errors: list[WalkeeperError] = []
+        errors: list[tuple[str, WalkeeperError]] = []
         for source in sources:
             data = _try(source, name, errors, several)
             if data is not None:
                 return Fetched(data, source.name)
         if errors:
-            raise errors[0]
+            raise _failed(errors, sources, name)
     where = " in any repository" if several else ""
     raise GapError(
         f"{name.name} is missing from the archive{where}, but later WAL of timeline {name.timeline} "

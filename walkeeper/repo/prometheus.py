@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from walkeeper.repo.copylisting import LagFigure
 from walkeeper.repo.health import CheckResult
+from walkeeper.repo.lag import lag_metric
 
 
 def _label(value: str) -> str:
@@ -51,6 +52,8 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
     out: list[str] = []
     for name, (kind, help_text, lines) in families.items():
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
+    if result.lags:  # wal-push's backlog per repository, this host's (repo/lag.py)
+        out += lag_metric(result.lags)
     return "\n".join(out) + "\n"
 
 

@@ -259,8 +259,8 @@ def _check_each(config: Any, thresholds: Any, cluster: bool, conn: Any, max_copy
 
     from walkeeper.cli.repositories import targets
     from walkeeper.commands.status import parse_duration, repository_lag_status, run_check
-    from walkeeper.repo.health import WARNING
     from walkeeper.repo.copylisting import copy_lags
+    from walkeeper.repo.health import WARNING
     from walkeeper.repo.lag import lag_problems
     from walkeeper.repo.several import judge_copy_lag, merge_checks
 

@@ -97,3 +97,33 @@ def test_verify_and_expire_act_on_each_repository_with_its_own_retention(setup: 
     plans = json.loads(setup.wk("--config", str(config), "expire", "--dry-run", "--json", config=False).stdout)
     assert "error" in plans["repositories"]["main"] and "retention" in plans["repositories"]["main"]["error"]
     assert plans["repositories"]["copy"]["expired_backups"] == ["20260101T000000Z", "20260102T000000Z"]
+
+
+def test_copy_lag_in_check_status_and_the_textfile(setup: Setup) -> None:
+    import os
+
+    push_segments(setup, 1, range(1, 4))
+    config = two_repositories(setup)
+    assert copy(setup, config).returncode == 0
+    ok = setup.wk("--config", str(config), "check", "--max-copy-lag", "30m", config=False)
+    assert ok.returncode == 0 and "copy holds what main holds" in ok.stdout, ok.stdout
+    push_segments(setup, 1, range(4, 6))  # main only: the copy falls behind
+    an_hour_ago = time.time() - 3600
+    for segno in (4, 5):
+        os.utime(setup.repo / key_of(seg(1, segno)), (an_hour_ago, an_hour_ago))
+    prom = setup.work / "walkeeper.prom"
+    late = setup.wk("--config", str(config), "check", "--max-copy-lag", "30m", "--prometheus", prom, config=False)
+    assert late.returncode == 2, late.stdout
+    assert late.stdout.startswith("WALKEEPER CRITICAL - copy behind main for 1.0h (critical above 30.0m; oldest "
+                                  f"not copied: WAL {seg(1, 4)})"), late.stdout
+    assert 'walkeeper_copy_lag_seconds{from="main",to="copy"} 36' in prom.read_text()
+    assert 'walkeeper_wal_segments{repo="' in prom.read_text() and 'repository="copy",timeline="1"} 3' in \
+        prom.read_text()
+    status = json.loads(setup.wk("--config", str(config), "status", "--no-cluster", "--json", config=False).stdout)
+    (lag,) = status["copy_lag"]
+    assert (lag["from"], lag["to"], lag["wal_behind"]) == ("main", "copy", 2) and lag["seconds"] > 3500
+    text = setup.wk("--config", str(config), "status", "--no-cluster", config=False).stdout
+    assert "copy lag: copy is 1.0h behind main" in text
+    assert copy(setup, config).returncode == 0
+    caught_up = setup.wk("--config", str(config), "check", "--max-copy-lag", "30m", config=False)
+    assert caught_up.returncode == 0, caught_up.stdout

@@ -43,8 +43,10 @@ def judge_copy_lag(result: CheckResult, lags: list[LagFigure], crit: float | Non
         lag = figure.lag
         pair = f"{figure.destination} behind {figure.source}"
         if crit is not None and lag.seconds > crit:
-            result.raise_to(CRITICAL, f"{pair} for {human_age(lag.seconds)} (critical above {human_age(crit)}; "
-                                      f"oldest not copied: {lag.oldest_missing})")
+            message = f"{pair} for {human_age(lag.seconds)} (critical above {human_age(crit)}; oldest not " \
+                      f"copied: {lag.oldest_missing})"
+            result.raise_to(CRITICAL, message)
+            result.messages.insert(0, result.messages.pop())  # reasons read worst first
         elif warn is not None and lag.seconds > warn:
             result.raise_to(WARNING, f"{pair} for {human_age(lag.seconds)} (warning above {human_age(warn)}; "
                                      f"oldest not copied: {lag.oldest_missing})")

@@ -121,7 +121,7 @@ def test_the_checker_sees_imports() -> None:
 # Imports between commands still to be moved down into repo/ or postgres/ (issue 12): this list may only shrink.
 KNOWN_COMMAND_IMPORTS = {
     ("check", "status"), ("rekey", "key_rotate"), ("restore_dump", "dump"),
-    ("restore_test", "pitr"), ("restore_test_dump", "restore_test"), ("restore_test_dump", "dump"),
+    ("restore_test", "pitr"), ("restore_test_dump", "restore_test"),
     ("restore_test_dump", "restore_dump"), ("status", "notify"), ("verify", "rekey"),
 }
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +23,7 @@ from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
 from walkeeper.core.progress import Progress
 from walkeeper.core.units import iso_time, utc_now
-from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, psql
+from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, psql, tool_version
 from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta
 from walkeeper.repo.layout import dump_key
 from walkeeper.repo.repository import Repository, open_repository
@@ -38,7 +36,6 @@ SELECTION_OPTIONS = {
     "--exclude-table-data": True, "--schema-only": False, "--data-only": False,
     "--no-owner": False, "--no-privileges": False,
 }
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -65,18 +62,6 @@ def build_selection(pairs: list[tuple[str, str | None]]) -> tuple[str, ...]:
     if "--schema-only" in out and "--data-only" in out:
         raise ConfigError("--schema-only and --data-only cannot be used together")
     return tuple(out)
-
-
-def tool_version(path: str) -> tuple[int, str]:
-    """(major, full text) of a PostgreSQL client program, from ``--version``."""
-    try:
-        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    except OSError as exc:
-        raise PostgresError(f"cannot run {path}: {exc.strerror}") from None
-    match = _VERSION_RE.search(text)
-    if not match:
-        raise PostgresError(f"cannot tell the version of {path} ({text!r})")
-    return int(match.group(1)), text
 
 
 def dump_tool(config: Config, name: str, server_major: int) -> str:

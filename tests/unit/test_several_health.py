@@ -18,7 +18,9 @@ def result(status: int, *messages: str) -> CheckResult:
     ([OK, OK], OK, None),
     ([OK, WARNING], WARNING, "b: w"),
     ([WARNING, CRITICAL], CRITICAL, "b: c"),  # the worst repository's reasons first
-    ([OK, UNKNOWN], CRITICAL, "b: u"),  # one repository unreadable while another reads: CRITICAL
+    ([OK, UNKNOWN], WARNING, "b: u"),  # one repository unreadable while another reads: WARNING
+    ([WARNING, UNKNOWN], WARNING, "a: w"),
+    ([CRITICAL, UNKNOWN], CRITICAL, "a: c"),
     ([UNKNOWN, UNKNOWN], UNKNOWN, "a: u"),  # none readable: the plugin cannot say
 ])
 def test_merge_checks(states: list[int], merged: int, first_reason: str | None) -> None:

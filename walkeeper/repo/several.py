@@ -14,8 +14,9 @@ def merge_checks(named: list[tuple[str, CheckResult]]) -> CheckResult:
     """One check result from each repository's: the worst state, every reason and fact named by repository
     (the reasons of the worst repositories first).
 
-    A repository that cannot be read (its own result UNKNOWN) is CRITICAL for the whole when another one
-    can be read (the archive is no longer where it should be); UNKNOWN only when none can.
+    A repository that cannot be read (its own result UNKNOWN) is a WARNING for the whole when another one
+    can be read (archiving goes on, with require = "any" or into the one that is up; its lag and
+    --max-copy-lag escalate with time); UNKNOWN only when none can.
     """
     if len(named) == 1:
         return named[0][1]
@@ -23,7 +24,7 @@ def merge_checks(named: list[tuple[str, CheckResult]]) -> CheckResult:
     merged = CheckResult(OK if readable else UNKNOWN)
     reasons: list[tuple[int, str]] = []
     for name, result in named:
-        status = CRITICAL if result.status == UNKNOWN else result.status
+        status = WARNING if result.status == UNKNOWN else result.status
         reasons.extend((status, f"{name}: {message}") for message in result.messages)
         if status > merged.status and merged.status != UNKNOWN:
             merged.status = status

@@ -191,14 +191,15 @@ def print_status(doc: dict[str, Any]) -> None:
 def print_copy_lags(lags: list[dict[str, Any]]) -> None:
     """How far each repository is behind the first (walkeeper copy), under `status` of several repositories."""
     from walkeeper.commands.status import human_age
+    from walkeeper.core.units import plural
 
     for lag in lags:
         if "error" in lag:
             click.echo(f"copy lag: cannot be measured ({lag['error']})")
         elif lag["seconds"] > 0:
             click.echo(f"copy lag: {lag['to']} is {human_age(lag['seconds'])} behind {lag['from']} (oldest not "
-                       f"copied: {lag['oldest_missing']}; {lag['wal_behind']} newer segments, "
-                       f"{len(lag['backups_behind'])} newer backups)")
+                       f"copied: {lag['oldest_missing']}; {plural(lag['wal_behind'], 'newer segment')}, "
+                       f"{plural(len(lag['backups_behind']), 'newer backup')})")
         else:
             click.echo(f"copy lag: none, {lag['to']} holds {lag['from']}'s newest WAL and backup")
 

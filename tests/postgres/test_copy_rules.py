@@ -127,3 +127,35 @@ def test_copy_lag_in_check_status_and_the_textfile(setup: Setup) -> None:
     assert copy(setup, config).returncode == 0
     caught_up = setup.wk("--config", str(config), "check", "--max-copy-lag", "30m", config=False)
     assert caught_up.returncode == 0, caught_up.stdout
+
+
+def test_incremental_chain_parent_first_and_its_fields_carried(setup: Setup) -> None:
+    """A child backup (type/parent, as incremental backups record them) is listed after its parent, --since
+    the child brings the parent, and fields this walkeeper may not know travel unchanged."""
+    from walkeeper.codec import decode_bytes, encode_bytes
+    from walkeeper.core.config import load_config
+    from walkeeper.repo.layout import backup_key
+    from walkeeper.repo.repository import open_repository
+
+    push_segments(setup, 1, range(1, 7))
+    now = time.time()
+    full, child = "20260101T000000Z", "20260102T000000Z"
+    add_backup(setup, full, 2, 3, ended=now - 600)
+    add_backup(setup, child, 5, 6, ended=now - 60)
+    repo = open_repository(load_config(str(setup.config), env={}))
+    key = backup_key(child, "backup.json")
+    _h, data = decode_bytes(repo.keyring, repo.storage.get(key), expected_name=key)
+    doc = {**json.loads(data), "type": "incremental", "parent": full, "chain_note": "from a newer walkeeper"}
+    repo.storage.put(key, encode_bytes(repo.codec, key, json.dumps(doc).encode())[0], overwrite=True)
+    give_to_pg(setup.repo)
+    config = two_repositories(setup)
+    proc = setup.wk("--config", str(config), "-v", "copy", "--from", "main", "--to", "copy", "--backups", "--since",
+                    child, "--json", config=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["backups_listed"] == [full, child]
+    listed = [line for line in proc.stderr.splitlines() if "listed backup" in line]
+    assert [full in listed[0], child in listed[1]] == [True, True]
+    copied = open_repository(load_config(str(config), env={}).for_repository("copy"))
+    _h, data = decode_bytes(copied.keyring, copied.storage.get(key), expected_name=key)
+    got = json.loads(data)
+    assert (got["type"], got["parent"], got["chain_note"]) == ("incremental", full, "from a newer walkeeper")

@@ -48,6 +48,15 @@ def test_pitr_takes_the_backup_from_one_repository_and_the_wal_from_another(setu
         path.unlink()
     assert not (setup.work / "offsite" / "backups").exists()  # the backup is in local alone
 
+    # --repo local alone cannot reach the target (its WAL ends at the backup): refused, nothing written ...
+    alone = wk(setup.config, "--repo", "local", "pitr", "--pgdata", str(setup.work / "dry"), "--target-time",
+               target, "--dry-run")
+    assert alone.returncode == 15 and "the archive ends before" in alone.stderr, alone.stderr
+    # ... and its restore_command names the repository (not a path of that name)
+    plan = ok(wk(setup.config, "--repo", "local", "pitr", "--pgdata", str(setup.work / "dry"),
+                 "--target-immediate", "--dry-run")).stdout
+    assert "--repo local wal-fetch %f %p" in plan and "repositories:" not in plan, plan
+
     cluster = Cluster(setup.work / "recovered")
     out = ok(wk(setup.config, "pitr", "--pgdata", str(cluster.datadir), "--target-time", target,
                 "--target-action", "promote")).stdout

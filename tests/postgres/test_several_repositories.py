@@ -99,6 +99,10 @@ def test_require_all_outage_postgres_retries_then_resumes(setup: Setup, request:
             assert archiver(primary)[0] == last_before and last_before < during
             local = timeline1(setup, "local")
             assert all(seg <= local["last"] for seg in done_segments(primary))
+            check = setup.wk("check")  # the repository that holds things up is named
+            assert check.returncode == 1 and "repository remote cannot be read now" in check.stdout, check.stdout
+            status = setup.wk("status", "--no-cluster")
+            assert "repository remote" in status.stdout and "lag unknown; cannot be read now" in status.stdout
         finally:
             forwarder.start()
         last = write_wal(primary, 1, "after")  # a new .ready wakes the archiver at once

@@ -20,9 +20,11 @@ from tests.postgres.test_speed import copy_datadir, ready, spool_has, status_rec
 pytestmark = pytest.mark.postgres
 
 
-def two_repositories(setup: Setup, request: pytest.FixtureRequest, remote: str, require: str) -> TcpForwarder:
-    """Write the configuration: "local" first, then "remote" (S3 or ssh); return the remote's forwarder."""
+def two_repositories(setup: Setup, request: pytest.FixtureRequest, remote: str, require: str
+                     ) -> tuple[TcpForwarder, str]:
+    """Write the configuration: "local" first, then "remote" (S3 or ssh); return the remote's forwarder and URL."""
     server = request.getfixturevalue(f"{remote}_server")
+    url = server.url()
     own = "\n".join(f"[repository.{line[1:-1]}]" if line.startswith("[") else line
                     for line in server.config_toml().splitlines())
     setup.write_config(
@@ -30,8 +32,8 @@ def two_repositories(setup: Setup, request: pytest.FixtureRequest, remote: str, 
         f'[retry]\nattempts = 2\nbase_delay = 0.1\nmax_delay = 0.2\n'
         f'[archive]\nrequire = "{require}"\ncatch_up_interval = 1.0\nidle_timeout = 30\n'
         f'[[repository]]\nname = "local"\nrepo = "{setup.repo}"\n'
-        f'[[repository]]\nname = "remote"\nrepo = "{server.url()}"\n{own}\n')
-    return server.forwarder
+        f'[[repository]]\nname = "remote"\nrepo = "{url}"\n{own}\n')
+    return server.forwarder, url
 
 
 def listing(setup: Setup, name: str) -> dict:
@@ -84,7 +86,7 @@ def done_segments(primary: Cluster) -> list[str]:
 @pytest.mark.parametrize("remote", ["s3", "ssh"])
 def test_require_all_outage_postgres_retries_then_resumes(setup: Setup, request: pytest.FixtureRequest,
                                                           remote: str) -> None:
-    forwarder = two_repositories(setup, request, remote, "all")
+    forwarder, _url = two_repositories(setup, request, remote, "all")
     primary = start_primary(setup)
     try:
         primary.wait_archived(write_wal(primary, 2, "before"))
@@ -97,6 +99,10 @@ def test_require_all_outage_postgres_retries_then_resumes(setup: Setup, request:
             assert archiver(primary)[0] == last_before and last_before < during
             local = timeline1(setup, "local")
             assert all(seg <= local["last"] for seg in done_segments(primary))
+            check = setup.wk("check")  # the repository that holds things up is named
+            assert check.returncode == 1 and "repository remote cannot be read now" in check.stdout, check.stdout
+            status = setup.wk("status", "--no-cluster")
+            assert "repository remote" in status.stdout and "lag unknown; cannot be read now" in status.stdout
         finally:
             forwarder.start()
         last = write_wal(primary, 1, "after")  # a new .ready wakes the archiver at once
@@ -112,7 +118,7 @@ def test_require_all_outage_postgres_retries_then_resumes(setup: Setup, request:
 @pytest.mark.parametrize("remote", ["s3", "ssh"])
 def test_require_any_outage_lag_reported_then_caught_up_in_order(setup: Setup, request: pytest.FixtureRequest,
                                                                  remote: str) -> None:
-    forwarder = two_repositories(setup, request, remote, "any")
+    forwarder, url = two_repositories(setup, request, remote, "any")
     primary = start_primary(setup)
     try:
         primary.wait_archived(write_wal(primary, 2, "before"))
@@ -141,6 +147,11 @@ def test_require_any_outage_lag_reported_then_caught_up_in_order(setup: Setup, r
     assert (local["first"], local["last"], local["segments"], local["gaps"]) == (
         remote_tl["first"], remote_tl["last"], remote_tl["segments"], [])
     assert remote_before < during <= remote_tl["last"]
+    if remote == "ssh":  # the sshd is on this host: the caught-up files were stored in WAL order
+        wal = Path("/" + url.split("://", 1)[1].split("/", 1)[1]) / "wal" / "00000001"
+        caught = sorted(p for p in wal.iterdir() if remote_before < p.name <= during)
+        assert len(caught) >= 3
+        assert sorted(caught, key=lambda p: (p.stat().st_mtime_ns, p.name)) == caught
     status = json.loads(setup.wk("status", "--json").stdout)
     assert status["repositories_behind"]["remote"]["segments"] == 0
 

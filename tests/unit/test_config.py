@@ -239,6 +239,8 @@ def test_direct_config_is_one_default_repository() -> None:
     ('[[repository]]\nname = "a"\n', "[[repository]] a has no repo"),
     ('[[repository]]\nname = "a"\nrepo = 5\n', "[[repository]] a repo: expected a string"),
     ('[[repository]]\nname = "a"\nrepo = "/y"\n[[repository]]\nname = "a"\nrepo = "/z"\n', "used twice"),
+    ('[[repository]]\nname = "a"\nrepo = "/y"\n[[repository]]\nname = "b"\nrepo = "/y/"\n',
+     "repository a has the same repo /y/"),
     ('[[repository]]\nname = "a"\nrepo = "/y"\nkeep = 3\n', "[[repository]] a: unknown key 'keep'"),
     ('[[repository]]\nname = "a"\nrepo = "/y"\n[repository.archive]\npush_ahead = 3\n', "unknown key 'archive'"),
     ('[[repository]]\nname = "a"\nrepo = "/y"\n[repository.s3]\nregoin = "x"\n', "unknown key 'regoin' in [s3]"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.walfactory import MiB, write_segment
+from tests.helpers.walfactory import MiB, make_segment, write_segment
 from walkeeper.core.config import load_config
 from walkeeper.core.errors import ConflictError, GapError, IntegrityError, NotFound, StorageError
 from walkeeper.core.wal import parse_wal_name
@@ -218,6 +218,8 @@ def test_require_any_fails_when_no_repository_stores_it(tmp_path: Path) -> None:
     break_repository(tmp_path / "b")
     with pytest.raises(StorageError, match=r"^repository a: "):
         fan.push(segment(tmp_path, SEG(1, 1)))
+    # nothing counts as archived: no backlog keeps the file (PostgreSQL calls again)
+    assert [t.lag.pending() for t in fan.targets if t.lag] == [[], []]
 
 
 def test_different_content_fails_in_both_modes(tmp_path: Path) -> None:
@@ -231,6 +233,17 @@ def test_different_content_fails_in_both_modes(tmp_path: Path) -> None:
         fan.targets[1].repo.push_wal(parse_wal_name(SEG(1, 1)), (other / SEG(1, 1)).read_bytes())
         with pytest.raises(ConflictError, match=r"^repository b: "):
             fan.push(segment(root, SEG(1, 1)))
+
+    # a repository behind never gets a copy of a refused file through its backlog
+    root = tmp_path / "behind"
+    root.mkdir()
+    fan = fanout(root, "any", interval=3600.0)
+    break_repository(root / "a")
+    fan.push(segment(root, SEG(1, 1)))  # b stores it; a is behind
+    fan.targets[1].repo.push_wal(parse_wal_name(SEG(1, 2)), make_segment(1, 2, sysid=SYSID, seed=7)[1])
+    with pytest.raises(ConflictError, match=r"^repository b: "):
+        fan.push(segment(root, SEG(1, 2)))
+    assert fan.targets[0].lag is not None and fan.targets[0].lag.pending() == [SEG(1, 1)]
 
 
 # -- the lag per repository (status, check, Prometheus) -----------------------------------------------------

@@ -176,7 +176,7 @@ def print_status(doc: dict[str, Any]) -> None:
             click.echo(f"  archive lag: {plural(c['archive_lag_segments'], 'segment')}"
                        + (f", {human_age(c['archive_lag_seconds'])}" if c["archive_lag_seconds"] else ""))
     for name, lag in (doc.get("repositories_behind") or {}).items():
-        state = "up to date" if not lag["segments"] else (
+        state = ("lag unknown" if lag["error"] else "up to date") if not lag["segments"] else (
             f"{plural(lag['segments'], 'segment')} behind"
             + (f", missing since {lag['oldest_missing']}" if lag["oldest_missing"] else ""))
         why = f"; cannot be read now: {lag['error']}" if lag["error"] else (

@@ -545,6 +545,10 @@ def _repository_tables(value: Any, sections: dict[str, type], path: str, base_di
         if url is None or url == "":
             raise ConfigError(f"{where} has no repo", hint='add repo = "URL or path" to the table')
         url = _coerce(url, str, f"{where} repo", from_env=False)
+        twin = [seen for seen, seen_url, _own in tables if seen_url.rstrip("/") == url.rstrip("/")]
+        if twin:
+            raise ConfigError(f"{where}: repository {twin[0]} has the same repo {url}",
+                              hint="each [[repository]] must name a different place")
         own: dict[str, dict[str, Any]] = {}
         for key, sub in table.items():
             if key in ("name", "repo"):

@@ -78,9 +78,12 @@ class Fanout:
         behind: dict[str, str] = {}
         errors: list[WalkeeperError] = []
         unreachable: list[WalkeeperError] = []
+        added: list[LagBook] = []  # backlog entries this call made: withdrawn if the file does not count as archived
         for target in self.targets:
-            if self.require == REQUIRE_ANY and target.lag is not None and target.lag.pending():
+            if self.require == REQUIRE_ANY and target.lag is not None and (pending := target.lag.pending()):
                 # Behind already: the file joins the backlog, so the repository gets every file in order.
+                if wal.name.name not in pending:
+                    added.append(target.lag)
                 target.lag.add(wal.name.name, "queued behind earlier files")
                 self._catch_up(target, budget)
                 if wal.name.name not in target.lag.pending():
@@ -95,6 +98,8 @@ class Fanout:
                 errors.insert(0, named(exc, target.name, self.several))  # the worst: reported first
             except StorageError as exc:
                 if self.require == REQUIRE_ANY and target.lag is not None:
+                    if wal.name.name not in target.lag.pending():
+                        added.append(target.lag)
                     target.lag.add(wal.name.name, str(exc))
                     target.lag.failed(str(exc))
                     behind[target.name] = str(exc)
@@ -105,6 +110,11 @@ class Fanout:
                     errors.append(named(exc, target.name, self.several))
             except WalkeeperError as exc:
                 errors.append(named(exc, target.name, self.several))
+        if errors or not results:
+            # PostgreSQL keeps the file and calls again; a backlog holds only files that count as archived
+            # (never, after a conflict, a copy of the refused file for the other repositories).
+            for book in added:
+                book.done(wal.name.name)
         if errors:
             raise errors[0]
         if not results:

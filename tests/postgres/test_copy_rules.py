@@ -159,3 +159,25 @@ def test_incremental_chain_parent_first_and_its_fields_carried(setup: Setup) -> 
     _h, data = decode_bytes(copied.keyring, copied.storage.get(key), expected_name=key)
     got = json.loads(data)
     assert (got["type"], got["parent"], got["chain_note"]) == ("incremental", full, "from a newer walkeeper")
+
+
+def test_history_partial_and_backup_label_files_travel_with_the_wal(setup: Setup) -> None:
+    from tests.contract.test_wal_contract import SYSID, push
+    from tests.helpers.walfactory import make_segment
+
+    push_segments(setup, 1, range(1, 4))
+    name, data = make_segment(1, 3, sysid=SYSID)
+    extra = {f"{name}.partial": data, "00000002.history": b"1\t0/400000\tno recovery target specified\n",
+             f"{seg(1, 2)}.00000028.backup": b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"}
+    for file_name, content in extra.items():
+        proc = push(setup, file_name, content)
+        assert proc.returncode == 0, proc.stderr
+    push_segments(setup, 2, [4])
+    config = two_repositories(setup)
+    report = json.loads(copy(setup, config, "--wal", "--json").stdout)
+    stored = {p.relative_to(setup.work / "copy").as_posix() for p in (setup.work / "copy" / "wal").rglob("*")
+              if p.is_file()}
+    assert {key_of(n) for n in extra} <= stored and key_of(seg(2, 4)) in stored
+    assert report["copied"] == 4 + 3 and report["skipped"] == 0
+    verify = setup.wk("--config", str(config), "--repo", "copy", "verify", "--deep", config=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

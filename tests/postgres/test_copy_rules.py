@@ -117,6 +117,8 @@ def test_copy_lag_in_check_status_and_the_textfile(setup: Setup) -> None:
     assert late.stdout.startswith("WALKEEPER CRITICAL - copy behind main for 1.0h (critical above 30.0m; oldest "
                                   f"not copied: WAL {seg(1, 4)})"), late.stdout
     assert 'walkeeper_copy_lag_seconds{from="main",to="copy"} 36' in prom.read_text()
+    types = [line for line in prom.read_text().splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), "each metric described once"
     assert 'walkeeper_wal_segments{repo="' in prom.read_text() and 'repository="copy",timeline="1"} 3' in \
         prom.read_text()
     status = json.loads(setup.wk("--config", str(config), "status", "--no-cluster", "--json", config=False).stdout)

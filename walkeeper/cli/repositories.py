@@ -67,6 +67,12 @@ def copy_cmd(app: AppContext, source: str, dest: str, kinds: tuple[str, ...], si
 
     config = app.config
     chosen = selection([] if "all" in kinds else list(kinds), since)
+    if not dry_run:  # as root: become the owner of the repository written, as backup does (core/privileges.py)
+        from walkeeper.core.privileges import run_as_owner
+        from walkeeper.storage import local_repository_path
+
+        target = config.for_repository(dest).repo
+        run_as_owner("copy", target, local_repository_path(target))
     src = open_repository(config.for_repository(source))
     dst = open_repository(config.for_repository(dest))
     report = run_copy(src, dst, chosen, source_name=source, dest_name=dest, dry_run=dry_run, progress=progress)

@@ -22,7 +22,7 @@ from pathlib import Path
 from walkeeper.core.errors import RefusedError
 
 # Commands that write into the repository, and those that (also) write a data directory.
-REPOSITORY_WRITERS = frozenset({"backup", "expire", "restore-point", "dump"})
+REPOSITORY_WRITERS = frozenset({"backup", "expire", "restore-point", "dump", "copy"})
 DATA_DIRECTORY_WRITERS = frozenset({"restore", "pitr"})
 
 

@@ -260,7 +260,7 @@ def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> s
 
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
                    progress: bool | None = None,
-                   before_control: Callable[[Path], None] | None = None) -> RestoreResult:
+                   before_control: Callable[[Path], None] | None = None, workers: int = 1) -> RestoreResult:
     """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum.
 
     Every file and directory is durable (fsync) before ``global/pg_control`` is written, and
@@ -311,7 +311,7 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                     for chunk in chunks:
                         meter.add(len(chunk))
                         yield chunk
-                reader = _StreamReader(counted(decoder.decode(handle.read)))
+                reader = _StreamReader(counted(decoder.decode(handle.read, workers=workers)))
                 files += extract_tar(reader.read, target, deferred if target == pgdata else {}, sync)
                 reader.exhaust()
             if decoder.sha256 != obj.sha256 or decoder.size != obj.plain_size:

@@ -136,15 +136,14 @@ class Encoder:
         """Yield the object's bytes: header, data frames, trailer."""
         self.stored_size = len(self.header)
         yield self.header
-        if self.workers > 1:
+        chunks = self._hashed(chunks)
+        if self.workers > 1:  # reading the input and hashing it run in a thread of their own
             from walkeeper.codec.pipeline import run_ahead
 
             chunks = run_ahead(chunks, AHEAD, "walkeeper-encode-read")
         compressor = self.settings.compression.compressor(self.workers, FRAME_SIZE)
         pending = bytearray()
         for chunk in chunks:
-            self._hash.update(chunk)
-            self.plain_size += len(chunk)
             pending += compressor.compress(chunk)
             while len(pending) >= FRAME_SIZE:
                 yield self._frame(bytes(pending[:FRAME_SIZE]), 0)
@@ -152,6 +151,12 @@ class Encoder:
         pending += compressor.flush()
         yield from self._frames(bytes(pending))
         yield self._trailer(self._hash.digest())
+
+    def _hashed(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self.plain_size += len(chunk)
+            yield chunk
 
     def encode_all(self, data: bytes) -> bytes:
         """Encode an in-memory object in one go (the WAL fast path)."""

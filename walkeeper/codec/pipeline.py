@@ -21,6 +21,34 @@ _POLL = 0.2  # seconds a blocked producer waits before looking whether the consu
 _JOIN = 30.0  # a producer stuck in a read this long after its consumer left is left behind (a daemon)
 
 
+_MMAP_THRESHOLD = 32 * 1024 * 1024  # M_MMAP_THRESHOLD: 1 MiB buffers come from the heap, not mmap
+_TRIM_THRESHOLD = 128 * 1024 * 1024  # M_TRIM_THRESHOLD: freed heap is kept for the next buffers
+_tuned = False
+
+
+def keep_freed_buffers() -> None:
+    """Tell glibc to reuse freed 1 MiB buffers instead of unmapping and faulting them in again.
+
+    A stream on threads frees in one thread what another allocated, a MiB at a time; with glibc's
+    defaults each buffer was an mmap, a munmap and 256 page faults. Measured on a 338 MiB restore:
+    30,000 page faults and 1.4 s of system time before, 14,000 and 0.7 s after (same peak RSS within
+    a few MiB: what is in flight is bounded anyway). The helpers get the same settings through their
+    environment (accel/spawn.py); a command already running can only ask ``mallopt``. No-op elsewhere.
+    """
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(-3, _MMAP_THRESHOLD)
+    mallopt(-1, _TRIM_THRESHOLD)
+
+
 class _Failure:
     """An exception raised by the producer, handed to the consumer to be raised there."""
 
@@ -38,6 +66,7 @@ def run_ahead(items: Iterable[T], depth: int, name: str = "walkeeper-ahead") -> 
     """
     if depth < 1:
         raise ValueError("depth must be at least 1")
+    keep_freed_buffers()
     box: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

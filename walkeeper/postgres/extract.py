@@ -50,6 +50,15 @@ class _StreamReader:
         self._done = False
 
     def read(self, size: int = -1) -> bytes:
+        if not self._buf and not self._done and size > 0:  # the usual case: tarfile asks for what a chunk holds
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._done = True
+                return b""
+            if len(chunk) == size:
+                return chunk  # no copy
+            self._buf += chunk
         while not self._done and (size < 0 or len(self._buf) < size):
             try:
                 self._buf += next(self._chunks)

@@ -117,3 +117,23 @@ def test_fast_path_settings_equal_full_path_settings(tmp_path: Path, monkeypatch
         assert (fast.repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == expected
     if text and 'status_dir = "st"' in text and not env:  # relative to the real file's directory
         assert full.archive.status_dir == str(tmp_path / "real" / "st")
+
+
+@pytest.mark.parametrize("text,env,want", [
+    ("", {}, None),  # None: the number of cores
+    ("[backup]\nworkers = 1\n", {}, 1),
+    ("[backup]\nworkers = 4\n", {"WALKEEPER_BACKUP_WORKERS": "2"}, 2),
+    ("", {"WALKEEPER_BACKUP_WORKERS": "3"}, 3),
+])
+def test_backup_workers(tmp_path: Path, text: str, env: dict[str, str], want: int | None) -> None:
+    import os
+
+    config = load_config(write(tmp_path, text), env=env)
+    assert config.backup.workers == (want if want is not None else (os.cpu_count() or 1))
+
+
+@pytest.mark.parametrize("text,env", [("[backup]\nworkers = 0\n", {}), ("", {"WALKEEPER_BACKUP_WORKERS": "0"}),
+                                      ("", {"WALKEEPER_BACKUP_WORKERS": "two"})])
+def test_backup_workers_refused(tmp_path: Path, text: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="(?i)backup.workers"):
+        load_config(write(tmp_path, text), env=env)

@@ -42,7 +42,7 @@ class FileWriters:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._room = threading.Condition()
         self._pending = 0  # bytes queued or being written
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
         self._closing = False
         self._threads = [threading.Thread(target=self._run, name="walkeeper-write", daemon=True)
                          for _ in range(max(1, threads))]
@@ -57,7 +57,7 @@ class FileWriters:
                     return
                 if self._error is None and not self._closing:
                     self._write(job)
-            except OSError as exc:
+            except BaseException as exc:  # kept for the caller; the thread goes on (finish() must return)
                 self._error = self._error or exc
             finally:
                 if job is not None:

@@ -135,5 +135,5 @@ def test_backup_workers(tmp_path: Path, text: str, env: dict[str, str], want: in
 @pytest.mark.parametrize("text,env", [("[backup]\nworkers = 0\n", {}), ("", {"WALKEEPER_BACKUP_WORKERS": "0"}),
                                       ("", {"WALKEEPER_BACKUP_WORKERS": "two"})])
 def test_backup_workers_refused(tmp_path: Path, text: str, env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match="(?i)backup.workers"):
+    with pytest.raises(ConfigError, match=r"(?i)backup.workers"):
         load_config(write(tmp_path, text), env=env)

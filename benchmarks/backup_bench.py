@@ -199,7 +199,7 @@ class Bench:
 
     def archive_command(self, ds: dict[str, object]) -> str:
         push = f"{self.wk} --config {self.wk_config(ds)} wal-push %p"
-        if ds.get("bin"):  # pgBackRest 2.45 knows PostgreSQL up to 16
+        if ds.get("bin"):  # pgBackRest 2.45 predates PostgreSQL 18
             return push
         return f"{push} && pgbackrest --config={self.pgbr_config(ds)} --stanza=bench archive-push %p"
 
@@ -256,7 +256,7 @@ class Bench:
                 self.walkeeper(ds, conn, workers)
             self.incremental(ds, conn)
             if ds.get("bin"):
-                self.row(ds, "pgBackRest 2.45", "full backup", None, note="n/a: 2.45 supports PostgreSQL up to 16")
+                self.row(ds, "pgBackRest 2.45", "full backup", None, note="n/a: 2.45 predates PostgreSQL 18")
             else:
                 self.pgbackrest(ds)
             self.basebackup(ds, conn)

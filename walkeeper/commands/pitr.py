@@ -34,13 +34,15 @@ from walkeeper.core.wal import (
     parse_wal_name,
     segment_name,
 )
-from walkeeper.postgres.extract import RestoreResult, restore_backup, stored_pg_control
+from walkeeper.postgres.combine import describe_chain, restore_any
+from walkeeper.postgres.extract import RestoreResult, stored_pg_control
 from walkeeper.postgres.recovery_conf import (
     restore_command,
     settings_block,
     write_settings,
 )
 from walkeeper.repo.catalog import BackupMeta, Catalog, RestorePoint
+from walkeeper.repo.chains import chain_length, chain_of, parent_map
 from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger(__name__)
@@ -322,6 +324,7 @@ class Plan:
     exclusive: bool
     standby: bool
     warnings: list[str] = field(default_factory=list)
+    chain: list[BackupMeta] = field(default_factory=list)  # an incremental backup's chain, the full first
 
     def lines(self) -> list[str]:
         out = [
@@ -329,6 +332,8 @@ class Plan:
             f"backup: {self.backup.id} (label {self.backup.label!r}, ended {self.backup.stop_time} at "
             f"LSN {self.backup.stop_lsn}, timeline {self.backup.stop_timeline})",
             f"  because: {self.reason}",
+            *([f"chain: {len(self.chain)} backups fetched, staged and combined (pg_combinebackup):",
+               *describe_chain(self.chain)] if len(self.chain) > 1 else []),
             "timeline: " + " -> ".join(str(s.timeline) for s in self.path)
             + ("" if self.timeline_explicit else " (the latest timeline, PostgreSQL's default)"),
             f"WAL: {plural(self.segments, 'segment')} {self.first_wal} .. {self.last_wal or '(end of archive)'} "
@@ -527,7 +532,10 @@ def _gap(name: str, backup: BackupMeta, target: Target) -> GapError:
 
 def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: str, target_timeline: str | None,
                exclusive: bool, backup_id: str | None, standby: bool, gap_wait: float = 0.0) -> Plan:
-    backups = catalog.backups()
+    every = catalog.backups()
+    # An incremental backup whose chain lacks a member cannot be restored: never chosen (verify reports it).
+    broken = {b.id for b in every if chain_length(b.id, parent_map(every)) is None}
+    backups = [b for b in every if b.id not in broken or b.id == backup_id]
     histories = {n.timeline for n, _s, _m in repo.iter_wal() if n.kind is WalKind.HISTORY}
     warnings: list[str] = []
     if target_timeline in (None, "latest"):
@@ -580,9 +588,13 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
                         f"after the target time, by branching from timeline {branch.timeline}; recovery follows "
                         f"timeline {path[-1].timeline}. For timeline {branch.timeline}'s own history after the "
                         f"branch point, use --target-timeline {branch.timeline}")
+    if broken:
+        warnings.append(f"{plural(len(broken), 'incremental backup')} with a missing chain member not considered "
+                        f"({', '.join(sorted(broken))}; walkeeper verify explains)")
+    chain = chain_of(backup, every)  # raises BrokenChain for --backup of a broken one
     first, last, count = check_coverage_settled(repo, backup, target, path, gap_wait)
     return Plan(target, backup, reason, tli, explicit, path, first, last, count, action, exclusive, standby,
-                warnings)
+                warnings, chain)
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -722,6 +734,6 @@ def pitr(config: Config, pgdata: str, *, time: str | None = None, lsn: str | Non
         return PitrResult(plan, None, write_settings(directory, plan, command), directory, False)
     notes: list[str] = []
     # The settings are written before pg_control: a directory is never startable without them.
-    restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map,
+    restored = restore_any(config, repo, plan.backup, directory, tablespace_map=tablespace_map,
                               before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command)))
     return PitrResult(plan, restored, notes, directory, False)

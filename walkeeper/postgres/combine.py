@@ -133,13 +133,13 @@ def restore_chain(repo: Repository, chain: list[BackupMeta], pgdata: Path, combi
     except BaseException as exc:
         undone = _undo_restore(prepared)
         if isinstance(exc, PostgresError):
-            raise PostgresError(f"{exc}; {undone}", hint=exc.hint) from None
+            raise PostgresError(f"{exc.args[0]}; {undone}", hint=exc.hint) from None
         if isinstance(exc, WalkeeperError | KeyboardInterrupt):
             raise
         if isinstance(exc, OSError):
             raise StorageError(f"{_restore_os_error(exc, pgdata, '--pgdata', needed)}; {undone}") from None
         raise
-    return RestoreResult(newest, pgdata, files + 1, total, time.monotonic() - began)
+    return RestoreResult(newest, pgdata, files + 1, total, time.monotonic() - began, tuple(b.id for b in chain))
 
 
 def restore_any(config: Config, repo: Repository, backup: BackupMeta, pgdata: Path, *,

@@ -82,27 +82,33 @@ def test_incremental_chain_restore_pitr_expire_verify(setup: Setup) -> None:
         inc3 = backup(setup, primary, "--incremental")
         states["newest"] = primary.psql(STATE_SQL)  # nothing written since the third incremental
         work(primary, 50, "after 3")
+        full2 = backup(setup, primary)  # a second chain, for expire
+        work(primary, 50, "on the second chain")
+        inc4 = backup(setup, primary, "--incremental")
+        work(primary, 10, "the end")  # a switch right after a backup's own one would not switch
         archive_everything(primary)
     finally:
         primary.stop()
-    assert [(b["type"], b["parent"]) for b in (inc1, inc2, inc3)] == [
-        ("incremental", full["id"]), ("incremental", inc1["id"]), ("incremental", inc2["id"])]
+    assert [(b["type"], b["parent"]) for b in (inc1, inc2, inc3, inc4)] == [
+        ("incremental", full["id"]), ("incremental", inc1["id"]), ("incremental", inc2["id"]),
+        ("incremental", full2["id"])]
     assert inc3["stored_size"] < full["stored_size"] / 2, (inc3["stored_size"], full["stored_size"])
 
     listing = json.loads(ok(setup.wk("backups", "--json")).stdout)["backups"]
     assert [(b["id"], b["type"], b["parent"], b["chain_length"]) for b in listing] == [
         (full["id"], "full", None, 1), (inc1["id"], "incremental", full["id"], 2),
-        (inc2["id"], "incremental", inc1["id"], 3), (inc3["id"], "incremental", inc2["id"], 4)]
+        (inc2["id"], "incremental", inc1["id"], 3), (inc3["id"], "incremental", inc2["id"], 4),
+        (full2["id"], "full", None, 1), (inc4["id"], "incremental", full2["id"], 2)]
     text = ok(setup.wk("backups")).stdout
     assert "incremental" in text and inc2["id"] in text
 
-    dry = ok(setup.wk("restore", "latest", "--pgdata", setup.work / "dry", "--dry-run")).stdout
+    dry = ok(setup.wk("restore", inc3["id"], "--pgdata", setup.work / "dry", "--dry-run")).stdout
     assert "chain: 4 backups" in dry and all(b["id"] in dry for b in (full, inc1, inc2, inc3)), dry
     assert not (setup.work / "dry").exists()
 
     # The newest restored (restore, then the recovery settings), state as at the third incremental's end.
     newest = Cluster(setup.work / "newest", bin_dir=PG18_BIN)  # type: ignore[arg-type]
-    out = ok(setup.wk("restore", "latest", "--pgdata", newest.datadir)).stdout
+    out = ok(setup.wk("restore", inc3["id"], "--pgdata", newest.datadir)).stdout
     assert f"restored backup {inc3['id']}" in out and "4 backups combined" in out, out
     assert not (newest.datadir / ".walkeeper-combine").exists()
     assert (newest.datadir / "global" / "pg_control").exists()
@@ -126,15 +132,7 @@ def test_incremental_chain_restore_pitr_expire_verify(setup: Setup) -> None:
     state, out = recovered_state(setup, "pitr-time", "--target-time", marks["time"])
     assert f"backup: {inc1['id']}" in out and state == states["time"], out
 
-    # expire: a second chain; --keep 1 drops the first chain whole, --keep 2 keeps both whole.
-    primary.start()
-    try:
-        full2 = backup(setup, primary)
-        work(primary, 50, "on the second chain")
-        inc4 = backup(setup, primary, "--incremental")
-        archive_everything(primary)
-    finally:
-        primary.stop()
+    # expire: with the second chain, --keep 1 drops the first chain whole, --keep 2 keeps both whole.
     keep2 = json.loads(ok(setup.wk("expire", "--keep", "2", "--dry-run", "--json")).stdout)
     assert keep2["expired_backups"] == [] and len(keep2["kept_backups"]) == 6
     keep1 = json.loads(ok(setup.wk("expire", "--keep", "1", "--json")).stdout)

@@ -267,11 +267,17 @@ class Catalog:
 
     def manifest(self, meta: BackupMeta) -> bytes | None:
         """The separately stored ``backup_manifest`` of a backup, checked against its recorded checksum;
-        None for backups taken before walkeeper stored it alone (postgres/incremental.py reads the tar)."""
+        None for backups taken before walkeeper stored it alone, or without that object (postgres/incremental.py
+        then reads the base tar)."""
         if meta.manifest_key is None:
             return None
-        _header, data = decode_bytes(self.repo.keyring, self.repo.storage.get(meta.manifest_key),
-                                     expected_name=meta.manifest_key)
+        try:
+            blob = self.repo.storage.get(meta.manifest_key)
+        except NotFound:  # e.g. a copy that took only the tars: the base tar holds it too
+            log.warning("%s is missing: reading backup %s's base tar for its backup_manifest", meta.manifest_key,
+                        meta.id)
+            return None
+        _header, data = decode_bytes(self.repo.keyring, blob, expected_name=meta.manifest_key)
         if meta.manifest_sha256 is not None and hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
             raise IntegrityError(f"{meta.manifest_key} does not match the checksum backup {meta.id} recorded")
         return data

@@ -80,8 +80,13 @@ def main() -> None:
         rows.append(("full", json.loads(out), time.monotonic() - began))
         print(wk(setup, "backups").splitlines()[-1])
         for day in range(1, args.days + 1):
-            run_pg([primary.bin("pgbench"), "-n", "-f", script, "-T", str(args.seconds), "-R", str(args.rate),
-                    *primary.conninfo(), "postgres"], timeout=args.seconds * 3)
+            before = int(primary.psql("select count(*) from pgbench_history"))
+            run = run_pg([primary.bin("pgbench"), "-n", "-f", script, "-T", str(args.seconds), "-R", str(args.rate),
+                          *primary.conninfo(), "postgres"], timeout=args.seconds * 3).stdout.decode()
+            done = [line.strip() for line in run.splitlines() if "actually processed" in line or line.startswith("tps")]
+            touched = primary.psql(f"select count(distinct aid), count(distinct (ctid::text::point)[0]::int) from "
+                                   f"pgbench_accounts where aid in (select aid from pgbench_history offset {before})")
+            print(f"day {day}: {'; '.join(done)}; accounts updated, and the pages they are on now: {touched}")
             began = time.monotonic()
             out = wk(setup, "backup", *conn, "--fast-checkpoint", "--incremental", "--json")
             rows.append((f"incremental {day}", json.loads(out), time.monotonic() - began))

@@ -7,7 +7,7 @@ Run as root from the repository root, after scripts/setup-env.sh (PostgreSQL 18 
 
 A throwaway PostgreSQL 18 cluster (summarize_wal = on) gets a pgbench database, then a full backup.
 The "day": pgbench for ``--seconds`` at ``--rate`` transactions per second with a TPC-B-like script whose
-account updates hit a hot tenth of the accounts (a day's work touches a fraction of the rows; plain
+account updates hit the first ``--hot`` percent of the accounts (a day's work touches a fraction of the rows; plain
 pgbench updates uniformly random rows and dirties nearly every block within minutes), then an
 incremental backup; twice, so the chain is full + 2. Printed: the stored and plain sizes of each,
 and the time of restoring the newest (chain: stage, pg_combinebackup) against restoring the full.
@@ -28,7 +28,7 @@ from tests.conftest import Setup, make_key
 from tests.helpers.pgharness import PG18_BIN, Cluster, give_to_pg, pg_workdir, run_pg, walkeeper_cmd
 
 MIB = 1024 * 1024
-HOT_TPCB = """\\set aid random(1, 10000 * :scale)
+HOT_TPCB = """\\set aid random(1, 100000 * :scale * :hot / 100)
 \\set bid random(1, 1 * :scale)
 \\set tid random(1, 10 * :scale)
 \\set delta random(-5000, 5000)
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=180)
     parser.add_argument("--rate", type=int, default=150)
     parser.add_argument("--days", type=int, default=2)
+    parser.add_argument("--hot", type=int, default=10, help="percent of the accounts the updates hit")
     args = parser.parse_args()
     if PG18_BIN is None:
         raise SystemExit("WALKEEPER_PG18_BIN is unset (scripts/setup-env.sh installs PostgreSQL 18)")
@@ -66,7 +67,7 @@ def main() -> None:
                        "archive_mode": "on", "archive_command": f"{walkeeper_cmd(setup.config)} wal-push %p",
                        "checkpoint_timeout": "5min"})
     script = work / "hot_tpcb.sql"
-    script.write_text(HOT_TPCB)  # aid: the first tenth of the 100000 * scale accounts
+    script.write_text(HOT_TPCB)  # custom scripts get :scale 1 unless given (-D scale=...)
     give_to_pg(script)
     conn = ["-h", str(primary.sockdir), "-p", str(primary.port), "-U", "postgres"]
     rows = []
@@ -81,7 +82,8 @@ def main() -> None:
         print(wk(setup, "backups").splitlines()[-1])
         for day in range(1, args.days + 1):
             before = int(primary.psql("select count(*) from pgbench_history"))
-            run = run_pg([primary.bin("pgbench"), "-n", "-f", script, "-T", str(args.seconds), "-R", str(args.rate),
+            run = run_pg([primary.bin("pgbench"), "-n", "-f", script, "-D", f"scale={args.scale}",
+                          "-D", f"hot={args.hot}", "-T", str(args.seconds), "-R", str(args.rate),
                           *primary.conninfo(), "postgres"], timeout=args.seconds * 3).stdout.decode()
             done = [line.strip() for line in run.splitlines() if "actually processed" in line or line.startswith("tps")]
             touched = primary.psql(f"select count(distinct aid), count(distinct (ctid::text::point)[0]::int) from "

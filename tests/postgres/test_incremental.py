@@ -65,20 +65,20 @@ def test_incremental_chain_restore_pitr_expire_verify(setup: Setup) -> None:
     states: dict[str, str] = {}
     marks: dict[str, str] = {}
     try:
-        run_pg([primary.bin("pgbench"), "-i", "-s", "2", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         primary.psql("create table notes(id serial primary key, note text)")
         archive_everything(primary)
         full = backup(setup, primary)
         assert (full["type"], full["parent"]) == ("full", None) and full["manifest_key"]
-        work(primary, 200, "after the full")
+        work(primary, 100, "after the full")
         inc1 = backup(setup, primary, "--incremental")
-        work(primary, 200, "between 1 and 2")
+        work(primary, 100, "between 1 and 2")
         states["time"], marks["time"] = primary.psql(STATE_SQL), server_time(primary)
-        work(primary, 100, "still between 1 and 2")
+        work(primary, 50, "still between 1 and 2")
         inc2 = backup(setup, primary, "--incremental")
-        work(primary, 200, "between 2 and 3")
+        work(primary, 100, "between 2 and 3")
         states["lsn"], marks["lsn"] = primary.psql(STATE_SQL), primary.psql("select pg_current_wal_insert_lsn()")
-        work(primary, 100, "still between 2 and 3")
+        work(primary, 50, "still between 2 and 3")
         inc3 = backup(setup, primary, "--incremental")
         states["newest"] = primary.psql(STATE_SQL)  # nothing written since the third incremental
         work(primary, 50, "after 3")

@@ -45,8 +45,8 @@ def check_incremental_server(config: Config, conn: ConnOptions, info: ServerInfo
     if setting != "on":
         raise RefusedError(
             "--incremental needs WAL summaries, but summarize_wal is off on the server",
-            hint="set summarize_wal = on (ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();), then "
-                 "take a full backup: incrementals can be taken against backups that began after that")
+            hint="set summarize_wal = on in postgresql.conf, or ALTER SYSTEM SET summarize_wal = on and SELECT "
+                 "pg_reload_conf(); then take a full backup: incrementals work against backups begun after that")
     if info.tablespaces:
         raise RefusedError(
             f"--incremental: the server has {info.tablespaces} tablespace(s); walkeeper restores incremental "

@@ -34,13 +34,15 @@ class Setup:
     backend: str = "local"
     repo_url: str = ""  # the URL written as repo = ...; the local path unless a remote backend is used
     extra_config: str = ""  # extra TOML tables for the backend ([s3], [ssh])
+    pg: Path = PG_BIN  # the PostgreSQL major's programs the test's clusters run (Cluster(bin_dir=setup.pg))
     # [backup] pg_bin_dir written into the config: set by use_pg (the pg_major fixture does it) for
     # a major other than Debian's 15, which walkeeper finds by itself.
     pg_bin_dir: Path | None = None
 
     def use_pg(self, bin_dir: Path) -> Setup:
-        """Point walkeeper at the tools of one major ([backup] pg_bin_dir) unless it finds them itself."""
-        self.pg_bin_dir = None if Path(bin_dir) == PG_BIN else Path(bin_dir)
+        """Run clusters of one major and point walkeeper at its tools ([backup] pg_bin_dir) unless it finds them."""
+        self.pg = Path(bin_dir)
+        self.pg_bin_dir = None if self.pg == PG_BIN else self.pg
         self.write_config()
         return self
 
@@ -109,10 +111,23 @@ def backend_setup(request: pytest.FixtureRequest, setup: Setup) -> Setup:
 
 
 PG18_MISSING = "PostgreSQL 18 not installed: WALKEEPER_PG18_BIN is unset (scripts/setup-env.sh installs it)"
+MAJORS = ["15", "18"]
 
 
-@pytest.fixture(params=[pytest.param("15", marks=pytest.mark.pg15, id="pg15"),
-                        pytest.param("18", marks=pytest.mark.pg18, id="pg18")])
+def major_param(major: str, *values: object) -> object:
+    """pytest.param of ``values`` plus ``major`` with the pgNN mark and id, for an indirect pg_major parametrize."""
+    mark = getattr(pytest.mark, f"pg{major}")
+    return pytest.param(*values, major, marks=mark, id="-".join([*map(str, values), f"pg{major}"]))
+
+
+def backends_by_major(pairs: list[tuple[str, str]]) -> pytest.MarkDecorator:
+    """Parametrize backend_setup and pg_major together over chosen (backend, major) pairs: a story
+    proven on every backend with 15 need not repeat each backend on 18."""
+    return pytest.mark.parametrize(("backend_setup", "pg_major"), [major_param(m, b) for b, m in pairs],
+                                   indirect=True)
+
+
+@pytest.fixture(params=[major_param(m) for m in MAJORS])
 def pg_major(request: pytest.FixtureRequest) -> Iterator[Path]:
     """The bin directory of each PostgreSQL major in turn (Cluster(..., bin_dir=pg_major)).
 

@@ -171,8 +171,14 @@ class Cluster:
         raise AssertionError(f"cluster did not become ready; log:\n{self.log()[-4000:]}")
 
     def switch_wal(self) -> str:
-        """Close the current segment and return its name."""
-        return self.psql("select pg_walfile_name(pg_switch_wal())")
+        """Close the current segment and return its name (the last one closed when nothing was written since).
+
+        pg_switch_wal() returns the end of its switch record, or the insert position at a segment's
+        start when it switched nothing; pg_walfile_name() names the segment before a boundary up to
+        PostgreSQL 16 but the one after it from 17 on (which is never archived): one byte back is the
+        same closed segment on every major.
+        """
+        return self.psql("select pg_walfile_name(pg_switch_wal() - 1)")
 
     def wait_archived(self, name: str, timeout: float = 60) -> None:
         """Poll pg_stat_archiver until ``name`` (or a later file) is archived."""

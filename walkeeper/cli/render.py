@@ -119,7 +119,7 @@ def print_restored(result: Any) -> None:
 
 def print_restore_plan(plan: Any, pgdata: str) -> None:
     """`restore --dry-run`: the backup and, for an incremental one, the chain a restore fetches."""
-    from walkeeper.postgres.combine import describe_chain
+    from walkeeper.repo.chains import describe_chain
 
     click.echo(f"backup: {plan.backup.id} ({plan.backup.type}), would be restored into {pgdata}")
     if len(plan.chain) > 1:

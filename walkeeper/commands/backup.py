@@ -102,7 +102,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
     elif options.parent is not None:
         raise ConfigError("--from names the parent of an incremental backup: give --incremental too")
 
-    basebackup = pg_tool(config, "pg_basebackup")
+    basebackup = pg_tool(config, "pg_basebackup", info.version_num // 10000)
     started = utc_now()
     # The id is reserved (no-clobber marker) before anything else is written: see repo/writers.py.
     held = Reservation.take(catalog, started.strftime("%Y%m%dT%H%M%SZ"))

@@ -71,16 +71,6 @@ def check_free_space(path: Path, needed: int) -> None:
             hint="free space there or restore into another directory")
 
 
-def describe_chain(chain: list[BackupMeta]) -> list[str]:
-    """Lines for --dry-run and the restore report: the members a restore fetches, the full first."""
-    out = []
-    for i, b in enumerate(chain):
-        kind = "full" if i == 0 else f"incremental on {b.parent}"
-        out.append(f"  {i + 1}. {b.id} ({kind}, ended {b.stop_time} at LSN {b.stop_lsn}, "
-                   f"{human_bytes(b.plain_size)} stored as {human_bytes(b.stored_size)})")
-    return out
-
-
 def restore_chain(repo: Repository, chain: list[BackupMeta], pgdata: Path, combine_tool: str, *,
                   tablespace_map: Iterable[str] = (), progress: bool | None = None,
                   before_control: Callable[[Path], None] | None = None) -> RestoreResult:

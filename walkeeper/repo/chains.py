@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from walkeeper.core.chronology import position
 from walkeeper.core.errors import RefusedError
+from walkeeper.core.units import human_bytes
 
 FULL = "full"
 INCREMENTAL = "incremental"
@@ -172,3 +173,13 @@ def choose_parent(backups: Iterable[Linked], *, system_identifier: str, timeline
                            hint="take a full backup first (walkeeper backup without --incremental)")
     parent = max(candidates, key=position)
     return ParentChoice(parent.id, f"the newest complete backup on timeline {timeline}")
+
+
+def describe_chain(chain: list[Any]) -> list[str]:
+    """Lines for --dry-run and the restore report: the members a restore fetches, the full first."""
+    out = []
+    for i, b in enumerate(chain):
+        kind = "full" if i == 0 else f"incremental on {b.parent}"
+        out.append(f"  {i + 1}. {b.id} ({kind}, ended {b.stop_time} at LSN {b.stop_lsn}, "
+                   f"{human_bytes(b.plain_size)} stored as {human_bytes(b.stored_size)})")
+    return out

@@ -101,6 +101,10 @@ def test_incremental_chain_restore_pitr_expire_verify(setup: Setup) -> None:
         (full2["id"], "full", None, 1), (inc4["id"], "incremental", full2["id"], 2)]
     text = ok(setup.wk("backups")).stdout
     assert "incremental" in text and inc2["id"] in text
+    assert ok(setup.wk("check")).returncode == 0  # chains of 4 and 2: below max_chain's default (8)
+    proc = setup.wk("check", env={"WALKEEPER_BACKUP_MAX_CHAIN": "3"})
+    assert proc.returncode == 1 and f"restoring backup {inc3['id']} needs a chain of 4 backups" in proc.stdout, \
+        proc.stdout
 
     dry = ok(setup.wk("restore", inc3["id"], "--pgdata", setup.work / "dry", "--dry-run")).stdout
     assert "chain: 4 backups" in dry and all(b["id"] in dry for b in (full, inc1, inc2, inc3)), dry

@@ -169,3 +169,31 @@ def test_space_needed(link: bool, expected: int) -> None:
         plain_size: int
 
     assert space_needed([M(100), M(10), M(5)], link) == expected  # type: ignore[list-item]
+
+
+def _status_backups(lengths: list[int | None]) -> list[dict]:
+    return [{"id": f"2026030{i + 1}T120000Z", "age_seconds": 3600.0, "clock_skew": None, "chain_length": n,
+             "type": "full" if n == 1 else "incremental"} for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize(("lengths", "max_chain", "expected"), [
+    ([1, 2, 3], 8, []),
+    ([1, 2, 3], 3, []),
+    ([1, 2, 3, 4], 3, ["restoring backup 20260304T120000Z needs a chain of 4 backups, more than [backup] "
+                       "max_chain (3): take a full backup"]),
+    ([1, 2, 3, 4, 5, 1], 3, ["restoring backup 20260305T120000Z needs a chain of 5 backups, more than [backup] "
+                             "max_chain (3): take a full backup"]),
+    ([None, None, 1], 8, ["2 incremental backups cannot be restored, a backup of their chain is missing "
+                          "(20260301T120000Z, 20260302T120000Z; run walkeeper verify)"]),
+    ([1, 9], None, []),
+])
+def test_check_warns_about_long_and_broken_chains(lengths: list[int | None], max_chain: int | None,
+                                                  expected: list[str]) -> None:
+    from walkeeper.repo.health import OK, WARNING, CheckResult, Thresholds, judge
+
+    repo = {"last_wal_age_seconds": 60.0, "gaps": 0, "system_identifier": "7", "newest_segment": None,
+            "backups": _status_backups(lengths), "dumps": [], "dump_count": 0, "total_bytes": 1,
+            "restore_tests": {}}
+    result = judge(CheckResult(OK, repo=repo), Thresholds(max_chain=max_chain))
+    assert result.messages == expected
+    assert result.status == (WARNING if expected else OK)

@@ -340,6 +340,8 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
     backups: list[BackupInfo] = inv.backups
     for backup in backups:
         work.extend((key, (_read_backup_object, repo, key, sha)) for key, sha in backup.objects)
+        if backup.manifest is not None:  # what an incremental backup against it reads
+            work.append((backup.manifest[0], (_read_backup_object, repo, *backup.manifest)))
     _read_back(work, report, jobs, action="restore this object from another copy (for WAL: the server's pg_wal or "
                                           "a second archive); otherwise treat it as missing: take a new base backup")
 

@@ -141,5 +141,6 @@ def restore_any(config: Config, repo: Repository, backup: BackupMeta, pgdata: Pa
         return restore_backup(repo, backup, pgdata, tablespace_map=tablespace_map, progress=progress,
                               before_control=before_control)
     chain = chain_of(backup, backups if backups is not None else Catalog(repo).backups())
-    return restore_chain(repo, chain, pgdata, pg_tool(config, "pg_combinebackup"), tablespace_map=tablespace_map,
+    tool = pg_tool(config, "pg_combinebackup", backup.pg_version // 10000)  # the backup's own major
+    return restore_chain(repo, chain, pgdata, tool, tablespace_map=tablespace_map,
                          progress=progress, before_control=before_control)

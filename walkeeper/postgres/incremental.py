@@ -8,29 +8,15 @@ major version, and no tablespaces (walkeeper restores chains only without them).
 
 from __future__ import annotations
 
-import re
-import subprocess
-
 from walkeeper.codec import Decoder
 from walkeeper.core.config import Config
 from walkeeper.core.errors import IntegrityError, PostgresError, RefusedError
 from walkeeper.postgres.basebackup import TarScanner
-from walkeeper.postgres.client import ConnOptions, ServerInfo, pg_tool, psql
+from walkeeper.postgres.client import ConnOptions, ServerInfo, pg_tool, psql, tool_version
 from walkeeper.repo.catalog import BackupMeta, Catalog
 from walkeeper.repo.layout import BACKUP_MANIFEST
 
 MIN_VERSION = 170000
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
-
-
-def tool_major(path: str) -> int | None:
-    """The major version a PostgreSQL program reports with --version (None: not readable)."""
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = _VERSION_RE.search(out)
-    return int(match.group(1)) if match else None
 
 
 def check_incremental_server(config: Config, conn: ConnOptions, info: ServerInfo) -> int:
@@ -51,9 +37,9 @@ def check_incremental_server(config: Config, conn: ConnOptions, info: ServerInfo
         raise RefusedError(
             f"--incremental: the server has {info.tablespaces} tablespace(s); walkeeper restores incremental "
             "chains only of clusters without tablespaces", hint="take full backups of this cluster")
-    basebackup = pg_tool(config, "pg_basebackup")
-    major = tool_major(basebackup)
-    if major is not None and major < MIN_VERSION // 10000:
+    basebackup = pg_tool(config, "pg_basebackup", info.version_num // 10000)
+    major = tool_version(basebackup)[0]
+    if major < MIN_VERSION // 10000:
         raise RefusedError(f"--incremental: {basebackup} is PostgreSQL {major}'s; --incremental needs 17 or later",
                            hint="point [backup] pg_bin_dir at the server's own PostgreSQL binaries")
     try:

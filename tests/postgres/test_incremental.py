@@ -131,6 +131,9 @@ def test_incremental_chain_restore_pitr_expire_verify(setup: Setup) -> None:
     # PITR to points between two incrementals: the chain up to the one before the target.
     plan = ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-lsn", marks["lsn"], "--dry-run")).stdout
     assert f"backup: {inc2['id']}" in plan and "chain: 3 backups" in plan, plan
+    doc = json.loads(ok(setup.wk("pitr", "--pgdata", setup.work / "dry", "--target-lsn", marks["lsn"], "--dry-run",
+                                 "--json")).stdout)
+    assert doc["chain"] == [full["id"], inc1["id"], inc2["id"]] and doc["backup"]["type"] == "incremental"
     state, out = recovered_state(setup, "pitr-lsn", "--target-lsn", marks["lsn"])
     assert state == states["lsn"], out
     state, out = recovered_state(setup, "pitr-time", "--target-time", marks["time"])

@@ -139,6 +139,12 @@ def test_incremental_chain_restore_pitr_expire_verify(setup: Setup) -> None:
     state, out = recovered_state(setup, "pitr-time", "--target-time", marks["time"])
     assert f"backup: {inc1['id']}" in out and state == states["time"], out
 
+    # restore-test goes through the chain too (restores, recovers, checks, records)
+    proc = setup.wk("restore-test", "--workdir", setup.work / "rt", "--backup", inc3["id"], "--target", "immediate",
+                    "--check", "select count(*) = 5 from notes", "--json")
+    record = json.loads(proc.stdout)
+    assert proc.returncode == 0 and record["ok"] and record["backup"] == inc3["id"], (proc.stdout, proc.stderr)
+
     # expire: with the second chain, --keep 1 drops the first chain whole, --keep 2 keeps both whole.
     keep2 = json.loads(ok(setup.wk("expire", "--keep", "2", "--dry-run", "--json")).stdout)
     assert keep2["expired_backups"] == [] and len(keep2["kept_backups"]) == 6

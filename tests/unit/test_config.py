@@ -260,3 +260,23 @@ def test_unknown_repository_name_lists_the_names(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, TWO), env={})
     with pytest.raises(ConfigError, match=r"no repository named 'nope' is configured \(configured: local, offsite\)"):
         config.for_repository("nope")
+
+
+@pytest.mark.parametrize("text,env,want", [
+    ("", {}, None),  # None: the number of cores
+    ("[backup]\nworkers = 1\n", {}, 1),
+    ("[backup]\nworkers = 4\n", {"WALKEEPER_BACKUP_WORKERS": "2"}, 2),
+    ("", {"WALKEEPER_BACKUP_WORKERS": "3"}, 3),
+])
+def test_backup_workers(tmp_path: Path, text: str, env: dict[str, str], want: int | None) -> None:
+    import os
+
+    config = load_config(write(tmp_path, text), env=env)
+    assert config.backup.workers == (want if want is not None else (os.cpu_count() or 1))
+
+
+@pytest.mark.parametrize("text,env", [("[backup]\nworkers = 0\n", {}), ("", {"WALKEEPER_BACKUP_WORKERS": "0"}),
+                                      ("", {"WALKEEPER_BACKUP_WORKERS": "two"})])
+def test_backup_workers_refused(tmp_path: Path, text: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"(?i)backup.workers"):
+        load_config(write(tmp_path, text), env=env)

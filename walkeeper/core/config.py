@@ -127,6 +127,9 @@ class BackupConfig:
 
     pg_bin_dir: str | None = None
     wal_wait_timeout: float = 300.0
+    # threads compressing/encrypting a backup and decoding one on restore; 1 = one thread, as before
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_chain: int = 8  # `check` warns when a restore needs more backups than this (a full + incrementals)
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("restore", "prefetch"): (0, None),
     ("restore", "workers"): (1, None),
     ("restore", "idle_timeout"): (0, None),
+    ("backup", "workers"): (1, None),
     ("encryption", "key_command_timeout"): (0.1, 3600),
     ("s3", "connect_timeout"): (0, None),
     ("s3", "read_timeout"): (0, None),

@@ -3,6 +3,7 @@
     walkeeper.json                                  repository identity (format, system id, key ids)
     wal/TTTTTTTT/<WAL file name>                    one object per segment, history or backup-history file
     backups/<id>/backup.json, base.tar, ...         a base backup; writer.json while one is being written
+    backups/<id>/backup_manifest                    its backup_manifest alone (the parent of an incremental)
     dumps/<id>/dump.json, ...; dumps/<id>/reserved  a logical dump (reserved: the id is taken)
     restore-points/<YYYYMMDDTHHMMSSffffffZ>-<LSN>.json   named restore points
     restore-tests/<id>.json                         restore-test records
@@ -24,6 +25,7 @@ META_KEY = "walkeeper.json"
 WAL_PREFIX = "wal/"
 BACKUP_PREFIX = "backups/"
 BACKUP_META = "backup.json"
+BACKUP_MANIFEST = "backup_manifest"
 BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?$")
 WRITER_NAME = "writer.json"
 DUMP_PREFIX = "dumps/"

@@ -240,3 +240,63 @@ def test_copy_memory_is_bounded(setup: Setup, same_key: bool) -> None:
     assert int(peak_kb) < limit_kb, f"peak RSS {peak_kb} kB"
     if same_key:  # copied as stored: the very same bytes
         assert (setup.work / "offsite" / obj).read_bytes() == (setup.repo / obj).read_bytes()
+
+
+def test_incremental_chain_copied_killed_resumed_then_pitr_from_the_copy(setup: Setup) -> None:
+    """PostgreSQL 18: a full backup and two incrementals copied parent first (killed inside the chain, then
+    resumed), the first repository deleted, PITR between the incrementals from the copy (pg_combinebackup)."""
+    from tests.helpers.pgharness import PG18_BIN
+    from tests.postgres.test_incremental import backup as take
+    from tests.postgres.test_incremental import start, work
+
+    if PG18_BIN is None:
+        pytest.skip("PostgreSQL 18 not installed (WALKEEPER_PG18_BIN)")
+    setup.use_pg(PG18_BIN)
+    primary = start(setup, PG18_BIN)
+    try:
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        primary.psql("create table notes(id serial primary key, note text)")
+        archive_everything(primary)
+        full = take(setup, primary)
+        work(primary, 100, "after the full")
+        inc1 = take(setup, primary, "--incremental")
+        work(primary, 100, "between 1 and 2")
+        expected, target = primary.psql(STATE_SQL), server_time(primary)
+        work(primary, 50, "still between 1 and 2")
+        inc2 = take(setup, primary, "--incremental")
+        work(primary, 10, "the end")
+        archive_everything(primary)
+    finally:
+        primary.stop()
+    key = make_key(setup.work / "copy.key")
+    config = setup.work / "copy.toml"
+    shared = f'[backup]\npg_bin_dir = "{PG18_BIN}"\n'
+    config.write_text(f'{shared}[[repository]]\nname = "main"\nrepo = "{setup.repo}"\n[repository.encryption]\n'
+                      f'key_file = "{setup.key_file}"\n[[repository]]\nname = "offsite"\n'
+                      f'repo = "{setup.work / "offsite"}"\n[repository.encryption]\nkey_file = "{key}"\n')
+    give_to_pg(config)
+    copy_killed_at(config, f"copying backups/{inc1['id']}/")
+    assert not (setup.work / "offsite" / "backups" / inc1["id"] / "backup.json").exists()
+    report = json.loads(ok(wk(config, "copy", "--from", "main", "--to", "offsite", "--json")).stdout)
+    listed = [b for b in (full["id"], inc1["id"], inc2["id"]) if b not in report["backups_present"]]
+    assert report["backups_listed"] == listed and inc1["id"] in listed and inc2["id"] in listed
+    chain = json.loads(ok(wk(config, "--repo", "offsite", "backups", "--json")).stdout)["backups"]
+    assert [(b["id"], b["type"], b["parent"]) for b in chain] == [
+        (full["id"], "full", None), (inc1["id"], "incremental", full["id"]), (inc2["id"], "incremental", inc1["id"])]
+
+    shutil.rmtree(setup.repo)
+    text = config.read_text()
+    alone = setup.work / "offsite.toml"
+    alone.write_text(shared + text[text.index('[[repository]]\nname = "offsite"'):])
+    give_to_pg(alone)
+    cluster = Cluster(setup.work / "recovered", bin_dir=PG18_BIN)
+    out = ok(wk(alone, "pitr", "--pgdata", str(cluster.datadir), "--target-time", target,
+                "--target-action", "promote")).stdout
+    assert inc1["id"] in out, out
+    cluster.configure({**cluster.base_settings(), "archive_mode": "off"})
+    try:
+        cluster.start()
+        cluster.wait_recovery_done()
+        assert cluster.psql(STATE_SQL) == expected
+    finally:
+        cluster.stop()

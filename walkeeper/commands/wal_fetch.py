@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
-    result = fetch_file(open_repository(config), name, Path(dest), gap_wait=config.restore.gap_wait)
+    result = fetch_file(open_repository(config), name, Path(dest), gap_wait=config.restore.gap_wait,
+                        received_partial=True)
     if config.restore.prefetch > 0:
         try:
             start_prefetch(config, name)

@@ -845,3 +845,7 @@ cli.add_command(restore_tests_cmd)
 from walkeeper.cli import keys as cli_keys  # noqa: E402 - key, rekey commands register on ``cli`` (import cycle by design)
 
 cli_keys.register(cli)
+
+from walkeeper.cli.receive import wal_receive_cmd  # noqa: E402 - it imports this module
+
+cli.add_command(wal_receive_cmd)

@@ -110,7 +110,7 @@ class Receiver:
             if self.options.create_slot and create_physical_slot(self.config, self.options.conn, self.options.slot):
                 log.warning("created physical replication slot %s", self.options.slot)
             self.clean_stale_partials()
-            log.info("wal-receive: streaming slot %s into %s (spool %s, partial every %g s%s)",
+            log.info("streaming slot %s into %s (spool %s, partial every %g s%s)",
                         self.options.slot, self.repo.storage.url, self.spool, self.options.partial_interval,
                         ", synchronous" if self.options.synchronous else "")
             while not self.stop.is_set():

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.wal import parse_wal_name
 from walkeeper.postgres.receivewal import Failure, classify_failure
+from walkeeper.postgres.standby import format_conninfo, parse_conninfo, pgpass_serves, streaming_settings
 from walkeeper.repo.layout import parse_received_partial_key, received_partial_key
 from walkeeper.repo.received import MissingChoice, missing_segment_choice, receive_lag, received_length
 
@@ -91,3 +93,62 @@ def test_received_length(data: bytes, length: int) -> None:
 ])
 def test_receive_lag(state: dict | None, now: float, lag: float | None) -> None:
     assert receive_lag(state, now) == lag
+
+
+# -- pitr --standby --primary-conninfo (postgres/standby.py) ----------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "fields"), [
+    ("host=primary port=5432 user=rep", {"host": "primary", "port": "5432", "user": "rep"}),
+    ("host = primary  user='re p' password='a\\'b'", {"host": "primary", "user": "re p", "password": "a'b"}),
+    ("postgresql://rep:s%40cret@db.example:5433/postgres?sslmode=require",
+     {"user": "rep", "password": "s@cret", "host": "db.example", "port": "5433", "dbname": "postgres",
+      "sslmode": "require"}),
+    ("", {}),
+])
+def test_parse_conninfo(text: str, fields: dict[str, str]) -> None:
+    assert parse_conninfo(text) == fields
+
+
+@pytest.mark.parametrize("text", ["host=a 'b'", "host='open", "=x"])
+def test_parse_conninfo_refuses(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_conninfo(text)
+
+
+def test_format_conninfo_round_trips() -> None:
+    fields = {"host": "primary", "user": "re p", "application_name": "a'b\\c"}
+    assert parse_conninfo(format_conninfo(fields)) == fields
+
+
+@pytest.mark.parametrize(("lines", "serves"), [
+    (["primary:5432:replication:rep:pw"], True),
+    (["*:*:*:*:pw"], True),
+    (["primary:5432:postgres:rep:pw"], False),  # a replication connection asks for database "replication"
+    (["primary:5433:replication:rep:pw"], False),
+    (["# primary:5432:replication:rep:pw", ""], False),
+    (["other:*:*:rep:pw", "primary:*:replication:*:pw"], True),
+])
+def test_pgpass_serves(lines: list[str], serves: bool) -> None:
+    assert pgpass_serves(lines, "primary", "5432", "rep") is serves
+
+
+def test_streaming_settings_strip_a_password_a_pgpass_serves(tmp_path) -> None:
+    (tmp_path / ".pgpass").write_text("primary:5432:replication:rep:secret\n")
+    settings = streaming_settings("host=primary port=5432 user=rep password=secret", "standby1",
+                                  env={}, home=str(tmp_path))
+    assert "secret" not in settings.primary_conninfo and "password" not in settings.primary_conninfo
+    assert settings.note and ".pgpass" in settings.note
+    assert settings.lines() == [
+        "primary_conninfo = 'host=primary port=5432 user=rep application_name=walkeeper_standby'",
+        "primary_slot_name = 'standby1'"]
+
+
+def test_streaming_settings_refuse_a_password_nothing_serves(tmp_path) -> None:
+    with pytest.raises(RefusedError, match="never writes"):
+        streaming_settings("host=primary user=rep password=secret", None, env={}, home=str(tmp_path))
+    passfile = tmp_path / "pw"
+    passfile.write_text("*:*:replication:rep:secret\n")
+    ok = streaming_settings("host=primary user=rep password=secret", None, env={"PGPASSFILE": str(passfile)},
+                            home=str(tmp_path))
+    assert "secret" not in (ok.primary_conninfo or "") and str(passfile) in (ok.note or "")

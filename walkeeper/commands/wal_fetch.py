@@ -13,6 +13,8 @@ from pathlib import Path
 from walkeeper.accel import fastpath
 from walkeeper.accel.spawn import outside_data_directory, recovering, spawn_helper
 from walkeeper.core.config import Config
+from walkeeper.core.errors import NotFound
+from walkeeper.repo.received import fetch_received_partial
 from walkeeper.repo.repository import open_repository
 from walkeeper.repo.walfile import FetchResult, fetch_file
 
@@ -20,8 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
-    result = fetch_file(open_repository(config), name, Path(dest), gap_wait=config.restore.gap_wait,
-                        received_partial=True)
+    repo = open_repository(config)
+    try:
+        result = fetch_file(repo, name, Path(dest), gap_wait=config.restore.gap_wait)
+    except NotFound:  # the end of the archive: wal-receive's partial of this segment, if it is the last thing
+        result = fetch_received_partial(repo, name, Path(dest), gap_wait=config.restore.gap_wait)
     if config.restore.prefetch > 0:
         try:
             start_prefetch(config, name)

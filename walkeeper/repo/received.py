@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from walkeeper.codec import decode_bytes, encode_bytes
@@ -38,6 +39,7 @@ from walkeeper.repo.layout import (
     received_prefix,
 )
 from walkeeper.repo.repository import Repository
+from walkeeper.repo.walfile import FetchResult, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +100,28 @@ def missing_segment_choice(wanted: int, later_segment: bool,
     return MissingChoice.NOT_FOUND, None
 
 
-def fetch_wal_or_partial(repo: Repository, name: WalName, *, gap_wait: float = 0.0) -> bytes:
-    """Repository.fetch_wal, then (segments only) the newest received partial at the end of the archive."""
-    for _attempt in range(3):  # the receiver may replace the partial between our list and get
-        try:
-            return repo.fetch_wal(name, gap_wait=gap_wait)
-        except NotFound:
-            if name.kind is not WalKind.SEGMENT:
-                raise
-        size = repo.segment_size
-        wanted = segno_of(name, size)
+def fetch_received_partial(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0) -> FetchResult:
+    """wal-fetch's last resort after "not found": the newest received partial of the segment, placed at ``dest``.
+
+    Raises NotFound when there is none (or for anything but a segment), and follows the gap rules when a
+    later segment was received. Never used by the prefetcher: a partial must not be kept ahead.
+    """
+    name = parse_wal_name(name_text)
+    if name.kind is not WalKind.SEGMENT:
+        raise NotFound(f"{name.name} is not in the archive")
+    data = _partial_or_segment(repo, name, gap_wait)
+    write_file_atomically(dest, data)
+    return FetchResult(name.name, len(data))
+
+
+def _partial_or_segment(repo: Repository, name: WalName, gap_wait: float) -> bytes:
+    for attempt in range(3):  # the receiver may replace or complete the partial between our list and get
+        if attempt:
+            try:
+                return repo.fetch_wal(name, gap_wait=gap_wait)
+            except NotFound:
+                pass
+        wanted = segno_of(name, repo.segment_size)
         partials = list_received(repo, name.timeline)
         choice, length = missing_segment_choice(wanted, False, [(p.segno, p.length) for p in partials])
         if choice is MissingChoice.NOT_FOUND:
@@ -120,7 +134,7 @@ def fetch_wal_or_partial(repo: Repository, name: WalName, *, gap_wait: float = 0
         except NotFound:
             continue
         data = _decode_partial(repo, name, blob)
-        log.info("%s: serving the partial segment received by wal-receive (%d bytes received, end of the "
+        log.info("%s: serving the partial segment received by wal-receive (%d bytes received, the end of the "
                  "archive)", name.name, length)
         return data
     raise NotFound(f"{name.name} is not in the archive")

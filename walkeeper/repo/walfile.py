@@ -74,19 +74,9 @@ class FetchResult:
     size: int
 
 
-def fetch_file(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0,
-               received_partial: bool = False) -> FetchResult:
-    """The body of restore_command: fetch, verify, place (``gap_wait``: see Repository.fetch_wal).
-
-    ``received_partial`` (wal-fetch only, never the prefetcher: a partial must not be kept ahead):
-    at the end of the archive, serve wal-receive's newest partial of the segment (repo/received.py).
-    """
+def fetch_file(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0) -> FetchResult:
+    """The body of restore_command: fetch, verify, place (``gap_wait``: see Repository.fetch_wal)."""
     name = parse_wal_name(name_text)
-    if received_partial:
-        from walkeeper.repo.received import fetch_wal_or_partial
-
-        data = fetch_wal_or_partial(repo, name, gap_wait=gap_wait)
-    else:
-        data = repo.fetch_wal(name, gap_wait=gap_wait)
+    data = repo.fetch_wal(name, gap_wait=gap_wait)
     write_file_atomically(dest, data)
     return FetchResult(name.name, len(data))

@@ -115,7 +115,7 @@ def rows(cluster: Cluster) -> list[tuple[int, datetime]]:
 
 def recover_from_repository(setup: Setup, name: str = "recovered") -> tuple[Cluster, str]:
     cluster = Cluster(setup.work / name)
-    proc = setup.wk("pitr", "--pgdata", cluster.datadir)
+    proc = setup.wk("pitr", "--pgdata", cluster.datadir, "--target-latest")
     assert proc.returncode == 0, proc.stderr
     cluster.configure({**cluster.base_settings(), "archive_mode": "off"})
     cluster.start()

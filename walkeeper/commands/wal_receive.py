@@ -189,9 +189,8 @@ class Receiver:
         if result.stored:
             self.stats.segments += 1
             log.info("stored %s (%d bytes, stored %d)", name, result.plain_size, result.stored_size)
-        else:
+        else:  # Repository.push_wal logged "... is already archived with identical content"
             self.stats.already += 1
-            log.info("%s already archived (identical content)", name)
         self.stats.last_stored = name
         if is_segment_name(name):
             drop_partials(self.repo, name)

@@ -65,6 +65,16 @@ class Receiver:
                                             *conn(primary), *args]),
                                      stdout=self.log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
+    def receivewal_pid(self) -> int:
+        """pg_receivewal, the child of walkeeper, the child of runuser."""
+        def children(pid: int) -> list[int]:
+            out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+            return [int(p) for p in out.split()]
+        for service in children(self.proc.pid) or [self.proc.pid]:
+            for child in children(service):
+                return child
+        raise AssertionError(f"no pg_receivewal running:\n{self.log()}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -209,9 +219,21 @@ def test_receive_stores_segments_and_already_archived(setup: Setup) -> None:
         primary.wait_archived(name)
         lines = [line for line in receiver.log().splitlines() if name in line]
         assert len(lines) == 1 and ("stored" in lines[0] or "already archived" in lines[0]), receiver.log()
-        status = json.loads(setup.wk("wal-list", "--json").stdout)
-        assert status
+        # pg_receivewal dies: walkeeper restarts it (backoff) and goes on storing
+        os.kill(receiver.receivewal_pid(), signal.SIGKILL)
+        receiver.wait_for("restarting in")
+        primary.psql("insert into t select generate_series(1, 1000)")
+        later = primary.switch_wal()
+        receiver.wait_for(later)
+        primary.wait_archived(later)
+        status = json.loads(setup.wk("status", "--json").stdout)
+        assert status["receive"]["slot"] == "walkeeper" and status["receive"]["lag_seconds"] < 30, status
+        check = setup.wk("check", "--max-receive-lag", "1m")
+        assert check.returncode == 0 and "receive lag" in check.stdout, check.stdout + check.stderr
         assert receiver.stop() == 0, receiver.log()
+        time.sleep(1.5)
+        check = setup.wk("check", "--max-receive-lag", "1s")
+        assert check.returncode == 2, check.stdout + check.stderr  # stopped: the lag grows
         spool = list((setup.work / "spool").glob("receive-*/0*"))
         assert all(p.name.endswith(".partial") for p in spool), spool  # stored segments left the spool
     finally:

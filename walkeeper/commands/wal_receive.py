@@ -170,9 +170,9 @@ class Receiver:
         if not partial:
             return
         self.next_partial = time.monotonic() + self.options.partial_interval
-        for name in [n for n in entries if n.endswith(".partial") and is_segment_name(n[:-8])]:
-            self.store_current(name[:-8])
-        if heartbeat and self.proc is not None and self.proc.proc.poll() is None:
+        caught_up = all([self.store_current(n[:-8]) for n in entries if n.endswith(".partial")
+                         and is_segment_name(n[:-8])])
+        if heartbeat and caught_up and self.proc is not None and self.proc.proc.poll() is None:
             current = max((n[:24] for n in entries if is_segment_name(n[:24])), default=None)
             write_receiver_state(self.repo, {"updated": read_at, "slot": self.options.slot, "segment": current,
                                              "host": os.uname().nodename, "pid": os.getpid()})
@@ -197,20 +197,24 @@ class Receiver:
             self.stored_length.pop(name, None)
         os.unlink(path)
 
-    def store_current(self, segment: str) -> None:
+    def store_current(self, segment: str) -> bool:
+        """Store the segment being received if it grew; False when what was read could not be stored yet."""
         path = Path(self.spool) / f"{segment}.partial"
         try:
             data = path.read_bytes()
         except FileNotFoundError:  # completed meanwhile: the next sweep stores the segment
-            return
+            return True
         length = len(data.rstrip(b"\0"))
         if length <= self.stored_length.get(segment, 0):
-            return
+            return True
         stored = store_partial(self.repo, parse_wal_name(segment), data)
-        if stored is not None:
-            self.stored_length[segment] = stored
+        if stored is None or stored < length:
+            return False
+        if stored > self.stored_length.get(segment, 0):
             self.stats.partials += 1
             log.debug("stored the partial segment %s (%d bytes received)", segment, stored)
+        self.stored_length[segment] = stored
+        return True
 
     def clean_stale_partials(self) -> None:
         """Received partials whose complete segment is stored are superseded: delete them (an earlier run)."""

@@ -158,12 +158,13 @@ def _decode_partial(repo: Repository, name: WalName, blob: bytes) -> bytes:
 def store_partial(repo: Repository, segment: WalName, data: bytes) -> int | None:
     """Store ``data`` (the spool's ``<segment>.partial``) if it holds more than the newest stored upload.
 
-    Returns the stored length, or None when there was nothing newer (or the read caught a page being
-    written: the next interval stores it). Never overwrites: a new length is a new key.
+    Returns the length the repository now holds for the segment (this upload's, or a stored one at least
+    as long), or None when nothing could be stored this time (the read caught a page being written: the
+    next interval stores it). Never overwrites: a new length is a new key.
     """
     length = received_length(data)
     if length == 0:
-        return None
+        return 0
     try:
         header = check_segment(segment, data)
     except InvalidWal as exc:
@@ -175,7 +176,7 @@ def store_partial(repo: Repository, segment: WalName, data: bytes) -> int | None
     repo.ensure_identity(header.system_identifier, header.segment_size, header.pg_version)
     stored = [p for p in list_received(repo, segment.timeline) if p.segment == segment.name]
     if stored and stored[-1].length >= length:
-        return None
+        return stored[-1].length
     key = received_partial_key(segment, length)
     sha = hashlib.sha256(data).hexdigest()
     blob, _ = encode_bytes(repo.codec, f"{segment.name}.partial", data, sha256=sha)

@@ -204,10 +204,10 @@ def test_check_usage_error_still_prints_the_plugin_line(setup: Setup) -> None:
 
 
 def test_verbose_shows_the_traceback_and_does_not_ask_for_it() -> None:
-    from walkeeper.cli.main import _message
+    from walkeeper.cli.context import error_message
 
-    assert "rerun with -v" in _message(KeyError("x"), 0)
-    assert "rerun with -v" not in _message(KeyError("x"), 1)
+    assert "rerun with -v" in error_message(KeyError("x"), 0)
+    assert "rerun with -v" not in error_message(KeyError("x"), 1)
 
 
 # -- the same rules at the unit level: config values and environment variables (no root, fast) --------

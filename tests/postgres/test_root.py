@@ -1,4 +1,4 @@
-"""Commands run as root act as the owner of what they write, or refuse in one line (walkeeper/privileges.py).
+"""Commands run as root act as the owner of what they write, or refuse in one line (walkeeper/core/privileges.py).
 
 The table checks the decision; the story runs backup, restore-point, expire, restore and pitr as
 root against a postgres-owned repository and parent directory, then starts the recovered cluster as
@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import Cluster, pg_uid, running_as_root
 from tests.postgres.test_pitr import archive_everything, conn, ok, start_primary
-from walkeeper.privileges import Decision, decide
+from walkeeper.core.privileges import Decision, decide
 
 PG = 101  # any non-root uid
 

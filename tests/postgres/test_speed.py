@@ -21,7 +21,8 @@ import pytest
 
 from tests.conftest import Setup
 from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, pg_workdir, run_pg, walkeeper_cmd
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
+from walkeeper.core.walformat import is_wal_name
 
 pytestmark = pytest.mark.postgres
 HEAVY = ("click", "zstandard", "cryptography", "boto3", "botocore")
@@ -65,7 +66,7 @@ def configure(setup: Setup, archive: str = "", restore: str = "") -> None:
 def status_records(setup: Setup) -> list[str]:
     """The push-ahead records (named like the WAL file); markers, locks and logs are not records."""
     base = setup.work / "status"
-    return sorted(p.name for p in base.glob("*/*") if fastpath.is_wal_name(p.name))
+    return sorted(p.name for p in base.glob("*/*") if is_wal_name(p.name))
 
 
 def pusher_pids(setup: Setup) -> list[int]:
@@ -431,10 +432,10 @@ def test_spool_file_from_before_a_reboot_is_not_served(setup: Setup, archived: t
     assert fetch(setup, names[0]).returncode == 0
     wait_for(lambda: spool_has(setup, names[1]))
     (meta,) = list((setup.work / "spool").glob(f"*/{names[1]}.meta"))
-    doc = fastpath.read_record(str(meta))
+    doc = state.read_record(str(meta))
     assert doc and doc["boot_id"]
     doc["boot_id"] = "00000000-0000-0000-0000-000000000000"
-    fastpath.write_record(str(meta), doc)
+    state.write_record(str(meta), doc)
     give_to_pg(meta)
     proc = fetch(setup, names[1])
     assert proc.returncode == 0 and "failed verification" in proc.stderr, proc.stderr
@@ -571,19 +572,19 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
                                       "[restore]\nprefetch = 9\nspool_dir = \"/abs/spool\"\n"])
 def test_fast_path_settings_match_the_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     env: dict[str, str], body: str) -> None:
-    from walkeeper.accel import fastpath
+    from walkeeper.accel import settings
     from walkeeper.core.config import load_config
 
     monkeypatch.setenv("WALKEEPER_STATE_ROOT", str(tmp_path / "state"))
     config_file = tmp_path / "wk.toml"
     config_file.write_text(f'repo = "/some/repo"\n{body}')
     for _ in range(2):  # parsed, then from the cache
-        fast = fastpath.load_settings(str(config_file), None, env)
+        fast = settings.load_settings(str(config_file), None, env)
         full = load_config(str(config_file), env=env)
         assert (fast.repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == (
             full.repo, full.archive.push_ahead, full.restore.prefetch, full.archive.status_dir, full.restore.spool_dir)
     config_file.write_text('repo = "/changed"\n')  # a changed file is read again
-    assert fastpath.load_settings(str(config_file), None, {}).repo == "/changed"
+    assert settings.load_settings(str(config_file), None, {}).repo == "/changed"
 
 
 def test_state_inside_the_data_directory_is_refused(setup: Setup, wal_source: Path) -> None:
@@ -666,7 +667,7 @@ def test_postgres_timeline_switch_while_prefetching(setup: Setup) -> None:
         restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', log)
         assert any(n.startswith("00000002") for n in restored), restored
         # The prefetcher did hold timeline 1 past the fork (segments PostgreSQL took from timeline 2).
-        from walkeeper.accel.fastpath import instance_key
+        from walkeeper.accel.state import instance_key
 
         spool_log = setup.work / "spool" / instance_key(str(setup.repo), str(final.datadir)) / "prefetch.log"
         prefetched = set(re.findall(r"prefetched ([0-9A-F]{24})", spool_log.read_text()))

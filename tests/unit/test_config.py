@@ -96,7 +96,7 @@ FAST_CASES = [  # (config text or None, read through a symlink in another direct
 def test_fast_path_settings_equal_full_path_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      text: str | None, via_link: bool, env: dict[str, str],
                                                      flag: str | None) -> None:
-    from walkeeper.accel import fastpath
+    from walkeeper.accel import settings
 
     monkeypatch.setenv("WALKEEPER_STATE_ROOT", str(tmp_path / "state"))
     path = None
@@ -113,7 +113,7 @@ def test_fast_path_settings_equal_full_path_settings(tmp_path: Path, monkeypatch
     expected = (full.repo, full.archive.push_ahead, full.restore.prefetch, full.archive.status_dir or None,
                 full.restore.spool_dir or None)
     for _ in range(2):  # the second time from the fast path's cache of the file
-        fast = fastpath.load_settings(path, flag, env)
+        fast = settings.load_settings(path, flag, env)
         assert (fast.repo, fast.push_ahead, fast.prefetch, fast.status_dir, fast.spool_dir) == expected
     if text and 'status_dir = "st"' in text and not env:  # relative to the real file's directory
         assert full.archive.status_dir == str(tmp_path / "real" / "st")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.walfactory import MiB, fake_datadir, make_segment
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.commands.pusher import NotYourTurn, Pusher
 from walkeeper.core.config import load_config
 from walkeeper.core.errors import GapError, NotFound
@@ -132,8 +132,8 @@ def test_pusher_stores_a_segment_only_after_the_earlier_ones(
 def test_pusher_waits_for_an_earlier_segment_being_stored(tmp_path: Path) -> None:
     """Earlier one being stored (PostgreSQL's own call, marked NAME.pushing): wait for its store."""
     pusher, repo = pusher_world(tmp_path, [SEG(1, 3), SEG(1, 4)])
-    marker = Path(pusher.status) / (SEG(1, 3) + fastpath.PUSHING_SUFFIX)
-    fastpath.write_record(str(marker), {"v": fastpath.RECORD_VERSION, "name": SEG(1, 3), "pid": os.getpid()})
+    marker = Path(pusher.status) / (SEG(1, 3) + state.PUSHING_SUFFIX)
+    state.write_record(str(marker), {"v": state.RECORD_VERSION, "name": SEG(1, 3), "pid": os.getpid()})
 
     def finish() -> None:  # the other call stores it, removes its marker; PostgreSQL then marks it .done
         store(repository(tmp_path / "repo"), SEG(1, 3))

@@ -2,7 +2,7 @@
 
 Reads walkeeper/ with `ast` (no import of the code). Layers, lowest first (design.md §1):
 core <- codec, storage <- repo <- postgres <- commands <- cli; accel imports only core; entry.py sits on top.
-Modules still at the top level of walkeeper/ (not yet moved into a layer) are checked for cycles only.
+Nothing else stays at the top level of walkeeper/, and no module imports itself back through others.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ PKG = Path(__file__).resolve().parents[2] / "walkeeper"
 RANK = {"core": 0, "codec": 1, "storage": 1, "repo": 2, "postgres": 3, "commands": 4, "cli": 5}
 # layers that may import only the listed ones besides themselves
 ONLY = {"accel": {"core"}, "codec": {"core"}, "storage": {"core"}}
+# the only modules at the top level of walkeeper/: the console entry and the package itself
+TOP_LEVEL = {"__init__.py", "__main__.py", "entry.py"}
 
 
 def _module_name(path: Path) -> str:
@@ -79,7 +81,9 @@ def test_imports_follow_the_layer_direction() -> None:
         for dst in targets:
             d = _layer(dst)
             if not d:
-                continue  # a top-level module not yet moved into a layer
+                if s:
+                    bad.append(f"{src} -> {dst} (a layer imports nothing at the top level of walkeeper/)")
+                continue
             if s in ONLY and d not in ONLY[s] | {s}:
                 bad.append(f"{src} -> {dst} ({s} may import only {sorted(ONLY[s])})")
             elif s in RANK and d in RANK and RANK[d] > RANK[s]:
@@ -89,10 +93,8 @@ def test_imports_follow_the_layer_direction() -> None:
     assert not bad, "\n".join(sorted(bad))
 
 
-def test_no_cycle_between_packages() -> None:
-    """Cycles between layer packages only: top-level modules not yet moved into a layer are exempt."""
-    graph = {src: {d for d in dsts if _layer(d) in RANK or _layer(d) == "accel"}
-             for src, dsts in _graph().items() if _layer(src) in RANK or _layer(src) == "accel"}
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Every cycle a depth-first walk of ``graph`` meets, as "a -> b -> a"."""
     cycles = []
     state: dict[str, int] = {}
 
@@ -109,7 +111,45 @@ def test_no_cycle_between_packages() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+    return cycles
+
+
+def test_no_cycle_between_packages() -> None:
+    """Cycles between layer packages (entry.py, on top, imports two of them and is imported by none)."""
+    graph = {src: {d for d in dsts if _layer(d) in RANK or _layer(d) == "accel"}
+             for src, dsts in _graph().items() if _layer(src) in RANK or _layer(src) == "accel"}
+    cycles = _cycles(graph)
     assert not cycles, "\n".join(cycles)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the walkeeper modules it imports (a package counts as its __init__; lazy imports count too)."""
+    modules = {_module_name(path): path for path in sorted(PKG.rglob("*.py"))}
+    return {name: (_imports(path) & modules.keys()) - {name, "walkeeper"} for name, path in modules.items()}
+
+
+def test_no_cycle_between_modules() -> None:
+    """Within a layer too (cli/: main imports the command modules, which share cli/context.py and never
+    import main back), so that no module ever sees another half initialised."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a -> b -> c -> a"]  # the walk can fail
+    cycles = _cycles(_module_graph())
+    assert not cycles, "\n".join(cycles)
+
+
+def test_cli_modules_register_on_main_without_importing_it() -> None:
+    graph = _module_graph()
+    importers = sorted(m for m, targets in graph.items() if "walkeeper.cli.main" in targets)
+    assert importers == ["walkeeper.entry"], importers
+    assert {"walkeeper.cli.wal", "walkeeper.cli.backups", "walkeeper.cli.operate"} <= graph["walkeeper.cli.main"]
+
+
+def test_nothing_left_at_the_top_level() -> None:
+    """Every module lives in its layer (design.md §1); only the console entry stays beside the package."""
+    stray = sorted(p.name for p in PKG.glob("*.py") if p.name not in TOP_LEVEL)
+    assert not stray, f"modules at the top level of walkeeper/, move each into its layer: {stray}"
+    layers = set(RANK) | set(ONLY)
+    unknown = sorted(p.name for p in PKG.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    assert not set(unknown) - layers, f"packages that are no layer of design.md §1: {sorted(set(unknown) - layers)}"
 
 
 def test_the_checker_sees_imports() -> None:

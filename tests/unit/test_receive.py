@@ -139,9 +139,9 @@ def test_streaming_settings_strip_a_password_a_pgpass_serves(tmp_path) -> None:
                                   env={}, home=str(tmp_path))
     assert "secret" not in settings.primary_conninfo and "password" not in settings.primary_conninfo
     assert settings.note and ".pgpass" in settings.note
-    assert settings.lines() == [
-        "primary_conninfo = 'host=primary port=5432 user=rep application_name=walkeeper_standby'",
-        "primary_slot_name = 'standby1'"]
+    assert settings.settings() == [
+        ("primary_conninfo", "host=primary port=5432 user=rep application_name=walkeeper_standby"),
+        ("primary_slot_name", "standby1")]
 
 
 def test_streaming_settings_refuse_a_password_nothing_serves(tmp_path) -> None:

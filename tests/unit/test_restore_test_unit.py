@@ -12,7 +12,7 @@ import pytest
 
 from walkeeper.commands.restore_test import classify_failure, read_check_file
 from walkeeper.core.errors import RefusedError
-from walkeeper.scratch_cluster import LOCK_NAME, WORK_PREFIX, WorkDir, inside_data_directory, remove_stale
+from walkeeper.postgres.scratch_cluster import LOCK_NAME, WORK_PREFIX, WorkDir, inside_data_directory, remove_stale
 
 
 @pytest.mark.parametrize(("lines", "outcome", "reason"), [

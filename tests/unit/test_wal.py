@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.walfactory import MiB, make_segment
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.core.errors import InvalidName, InvalidWal
 from walkeeper.core.wal import (
     WalKind,
@@ -16,6 +16,7 @@ from walkeeper.core.wal import (
     segment_of_lsn,
     segno_of,
 )
+from walkeeper.core.walformat import is_segment_name, is_wal_name
 
 
 @pytest.mark.parametrize(("name", "kind", "tli"), [
@@ -130,8 +131,8 @@ def test_fast_path_and_full_path_accept_the_same_names(name: str) -> None:
         parsed: WalKind | None = parse_wal_name(name).kind
     except InvalidName:
         parsed = None
-    assert fastpath.is_wal_name(name) == (parsed is not None)
-    assert fastpath.is_segment_name(name) == (parsed is WalKind.SEGMENT)
+    assert is_wal_name(name) == (parsed is not None)
+    assert is_segment_name(name) == (parsed is WalKind.SEGMENT)
 
 
 SYSID = 7300000000000000001
@@ -163,8 +164,8 @@ def test_fast_path_and_full_path_check_first_pages_alike(kwargs: dict[str, int],
     else:
         with pytest.raises((InvalidWal, InvalidName), match=verdict):
             check_segment(parse_wal_name(name), data)
-    fits = fastpath.segment_header_fits(name, data[:64], told or len(data), SYSID)
+    fits = state.segment_header_fits(name, data[:64], told or len(data), SYSID)
     assert fits == (verdict is None)
     if verdict is None:  # the fast path also insists on this data directory's system
-        assert not fastpath.segment_header_fits(name, data[:64], len(data), SYSID + 1)
-        assert not fastpath.segment_header_fits(name, data[:64], len(data), None)
+        assert not state.segment_header_fits(name, data[:64], len(data), SYSID + 1)
+        assert not state.segment_header_fits(name, data[:64], len(data), None)

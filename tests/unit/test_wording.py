@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from walkeeper.cli.main import _CommandFormatter
+from walkeeper.cli.context import CommandFormatter
 from walkeeper.commands.pitr import parse_target_time
 from walkeeper.core.errors import ConfigError
 from walkeeper.core.units import iso_utc, plural
@@ -114,11 +114,11 @@ def test_error_lines_name_the_whole_command(tmp_path: Path, args: list[str], pre
     (logging.INFO, "walkeeper pitr: careful"),
 ])
 def test_log_lines_name_the_whole_command(level: int, text: str) -> None:
-    formatter = _CommandFormatter("%(message)s")
-    old = _CommandFormatter.command
-    _CommandFormatter.command = "walkeeper pitr"
+    formatter = CommandFormatter("%(message)s")
+    old = CommandFormatter.command
+    CommandFormatter.command = "walkeeper pitr"
     try:
         record = logging.LogRecord("walkeeper", level, __file__, 1, "careful", None, None)
         assert formatter.format(record) == text
     finally:
-        _CommandFormatter.command = old
+        CommandFormatter.command = old

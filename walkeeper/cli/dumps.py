@@ -1,6 +1,6 @@
 """Command line of logical backups: dump, dumpall, dumps [show], restore-dump (walkeeper/commands/).
 
-Registered on the main group by ``register`` (one line in cli/main.py). Parsing only: the work is in
+Registered on the main group by cli/main.py (``COMMANDS``). Parsing only: the work is in
 walkeeper.commands.dump and walkeeper.commands.restore_dump.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from walkeeper.cli.main import AppContext, _conn_options, _run_as_owner, handle_errors, pass_app
+from walkeeper.cli.context import AppContext, conn_options, handle_errors, pass_app, switch_to_owner
 
 _NO_H = {"help_option_names": ["--help"]}  # -h is the host, as in pg_dump
 
@@ -38,7 +38,7 @@ def _selection_options(func: Any) -> Any:
 
 def _dump(app: AppContext, conn: Any, label: str | None, all_databases: bool, as_json: bool,
           pairs: list[tuple[str, str | None]]) -> None:
-    _run_as_owner(app, "dump")
+    switch_to_owner(app, "dump")
     from walkeeper.commands.dump import DumpOptions, build_selection, take_dump
     from walkeeper.core.units import human_bytes as human
 
@@ -60,7 +60,7 @@ def _short_version(text: str) -> str:
 
 
 @click.command("dump", context_settings=_NO_H)
-@_conn_options
+@conn_options
 @click.option("--all", "all_databases", is_flag=True,
               help="Roles and tablespaces (pg_dumpall --globals-only) plus every connectable database, one set.")
 @click.option("--label", help="A note recorded with the dump.")
@@ -87,7 +87,7 @@ def dump_cmd(app: AppContext, host: str | None, port: str | None, user: str | No
 
 
 @click.command("dumpall", context_settings=_NO_H)
-@_conn_options
+@conn_options
 @click.option("--label", help="A note recorded with the dump.")
 @click.option("--json", "as_json", is_flag=True, help="Print the dump's metadata as JSON.")
 @pass_app
@@ -213,59 +213,4 @@ def restore_dump_cmd(app: AppContext, dump_id: str, host: str | None, port: str 
                    f"{human(result.bytes)}) into {result.target}{' (staged for -j)' if result.staged else ''}")
 
 
-def expire_report(repo: Any, backups: Any, dumps: Any, zone: Any, dry_run: bool, as_json: bool) -> None:
-    """Run expire for backups (``backups``: a GfsPolicy) and/or dumps, and print what was done or would be."""
-    from walkeeper.commands.expire import expire
-    from walkeeper.commands.expire_dumps import expire_dumps
-    from walkeeper.core.units import human_bytes, plural
-
-    verb = "would remove" if dry_run else "removed"
-    doc: dict[str, Any] = {}
-    if backups is not None:
-        plan = expire(repo, keep=backups.keep, keep_days=backups.keep_days, dry_run=dry_run, gfs=backups, zone=zone)
-        doc = plan.to_dict()
-        if not as_json:
-            if plan.note:
-                click.echo(plan.note)
-            if dry_run:
-                for backup_id in plan.kept_backups:
-                    click.echo(f"keep backup {backup_id}: {', '.join(plan.reasons.get(backup_id, []))}")
-            for item in plan.leftovers:
-                if item.kind != "dir":
-                    what = "incomplete upload" if item.kind == "upload" else "temporary object"
-                    click.echo(f"{verb} {what} {item.path} of a dead writer ({item.size} bytes)")
-            for key, size in plan.removals:
-                click.echo(f"{verb} {key} ({size} bytes)")
-            for backup_id in plan.running_backups:
-                click.echo(f"kept running backup {backup_id} (its writer is alive)")
-            dirs = sum(item.kind == "dir" for item in plan.leftovers)
-            if dirs:
-                click.echo(f"{verb} {plural(dirs, 'empty backup directory', 'empty backup directories')}")
-            click.echo(f"kept backups: {', '.join(plan.kept_backups) or 'none'}; expired backups: "
-                       f"{', '.join(plan.expired_backups) or 'none'}; first WAL kept: {plan.cutoff_wal or '-'}")
-            click.echo(f"{verb} {plural(len(plan.removals), 'object')}, {human_bytes(plan.bytes_freed)} "
-                       f"({plan.bytes_freed} bytes){' freed' if not dry_run else ''}")
-    if dumps is not None:
-        dplan = expire_dumps(repo, dumps, zone, dry_run=dry_run)
-        doc["dumps"] = dplan.to_dict()
-        if not as_json:
-            if dry_run:
-                for dump_id, rules in sorted(dplan.kept.items()):
-                    click.echo(f"keep dump {dump_id}: {', '.join(rules)}")
-            for dump_id in dplan.expired:
-                click.echo(f"{verb} dump {dump_id}")
-            for dump_id in dplan.incomplete:
-                click.echo(f"{verb} interrupted dump {dump_id}")
-            for item in dplan.leftovers:
-                what = {"upload": "incomplete upload", "dir": "empty directory"}.get(item.kind, "temporary object")
-                click.echo(f"{verb} {what} {item.path} of a dead dump ({item.size} bytes)")
-            click.echo(f"dumps: kept {len(dplan.kept)}, {verb} {len(dplan.expired)} (+{len(dplan.incomplete)} "
-                       f"interrupted), {plural(len(dplan.removals), 'object')}, {human_bytes(dplan.bytes_freed)}")
-    if as_json:
-        doc["dry_run"] = dry_run
-        click.echo(json.dumps(doc, indent=2))
-
-
-def register(group: click.Group) -> None:
-    for command in (dump_cmd, dumpall_cmd, dumps_group, restore_dump_cmd):
-        group.add_command(command)
+COMMANDS = (dump_cmd, dumpall_cmd, dumps_group, restore_dump_cmd)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from walkeeper.cli.main import AppContext, handle_errors, pass_app
+from walkeeper.cli.context import AppContext, handle_errors, pass_app
 from walkeeper.core.durable import write_file
 from walkeeper.core.errors import ConfigError, RefusedError
 
@@ -158,6 +158,4 @@ def rekey_cmd(app: AppContext, key_id: str, dry_run: bool, as_json: bool) -> Non
         raise click.exceptions.Exit(IntegrityError.code)
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(key_group)
-    cli.add_command(rekey_cmd)
+COMMANDS = (key_group, rekey_cmd)

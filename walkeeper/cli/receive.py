@@ -1,4 +1,4 @@
-"""Click command wal-receive (registered in cli/main.py); the work is in commands/wal_receive."""
+"""Click command wal-receive (registered in cli/main.py through COMMANDS); the work is in commands/wal_receive."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import logging
 
 import click
 
-from walkeeper.cli.main import AppContext, _conn_options, handle_errors, pass_app
+from walkeeper.cli.context import AppContext, conn_options, handle_errors, pass_app
 
 
 @click.command("wal-receive", context_settings={"help_option_names": ["--help"]})
-@_conn_options
+@conn_options
 @click.option("--slot", help="Physical replication slot to stream from (default [receive] slot, 'walkeeper').")
 @click.option("--create-slot", is_flag=True, help="Create the slot on the server first unless it exists.")
 @click.option("--synchronous", is_flag=True, default=None,
@@ -45,3 +45,6 @@ def wal_receive_cmd(app: AppContext, host: str | None, port: str | None, user: s
         partial_interval=partial_interval or config.receive.partial_interval,
     )
     wal_receive(config, options)
+
+
+COMMANDS = (wal_receive_cmd,)

@@ -1,4 +1,4 @@
-"""Click commands restore-test and restore-tests (registered in cli/main.py); the work is in commands/restore_test."""
+"""Click commands restore-test and restore-tests (registered by cli/main.py); the work is in commands/restore_test."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from walkeeper.cli.main import AppContext, handle_errors, log, pass_app
+from walkeeper.cli.context import AppContext, handle_errors, log, pass_app
 
 
 def _become_owner(workdir: str | None) -> None:
@@ -16,7 +16,7 @@ def _become_owner(workdir: str | None) -> None:
     if os.geteuid() != 0:
         return
     from walkeeper.core.errors import RefusedError
-    from walkeeper.privileges import Account, become, owner_of
+    from walkeeper.core.privileges import Account, become, owner_of
 
     account = owner_of(workdir) if workdir else None
     if account is None or account.uid == 0:
@@ -95,3 +95,6 @@ def restore_tests_cmd(app: AppContext, as_json: bool) -> None:
     for r in records:
         state = "passed" if r.ok else f"FAILED ({r.outcome}: {r.reason})"
         click.echo(f"{r.id}  {r.subject}  {r.target}  total {r.total_seconds:.1f}s  {state}")
+
+
+COMMANDS = (restore_test_cmd, restore_tests_cmd)

@@ -27,7 +27,8 @@ from typing import Any
 
 from walkeeper.core.config import Config, load_config
 from walkeeper.core.errors import ConfigError, ForeignClusterError, RefusedError, StorageError
-from walkeeper.privileges import Account, become, local_repository_path, owner_of
+from walkeeper.core.privileges import Account, become, owner_of
+from walkeeper.storage import local_repository_path
 
 PG_CONTROL = "global/pg_control"
 FLOAT_FORMAT = struct.pack("<d", 1234567.0)  # ControlFileData.floatFormat, a fixed marker

@@ -21,12 +21,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.accel.spawn import log_helper_stopped, recovering
 from walkeeper.core.config import Config, load_config
 from walkeeper.core.durable import TEMP_PREFIX, write_file
 from walkeeper.core.errors import GapError, NotFound
 from walkeeper.core.wal import WalKind, parse_wal_name, segment_name, segno_of
+from walkeeper.core.walformat import is_segment_name
 from walkeeper.repo.repository import Repository, open_repository
 
 log = logging.getLogger("walkeeper.prefetch")
@@ -55,11 +56,11 @@ class Prefetcher:
         return os.path.join(self.spool, name)
 
     def _ready(self, name: str) -> bool:
-        return os.path.exists(self._path(name) + fastpath.META_SUFFIX)
+        return os.path.exists(self._path(name) + state.META_SUFFIX)
 
     def _discard(self, name: str) -> None:
-        for path in (self._path(name) + fastpath.META_SUFFIX, self._path(name),
-                     self._path(name) + fastpath.MISSING_SUFFIX):
+        for path in (self._path(name) + state.META_SUFFIX, self._path(name),
+                     self._path(name) + state.MISSING_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -67,14 +68,14 @@ class Prefetcher:
         names = set()
         for entry in os.listdir(self.spool):
             base = entry.split(".", 1)[0]
-            if fastpath.is_segment_name(base):
+            if is_segment_name(base):
                 names.add(base)
         return names
 
     def clear(self, *, temps_only: bool = False) -> None:
         for entry in os.listdir(self.spool):
             if entry.startswith(TEMP_PREFIX) or (not temps_only and (
-                    fastpath.is_segment_name(entry.split(".", 1)[0]))):
+                    is_segment_name(entry.split(".", 1)[0]))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.spool, entry))
 
@@ -94,12 +95,12 @@ class Prefetcher:
         st = os.stat(final)
         # The repository verified the bytes (AEAD, SHA-256, size, page header); from here on the file's
         # identity (inode, size, mtime, ctime) and the boot id show that nobody has touched it since.
-        fastpath.write_record(final + fastpath.META_SUFFIX, {
-            "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo,
-            "boot_id": fastpath.boot_id(), **fastpath.identity(st),
+        state.write_record(final + state.META_SUFFIX, {
+            "v": state.RECORD_VERSION, "name": name, "repo": self.config.repo,
+            "boot_id": state.boot_id(), **state.identity(st),
         }, sync=False)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(final + fastpath.MISSING_SUFFIX)
+            os.unlink(final + state.MISSING_SUFFIX)
         with self.lock:
             if name not in self.wanted:  # moved on meanwhile: do not leave it behind
                 self._discard(name)
@@ -130,11 +131,11 @@ class Prefetcher:
             self._discard(name)
             # A waiting wal-fetch stops waiting and asks the repository itself (which reports the error).
             # Not synced: the marker matters only to a wal-fetch waiting now.
-            with contextlib.suppress(OSError), open(self._path(name) + fastpath.MISSING_SUFFIX, "w"):
+            with contextlib.suppress(OSError), open(self._path(name) + state.MISSING_SUFFIX, "w"):
                 pass
 
     def run(self) -> None:
-        request_path = self._path(fastpath.REQUEST_FILE)
+        request_path = self._path(state.REQUEST_FILE)
         idle = self.config.restore.idle_timeout
         last_seen: tuple[int, int] | None = None
         last_activity = time.monotonic()
@@ -152,8 +153,8 @@ class Prefetcher:
                         seen = None
                     if seen != last_seen:
                         last_seen, last_activity = seen, now
-                        record = fastpath.read_record(request_path)
-                        if record and fastpath.is_segment_name(record.get("name", "")):
+                        record = state.read_record(request_path)
+                        if record and is_segment_name(record.get("name", "")):
                             requested = record["name"]
                             served = record.get("served") != "0"
                     if now - last_activity > idle:
@@ -186,14 +187,14 @@ class Prefetcher:
             if self.retry_at.get(name, 0) > now:
                 break  # not in the archive yet: nothing after it will be either
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path(name) + fastpath.MISSING_SUFFIX)
+                os.unlink(self._path(name) + state.MISSING_SUFFIX)
             self.inflight[name] = pool.submit(self.fetch, name)
 
 
 def main(argv: list[str]) -> int:
     spool, datadir, config_path, repo_url = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper prefetch[%(process)d]: %(message)s")
-    if fastpath.take_exclusive_lock(spool, fastpath.LOCK_FILE) is None:
+    if state.take_exclusive_lock(spool, state.LOCK_FILE) is None:
         return 0  # another prefetcher serves this spool
     try:
         config = load_config(config_path or None, repo=repo_url)
@@ -203,7 +204,7 @@ def main(argv: list[str]) -> int:
         prefetcher = Prefetcher(config, repo, spool, datadir)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(spool, fastpath.STARTING_FILE))
+            os.unlink(os.path.join(spool, state.STARTING_FILE))
     log.info("prefetching into %s for %s (depth %d)", spool, datadir, prefetcher.depth)
     prefetcher.run()
     log_helper_stopped(log)

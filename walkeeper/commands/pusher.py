@@ -25,11 +25,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.accel.spawn import log_helper_stopped
 from walkeeper.core.config import Config, load_config
 from walkeeper.core.durable import TEMP_PREFIX
 from walkeeper.core.wal import parse_wal_name
+from walkeeper.core.walformat import is_segment_name, is_wal_name
 from walkeeper.repo.layout import wal_key
 from walkeeper.repo.repository import Repository, open_repository
 from walkeeper.repo.walfile import push_file, ready_files
@@ -67,11 +68,11 @@ class Pusher:
     def push_one(self, name: str) -> bool:
         """Push one .ready file; record it only once it is durably stored and the file did not change."""
         file = self.pg_wal / name
-        marker = self._path(name) + fastpath.PUSHING_SUFFIX
+        marker = self._path(name) + state.PUSHING_SUFFIX
         try:
             # Not synced: a pid is meaningless after a crash (and a dead pid's marker is ignored).
-            fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": name, "pid": os.getpid()},
-                                  sync=False)
+            state.write_record(marker, {"v": state.RECORD_VERSION, "name": name, "pid": os.getpid()},
+                               sync=False)
             before = os.stat(file)
             # look_first=False: files ahead are rarely stored already.
             result = push_file(self.repo, file, look_first=False, before_store=lambda: self.wait_turn(name))
@@ -80,18 +81,18 @@ class Pusher:
             if delay:
                 time.sleep(float(delay))
             after = os.stat(file)
-            if fastpath.identity(before) != fastpath.identity(after):
+            if state.identity(before) != state.identity(after):
                 log.warning("%s changed while it was pushed ahead; not recording it", name)
                 return False
-            fastpath.write_record(self._path(name), {  # synced, like the object it vouches for
-                "v": fastpath.RECORD_VERSION, "name": name, "repo": self.config.repo, "sha256": result.sha256,
-                **fastpath.identity(after)})
+            state.write_record(self._path(name), {  # synced, like the object it vouches for
+                "v": state.RECORD_VERSION, "name": name, "repo": self.config.repo, "sha256": result.sha256,
+                **state.identity(after)})
             return True
         except Exception as exc:  # PostgreSQL's own call will push it again and report the error
             log.warning("push-ahead of %s failed (PostgreSQL's own call will retry it): %s", name, exc)
             return False
         finally:
-            fastpath.remove_file(marker)  # after the record: a waiting fast path sees one or the other
+            state.remove_file(marker)  # after the record: a waiting fast path sees one or the other
 
     def wait_turn(self, name: str) -> None:
         """Return once every earlier segment of ``name``'s timeline still .ready is stored; raise NotYourTurn
@@ -101,16 +102,16 @@ class Pusher:
         while N+1 is stored, which it could not tell from a gap. Encoding still runs in parallel; only
         the stores are in order. (wal-fetch also waits, bounded, for such a segment: other writers.)
         """
-        if not fastpath.is_segment_name(name):
+        if not is_segment_name(name):
             return
         while True:
-            pending = [n for n in ready_files(self.pg_wal) if n < name and fastpath.is_segment_name(n)
+            pending = [n for n in ready_files(self.pg_wal) if n < name and is_segment_name(n)
                        and n[:8] == name[:8] and n not in self.stored]
             if not pending:
                 return
             for earlier in pending:
                 future = self.inflight.get(earlier)
-                if (future is not None and not future.done()) or fastpath.pushing_pid(self.status, earlier):
+                if (future is not None and not future.done()) or state.pushing_pid(self.status, earlier):
                     break  # being stored by a worker or by PostgreSQL's own call: wait for it
                 if self.repo.stored_sha256(wal_key(parse_wal_name(earlier))) is None:
                     raise NotYourTurn(f"{earlier}, before it, is not stored (its push failed); storing "
@@ -130,14 +131,14 @@ class Pusher:
                 break
             if name in recorded or name in self.inflight or name in self.skip or self.retry_at.get(name, 0) > now:
                 continue
-            pid = fastpath.pushing_pid(self.status, name)
+            pid = state.pushing_pid(self.status, name)
             if pid is not None and pid != os.getpid():
                 continue  # PostgreSQL's own (full-path) call is pushing it
             out.append(name)
         return out
 
     def recorded(self) -> set[str]:
-        return {n for n in os.listdir(self.status) if fastpath.is_wal_name(n)}
+        return {n for n in os.listdir(self.status) if is_wal_name(n)}
 
     def prune(self) -> None:
         """Forget records of files PostgreSQL has removed or recycled, markers of dead pushes, old temps."""
@@ -147,13 +148,13 @@ class Pusher:
             if entry.startswith(TEMP_PREFIX):
                 try:
                     if now - os.stat(path).st_mtime > STALE_TEMP:
-                        fastpath.remove_file(path)
+                        state.remove_file(path)
                 except FileNotFoundError:
                     pass
                 continue
-            base = entry[:-len(fastpath.PUSHING_SUFFIX)] if entry.endswith(fastpath.PUSHING_SUFFIX) else entry
-            if fastpath.is_wal_name(base) and not (self.pg_wal / base).exists():
-                fastpath.remove_file(path)
+            base = entry[:-len(state.PUSHING_SUFFIX)] if entry.endswith(state.PUSHING_SUFFIX) else entry
+            if is_wal_name(base) and not (self.pg_wal / base).exists():
+                state.remove_file(path)
 
     def reap(self) -> bool:
         """Collect finished pushes; True if any finished."""
@@ -215,7 +216,7 @@ class Pusher:
 
 def _config_identity(path: str | None) -> dict[str, str] | None:
     try:
-        return fastpath.identity(os.stat(path)) if path else None
+        return state.identity(os.stat(path)) if path else None
     except OSError:
         return None
 
@@ -223,13 +224,13 @@ def _config_identity(path: str | None) -> dict[str, str] | None:
 def main(argv: list[str]) -> int:
     status, datadir, config_path, repo_url, *own = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper pusher[%(process)d]: %(message)s")
-    if fastpath.take_exclusive_lock(status, fastpath.PUSH_LOCK_FILE) is None:
+    if state.take_exclusive_lock(status, state.PUSH_LOCK_FILE) is None:
         return 0  # another pusher serves this status directory
     try:
         config = load_config(config_path or None, repo=repo_url)
         pusher = Pusher(config, open_repository(config), status, datadir, frozenset(own))
     finally:
-        fastpath.remove_file(os.path.join(status, fastpath.PUSH_STARTING_FILE))
+        state.remove_file(os.path.join(status, state.PUSH_STARTING_FILE))
     log.info("pushing ahead from %s (up to %d, %d workers)", pusher.pg_wal, pusher.limit, pusher.workers)
     pusher.run()
     log_helper_stopped(log)

@@ -33,8 +33,7 @@ from walkeeper.core.errors import (
 )
 from walkeeper.core.wal import format_lsn, parse_lsn, segno_of
 from walkeeper.postgres.client import ConnOptions, psql
-from walkeeper.repo.catalog import Catalog, RestoreTestRecord
-from walkeeper.scratch_cluster import (
+from walkeeper.postgres.scratch_cluster import (
     PORT,
     ScratchCluster,
     WorkDir,
@@ -43,6 +42,7 @@ from walkeeper.scratch_cluster import (
     safety_settings,
     server_bin,
 )
+from walkeeper.repo.catalog import Catalog, RestoreTestRecord
 
 OUTCOME_ERRORS: dict[str, type[WalkeeperError]] = {
     "check-failed": RestoreTestFailed,

@@ -24,8 +24,8 @@ from walkeeper import __version__
 from walkeeper.commands.restore_test import Checker, Options, finish_run, new_test_id, run_checks
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, IntegrityError, PostgresError, RefusedError, WalkeeperError
+from walkeeper.postgres.scratch_cluster import ScratchCluster, WorkDir, default_base, remove_stale, safety_settings
 from walkeeper.repo.catalog import Catalog, DumpMeta, RestoreTestRecord
-from walkeeper.scratch_cluster import ScratchCluster, WorkDir, default_base, remove_stale, safety_settings
 
 HEADROOM = 64 * 1024 * 1024
 

@@ -10,10 +10,11 @@ import logging
 import os
 from pathlib import Path
 
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.accel.spawn import outside_data_directory, recovering, spawn_helper
 from walkeeper.core.config import Config
 from walkeeper.core.errors import NotFound
+from walkeeper.core.walformat import is_segment_name
 from walkeeper.repo.received import fetch_received_partial
 from walkeeper.repo.repository import open_repository
 from walkeeper.repo.walfile import FetchResult, fetch_file
@@ -41,22 +42,22 @@ def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
 def start_prefetch(config: Config, name: str) -> bool:
     """Tell the prefetcher where recovery is, and start it unless one already serves this spool."""
     datadir = os.getcwd()
-    if not fastpath.is_segment_name(name) or not recovering(datadir):
+    if not is_segment_name(name) or not recovering(datadir):
         return False
     if config.restore.spool_dir:
         outside_data_directory(config.restore.spool_dir, datadir, "[restore] spool_dir")
-    spool = fastpath.spool_dir(config.restore.spool_dir, config.repo, datadir)
-    fastpath.write_record(os.path.join(spool, fastpath.REQUEST_FILE),  # a hint to the live prefetcher: not synced
-                          {"v": fastpath.RECORD_VERSION, "name": name, "served": 1}, sync=False)
+    spool = state.spool_dir(config.restore.spool_dir, config.repo, datadir)
+    state.write_record(os.path.join(spool, state.REQUEST_FILE),  # a hint to the live prefetcher: not synced
+                       {"v": state.RECORD_VERSION, "name": name, "served": 1}, sync=False)
     if prefetcher_running(spool):
         return False
-    with open(os.path.join(spool, fastpath.STARTING_FILE), "w"):  # a hint for seconds: not synced
+    with open(os.path.join(spool, state.STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
     return spawn_helper(["walkeeper.commands.prefetch", spool, datadir, config.source or "", config.repo], datadir,
                         os.path.join(spool, "prefetch.log"))
 
 
 def prefetcher_running(spool: str) -> bool:
-    fd = os.open(os.path.join(spool, fastpath.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(spool, state.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
-    return fastpath.prefetcher_alive(spool)
+    return state.prefetcher_alive(spool)

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.accel.spawn import outside_data_directory, spawn_helper
 from walkeeper.core.config import Config
 from walkeeper.repo.repository import PushResult, Repository, open_repository
@@ -26,7 +26,7 @@ def wal_push(config: Config, path: str) -> PushResult:
         try:
             if config.archive.status_dir:
                 outside_data_directory(config.archive.status_dir, os.getcwd(), "[archive] status_dir")
-            status = fastpath.status_dir(config.archive.status_dir, config.repo, os.getcwd())
+            status = state.status_dir(config.archive.status_dir, config.repo, os.getcwd())
         except OSError as exc:
             log.warning("push-ahead disabled: status directory unusable (%s)", exc)
         else:
@@ -42,11 +42,11 @@ def wal_push(config: Config, path: str) -> PushResult:
 
 def push_with_pusher(config: Config, repo: Repository, path: Path, status: str) -> PushResult:
     """Push PostgreSQL's own file, marked as being pushed by this process so the pusher leaves it alone."""
-    marker = os.path.join(status, path.name + fastpath.PUSHING_SUFFIX)
+    marker = os.path.join(status, path.name + state.PUSHING_SUFFIX)
     try:
         # Not synced: a pid is meaningless after a crash (and a dead pid's marker is ignored).
-        fastpath.write_record(marker, {"v": fastpath.RECORD_VERSION, "name": path.name, "pid": os.getpid()},
-                              sync=False)
+        state.write_record(marker, {"v": state.RECORD_VERSION, "name": path.name, "pid": os.getpid()},
+                           sync=False)
     except (OSError, ValueError) as exc:
         log.warning("cannot mark %s as being pushed: %s", path.name, exc)
     try:
@@ -56,16 +56,16 @@ def push_with_pusher(config: Config, repo: Repository, path: Path, status: str) 
             log.warning("push-ahead not started: %s", exc)
         return push_file(repo, path)
     finally:
-        fastpath.remove_file(marker)
+        state.remove_file(marker)
 
 
 def start_pusher(config: Config, status: str, own: Path) -> bool:
     """Start the background pusher unless one serves this status directory or nothing else waits."""
     others = [n for n in ready_files(own.parent) if n != own.name and not os.path.exists(os.path.join(status, n))]
-    if not others or fastpath.holder_alive(status, fastpath.PUSH_LOCK_FILE, fastpath.PUSH_STARTING_FILE):
+    if not others or state.holder_alive(status, state.PUSH_LOCK_FILE, state.PUSH_STARTING_FILE):
         return False
     datadir = os.getcwd()
-    with open(os.path.join(status, fastpath.PUSH_STARTING_FILE), "w"):  # a hint for seconds: not synced
+    with open(os.path.join(status, state.PUSH_STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-push see this pusher while its interpreter starts
     return spawn_helper(["walkeeper.commands.pusher", status, datadir, config.source or "", config.repo, own.name],
                         datadir, os.path.join(status, "push.log"))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from walkeeper.accel import fastpath
+from walkeeper.accel import state
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConflictError, LockedError, NotFound
 from walkeeper.core.wal import parse_wal_name
@@ -77,8 +77,8 @@ def receive_spool(config: Config, slot: str) -> str:
     key = hashlib.sha256(f"{config.repo}\0receive\0{slot}".encode()).hexdigest()[:16]
     if config.receive.spool_dir:
         os.makedirs(config.receive.spool_dir, mode=0o700, exist_ok=True)
-        return fastpath.ensure_private_dir(os.path.join(config.receive.spool_dir, f"receive-{key}"))
-    return fastpath.ensure_private_dir(os.path.join(fastpath.state_root(), f"receive-{key}"))
+        return state.ensure_private_dir(os.path.join(config.receive.spool_dir, f"receive-{key}"))
+    return state.ensure_private_dir(os.path.join(state.state_root(), f"receive-{key}"))
 
 
 class Receiver:
@@ -102,7 +102,7 @@ class Receiver:
     # -- the service loop --------------------------------------------------------------------------------
 
     def run(self) -> ReceiveStats:
-        lock = fastpath.take_exclusive_lock(self.spool, LOCK_FILE)
+        lock = state.take_exclusive_lock(self.spool, LOCK_FILE)
         if lock is None:
             raise LockedError(f"another wal-receive already streams slot {self.options.slot} into this spool "
                               f"({self.spool})", hint="stop it first, or give this one another --slot")

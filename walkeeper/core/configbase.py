@@ -1,4 +1,4 @@
-"""What the full path (walkeeper.core.config) and the fast path (walkeeper.accel.fastpath) share about reading the
+"""What the full path (walkeeper.core.config) and the fast path (walkeeper.accel.settings) share about reading the
 configuration, with the standard library alone: one rule for relative paths, the environment variable
 names, and the defaults of the few settings the fast path reads.
 """

@@ -1,7 +1,7 @@
 """WAL file names and the first page header of a segment, with the standard library alone.
 
 The one definition of what a WAL file name is and what the first page of a segment must say, shared
-by the full path (walkeeper.core.wal builds its dataclasses on it) and the fast path (walkeeper.accel.fastpath,
+by the full path (walkeeper.core.wal builds its dataclasses on it) and the fast paths (walkeeper.accel,
 which may not import re, json, dataclasses or enum: every import is paid by each archive_command
 call). Layouts follow PostgreSQL's ``xlog_internal.h`` (``XLogLongPageHeaderData``).
 """

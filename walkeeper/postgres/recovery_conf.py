@@ -99,7 +99,7 @@ def settings_block(plan: RecoveryPlan, command: str, streaming: StreamingSetting
             lines.append("recovery_target_inclusive = off")
     lines.append(f"recovery_target_timeline = {quote_conf(str(plan.timeline))}")
     if streaming is not None:
-        lines.extend(streaming.lines())
+        lines.extend(f"{key} = {quote_conf(value)}" for key, value in streaming.settings())
     lines.append(BLOCK_END)
     return "\n".join(lines) + "\n"
 
@@ -111,7 +111,7 @@ def write_settings(pgdata: Path, plan: RecoveryPlan, command: str,
     ``streaming`` (pitr --standby --primary-conninfo/--primary-slot-name, postgres/standby.py) adds
     primary_conninfo and primary_slot_name to the block; earlier ones elsewhere are commented out.
     """
-    has_streaming = streaming is not None and bool(streaming.lines())
+    has_streaming = streaming is not None and bool(streaming.settings())
     notes = []
     auto = pgdata / "postgresql.auto.conf"
     text = auto.read_text() if auto.exists() else ""

@@ -114,14 +114,13 @@ class StreamingSettings:
     primary_slot_name: str | None = None
     note: str | None = None  # what was done with a password, for the user
 
-    def lines(self) -> list[str]:
-        from walkeeper.postgres.recovery_conf import quote_conf
-
+    def settings(self) -> list[tuple[str, str]]:
+        """(setting, value) pairs for postgresql.auto.conf (recovery_conf quotes them)."""
         out = []
         if self.primary_conninfo is not None:
-            out.append(f"primary_conninfo = {quote_conf(self.primary_conninfo)}")
+            out.append(("primary_conninfo", self.primary_conninfo))
         if self.primary_slot_name:
-            out.append(f"primary_slot_name = {quote_conf(self.primary_slot_name)}")
+            out.append(("primary_slot_name", self.primary_slot_name))
         return out
 
 

@@ -7,6 +7,7 @@ archive_command runs once per WAL segment and must not pay for SDKs it does not 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,15 @@ def scheme_of(url: str) -> str:
     if url.startswith("/") or "://" not in url:
         return "file"
     return urlsplit(url).scheme.lower()
+
+
+def local_repository_path(repo_url: str) -> Path | None:
+    """The directory of a local repository; None for remote ones (s3://, ssh://: no local owner)."""
+    if not repo_url or scheme_of(repo_url) != "file":
+        return None
+    from walkeeper.storage.local import LocalStorage
+
+    return LocalStorage.from_url(repo_url).root
 
 
 def open_storage(url: str, options: Any = None, *, retry: bool = True) -> Storage:

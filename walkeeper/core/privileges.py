@@ -73,17 +73,6 @@ def owner_of(path: str | os.PathLike[str]) -> Account:
     return Account.of_uid(st.st_uid)
 
 
-def local_repository_path(repo_url: str) -> Path | None:
-    """The directory of a local repository; None for remote ones (s3://, ssh://: no local owner)."""
-    from walkeeper.storage import scheme_of
-
-    if not repo_url or scheme_of(repo_url) != "file":
-        return None
-    from walkeeper.storage.local import LocalStorage
-
-    return LocalStorage.from_url(repo_url).root
-
-
 @dataclass(frozen=True)
 class Decision:
     """What a command run by ``euid`` does: keep running as it is (uid None), switch to ``uid``, or refuse."""
@@ -147,14 +136,15 @@ def become(account: Account) -> None:
         os.environ["USER"] = os.environ["LOGNAME"] = account.name
 
 
-def run_as_owner(command: str, repo_url: str, *, pgdata: str | None = None) -> Account | None:
+def run_as_owner(command: str, repo_url: str, repo_path: Path | None, *, pgdata: str | None = None
+                 ) -> Account | None:
     """Apply the rule of this module to ``command`` before it does anything; returns the account switched to.
 
-    Raises RefusedError when run as root with no owner to act as.
+    ``repo_path``: the directory of a local repository (walkeeper.storage.local_repository_path), None
+    for a remote one. Raises RefusedError when run as root with no owner to act as.
     """
     if os.geteuid() != 0:
         return None
-    repo_path = local_repository_path(repo_url)
     repo_owner = owner_of(repo_path).uid if repo_path is not None else None
     target_owner = owner_of(pgdata).uid if pgdata is not None else None
     decision = decide(command, 0, repo_owner=repo_owner, repo_exists=bool(repo_path and repo_path.exists()),

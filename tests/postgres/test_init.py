@@ -30,8 +30,9 @@ from tests.helpers.pgharness import (
     running_as_root,
     walkeeper_cmd,
 )
-from walkeeper.commands.init import FLOAT_FORMAT, control_segment_size, render_config
 from walkeeper.core.config import Config, S3Config, load_config
+from walkeeper.core.config_render import render_config
+from walkeeper.postgres.cluster_identity import FLOAT_FORMAT, control_segment_size
 
 # -- pure parts --------------------------------------------------------------------------------------------------
 

@@ -585,7 +585,7 @@ def test_whole_second_mtimes_count_as_anywhere_in_their_second() -> None:
     """S3 lists LastModified in whole seconds; a segment stored 0.4 s after the target lists before it."""
     from datetime import UTC, datetime
 
-    from walkeeper.commands.pitr import archived_after
+    from walkeeper.repo.pitr_plan import archived_after
 
     target = datetime(2026, 11, 21, 12, 0, 0, 300000, tzinfo=UTC)
     second = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC).timestamp()

@@ -1,4 +1,4 @@
-"""`walkeeper check --archive`: the preflight against a real server, and its pure parts as tables."""
+"""`walkeeper check --archive`: the preflight against a real server (pure parts: unit/test_check_decisions.py)."""
 
 from __future__ import annotations
 
@@ -12,74 +12,6 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import give_to_pg, walkeeper_cmd
 from tests.postgres.test_pitr import conn, start_primary
-from walkeeper.commands.check import Archiver, archived, failure_reason, parse_archive_command, same_repository
-
-WK = "/opt/venv/bin/walkeeper"
-
-
-@pytest.mark.parametrize(("command", "kind", "config", "repo"), [
-    ("", "empty", None, None),
-    ("   ", "empty", None, None),
-    (f"{WK} wal-push %p", "walkeeper", None, None),
-    ("walkeeper wal-push %p", "walkeeper", None, None),
-    (f"{WK} --config /etc/walkeeper/a.toml wal-push %p", "walkeeper", "/etc/walkeeper/a.toml", None),
-    (f"{WK} --config=/etc/a.toml -v wal-push %p", "walkeeper", "/etc/a.toml", None),
-    (f"{WK} --repo s3://b/p wal-push %p", "walkeeper", None, "s3://b/p"),
-    (f"WALKEEPER_CONFIG=/etc/b.toml {WK} wal-push %p", "walkeeper", "/etc/b.toml", None),
-    (f"env WALKEEPER_REPO=/srv/r {WK} wal-push %p", "walkeeper", None, "/srv/r"),
-    ("/usr/bin/python3 -m walkeeper --config '/etc/c d.toml' wal-push %p", "walkeeper", "/etc/c d.toml", None),
-    (f"{WK} wal-push %f", "walkeeper-other", None, None),
-    (f"{WK} wal-fetch %f %p", "walkeeper-other", None, None),
-    ("cp %p /mnt/archive/%f", "other", None, None),
-    ("pgbackrest --stanza=main archive-push %p", "other", None, None),
-    ("test ! -f /a/%f && cp %p /a/%f", "other", None, None),
-    ("walkeeper 'wal-push %p", "other", None, None),  # unbalanced quote: not something to read
-])
-def test_parse_archive_command(command: str, kind: str, config: str | None, repo: str | None) -> None:
-    parsed = parse_archive_command(command)
-    assert (parsed.kind, parsed.config_path, parsed.repo) == (kind, config, repo)
-
-
-@pytest.mark.parametrize(("a", "b", "same"), [
-    ("/srv/repo", "file:///srv/repo", True),
-    ("/srv/repo/", "/srv/repo", True),
-    ("/srv/repo/../repo", "/srv/repo", True),
-    ("/srv/repo", "/srv/other", False),
-    ("s3://bucket/prefix/", "s3://bucket/prefix", True),
-    ("s3://bucket/prefix", "s3://bucket/other", False),
-    ("ssh://u@h:22/srv/r", "ssh://u@h:22/srv/r", True),
-])
-def test_same_repository(a: str, b: str, same: bool) -> None:
-    assert same_repository(a, b) is same
-
-
-def archiver(last: str | None = None, failed: str | None = None, failures: int = 0) -> Archiver:
-    return Archiver(5, last, 1000.0 if last else None, failures, failed, 2000.0 if failed else None, 2001.0)
-
-
-@pytest.mark.parametrize(("last", "segment", "done"), [
-    (None, "000000010000000000000005", False),
-    ("000000010000000000000004", "000000010000000000000005", False),
-    ("000000010000000000000005", "000000010000000000000005", True),
-    ("000000010000000000000006", "000000010000000000000005", True),
-    ("00000002.history", "000000010000000000000005", False),
-    ("000000010000000000000005.partial", "000000010000000000000005", True),
-])
-def test_archived(last: str | None, segment: str, done: bool) -> None:
-    assert archived(archiver(last), segment) is done
-
-
-@pytest.mark.parametrize(("own", "says"), [
-    ({"failures": 3, "last_failure": 2000.5, "last_error": "cannot store X: Permission denied"},
-     "; walkeeper wal-push said: cannot store X: Permission denied"),
-    ({"failures": 3, "last_failure": 10.0, "last_error": "an old failure"}, "; walkeeper recorded no failure here"),
-    (None, "; walkeeper recorded no failure here since the check began"),
-])
-def test_failure_reason(own: dict | None, says: str) -> None:
-    text = failure_reason(archiver(failed="000000010000000000000007", failures=3), own, since=1999.0)
-    assert text.startswith("archive_command failed for 000000010000000000000007 (last at "
-                           "1970-01-01T00:33:20.000000+00:00, 3 failures since the statistics were reset)")
-    assert says in text and "an old failure" not in text
 
 
 def check(setup: Setup, primary_conn: list[str], *extra: str) -> tuple[int, str]:

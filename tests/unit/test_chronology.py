@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import pytest
 
 from walkeeper.commands.expire import retained_backups
-from walkeeper.commands.pitr import Target, TimelineStep, choose_backup
-from walkeeper.commands.status import clock_problems
 from walkeeper.core import chronology
 from walkeeper.repo.catalog import BackupMeta
+from walkeeper.repo.health import clock_problems
 from walkeeper.repo.inventory import BackupInfo
+from walkeeper.repo.pitr_plan import TimelineStep, choose_backup
+from walkeeper.repo.pitr_target import Target
 
 DAY = 86400.0
 NOW = 1_790_000_000.0  # the checking host's "now"

@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from walkeeper.commands.pitr import XID_SPACE, XidMark, choose_for_xid, full_xid, parse_xid
 from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.postgres.basebackup import parse_pg_control
 from walkeeper.repo.catalog import BackupMeta
+from walkeeper.repo.pitr_target import XID_SPACE, XidMark, choose_for_xid, full_xid, parse_xid
 
 E = XID_SPACE  # one epoch
 

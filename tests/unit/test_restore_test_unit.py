@@ -88,7 +88,7 @@ def test_choose_server_for_a_dump(found: list, dump_major: int, chosen: tuple | 
     [b"CREATE ROLE a;\n", b"CREATE TABLESPACE t LOCATION '/srv/t';", b"\nALTER ROLE a;"],
 ])
 def test_globals_without_tablespaces(chunks: list[bytes]) -> None:
-    from walkeeper.commands.restore_dump import _without_tablespaces
+    from walkeeper.postgres.dump_restore import _without_tablespaces
 
     out = b"".join(_without_tablespaces(iter(chunks)))
     assert out.rstrip(b"\n") == b"CREATE ROLE a;\nALTER ROLE a;"

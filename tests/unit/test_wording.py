@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from walkeeper.cli.context import CommandFormatter
-from walkeeper.commands.pitr import parse_target_time
 from walkeeper.core.errors import ConfigError
 from walkeeper.core.units import iso_utc, plural
 from walkeeper.postgres.client import one_line
+from walkeeper.repo.pitr_target import parse_target_time
 
 
 @pytest.mark.parametrize(("n", "word", "many", "text"), [

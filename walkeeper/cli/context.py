@@ -132,11 +132,11 @@ def error_message(exc: BaseException, verbose: int = 0) -> str:
 
 
 def _notify(ctx: click.Context, app: AppContext | None, exc: BaseException, code: int) -> None:
-    """Record the failure of a watched command and run [notify] on_failure (walkeeper.commands.notify); never raises."""
+    """Record the failure of a watched command and run [notify] on_failure (walkeeper.core.notify); never raises."""
     if app is None:
         return
     try:
-        from walkeeper.commands.notify import EVENTS, notify_failure
+        from walkeeper.core.notify import EVENTS, notify_failure
 
         if ctx.info_name not in EVENTS:
             return

@@ -4,7 +4,7 @@ Like pgBackRest's ``check``: read the server's archive settings, say clearly whe
 cannot be storing here (archiving off, another program, another repository), then force a WAL
 switch and wait, bounded, until that segment is in the repository and reads back as wal-fetch
 would read it (decrypted, decompressed, header checked). When the archiver fails meanwhile, the
-reason comes from ``pg_stat_archiver`` and from walkeeper's own failure record (walkeeper.commands.notify).
+reason comes from ``pg_stat_archiver`` and from walkeeper's own failure record (walkeeper.core.notify).
 The answer is a monitoring-plugin result (status.CheckResult): one line, exit 0/1/2/3.
 """
 
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from walkeeper.commands.status import CRITICAL, OK, UNKNOWN, WARNING, CheckResult, local_failures
 from walkeeper.core.config import Config, load_config
 from walkeeper.core.errors import NotFound, WalkeeperError
 from walkeeper.core.units import iso_utc, plural
 from walkeeper.postgres.client import ConnOptions, psql
+from walkeeper.repo.health import CRITICAL, OK, UNKNOWN, WARNING, CheckResult, local_failures
 
 RESTORE_POINT = "walkeeper check --archive"
 POLL = 0.2  # seconds between two looks at the repository

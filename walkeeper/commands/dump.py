@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from walkeeper import __version__
 from walkeeper.codec import Encoder
@@ -25,7 +21,8 @@ from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
 from walkeeper.core.progress import Progress
 from walkeeper.core.units import iso_time, utc_now
-from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, psql
+from walkeeper.postgres.client import ConnOptions, ToolProcess, psql
+from walkeeper.postgres.dump_tools import dump_tool, tool_version
 from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta
 from walkeeper.repo.layout import dump_key
 from walkeeper.repo.repository import Repository, open_repository
@@ -38,7 +35,6 @@ SELECTION_OPTIONS = {
     "--exclude-table-data": True, "--schema-only": False, "--data-only": False,
     "--no-owner": False, "--no-privileges": False,
 }
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -65,42 +61,6 @@ def build_selection(pairs: list[tuple[str, str | None]]) -> tuple[str, ...]:
     if "--schema-only" in out and "--data-only" in out:
         raise ConfigError("--schema-only and --data-only cannot be used together")
     return tuple(out)
-
-
-def tool_version(path: str) -> tuple[int, str]:
-    """(major, full text) of a PostgreSQL client program, from ``--version``."""
-    try:
-        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    except OSError as exc:
-        raise PostgresError(f"cannot run {path}: {exc.strerror}") from None
-    match = _VERSION_RE.search(text)
-    if not match:
-        raise PostgresError(f"cannot tell the version of {path} ({text!r})")
-    return int(match.group(1)), text
-
-
-def dump_tool(config: Config, name: str, server_major: int) -> str:
-    """``name`` (pg_dump, pg_dumpall, pg_restore) at least as new as the server.
-
-    [backup] pg_bin_dir wins; otherwise the newest of PATH's and ``/usr/lib/postgresql/*/bin``'s,
-    since an older pg_dump refuses a newer server and a newer one reads every older server.
-    """
-    if config.backup.pg_bin_dir:
-        path = pg_tool(config, name)
-        candidates = [path]
-    else:
-        found = [p for p in [shutil.which(name)] if p]
-        found += [str(p) for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}")]
-        candidates = list(dict.fromkeys(found))
-        if not candidates:
-            pg_tool(config, name)  # raises the usual "not found"
-    versions = sorted(((tool_version(p)[0], p) for p in candidates), reverse=True)
-    major, path = versions[0]
-    if major < server_major:
-        raise PostgresError(f"{name} {major} ({path}) is older than the server (PostgreSQL {server_major}) and "
-                            "cannot dump it", hint=f"install the PostgreSQL {server_major} client or set "
-                                                   "[backup] pg_bin_dir")
-    return path
 
 
 @dataclass(frozen=True)

@@ -20,80 +20,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from walkeeper.core.config import Config, load_config
+from walkeeper.core.config_render import render_config
 from walkeeper.core.errors import ConfigError, ForeignClusterError, RefusedError, StorageError
 from walkeeper.core.privileges import Account, become, owner_of
+from walkeeper.postgres.cluster_identity import ClusterIdentity, identity_from_pgdata, identity_from_server
 from walkeeper.storage import local_repository_path
-
-PG_CONTROL = "global/pg_control"
-FLOAT_FORMAT = struct.pack("<d", 1234567.0)  # ControlFileData.floatFormat, a fixed marker
-
-
-@dataclass(frozen=True)
-class ClusterIdentity:
-    """What the repository records about its database system."""
-
-    system_identifier: int
-    segment_size: int | None
-    pg_version: int | None  # major version
-    source: str
-
-
-def control_segment_size(data: bytes) -> int | None:
-    """``xlog_seg_size`` of a ``global/pg_control``, found after the floatFormat marker.
-
-    ControlFileData ends with ``double floatFormat; uint32 blcksz, relseg_size, xlog_blcksz,
-    xlog_seg_size``; fields before it changed between major versions, the marker did not. None when
-    the values found are not plausible (an unknown layout): the first push records the size then.
-    """
-    offset = 0
-    while (offset := data.find(FLOAT_FORMAT, offset)) >= 0:
-        if offset % 8 == 0 and offset + 24 <= len(data):
-            blcksz, _relseg, wal_blcksz, seg_size = struct.unpack_from("<IIII", data, offset + 8)
-            if all(_power_of_two(v) for v in (blcksz, wal_blcksz, seg_size)) and 1 << 20 <= seg_size <= 1 << 30:
-                return seg_size
-        offset += 1
-    return None
-
-
-def _power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
-
-
-def identity_from_pgdata(pgdata: str) -> ClusterIdentity:
-    """The system identifier, WAL segment size and major version of a data directory (read, never changed)."""
-    from walkeeper.postgres.basebackup import parse_pg_control
-
-    directory = Path(pgdata)
-    try:
-        data = (directory / PG_CONTROL).read_bytes()
-    except FileNotFoundError:
-        raise RefusedError(f"{directory} is not a PostgreSQL data directory (no {PG_CONTROL})",
-                           hint="give the data directory of the cluster that will archive here") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read {directory / PG_CONTROL}: {exc.strerror or exc}") from None
-    version = None
-    try:
-        text = (directory / "PG_VERSION").read_text().strip()
-        version = int(text.split(".")[0])
-    except (OSError, ValueError):
-        pass
-    facts = parse_pg_control(data)
-    return ClusterIdentity(facts.system_identifier, control_segment_size(data), version,
-                           f"data directory {directory}")
-
-
-def identity_from_server(config: Config, conn: Any) -> ClusterIdentity:
-    """The same facts from a running server (the one psql runner, libpq options and environment)."""
-    from walkeeper.postgres.client import server_info
-
-    info = server_info(config, conn)
-    return ClusterIdentity(int(info.system_identifier), info.segment_size, info.version_num // 10000, "the server")
 
 
 @dataclass(frozen=True)
@@ -120,40 +56,6 @@ class InitReport:
 
     def kept(self, line: str) -> None:
         self.lines.append(line)
-
-
-# -- the configuration skeleton -----------------------------------------------------------------------------
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def render_config(config: Config) -> str:
-    """A configuration file holding ``repo``, the encryption settings and every other non-default setting.
-
-    Settings that came from WALKEEPER_* variables (an S3 endpoint, an ssh identity...) are written
-    down, so that archive_command, run by PostgreSQL without them, finds the same repository.
-    """
-    lines = ["# walkeeper configuration, written by walkeeper init. Every setting: conf-examples/walkeeper.toml",
-             f"repo = {_toml_value(config.repo)}", ""]
-    defaults = Config()
-    for section in dataclasses.fields(Config):
-        value = getattr(config, section.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        base = getattr(defaults, section.name)
-        items = [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)
-                 if section.name == "encryption" or getattr(value, f.name) != getattr(base, f.name)]
-        items = [(k, v) for k, v in items if v is not None]
-        if items:
-            lines.append(f"[{section.name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in items]
-            lines.append("")
-    return "\n".join(lines)
 
 
 # -- creating files for their owner ----------------------------------------------------------------------------

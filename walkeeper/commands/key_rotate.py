@@ -7,18 +7,14 @@ previous key keep working meanwhile (that key is not retired), and every object 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from walkeeper.codec.keys import Keyring, read_key_file
 from walkeeper.core.errors import RefusedError
+from walkeeper.repo.key_usage import now
 from walkeeper.repo.layout import META_KEY
 from walkeeper.repo.repository import Repository
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass(frozen=True)
@@ -44,18 +40,6 @@ def rotate(repo: Repository, new_key_file: str) -> RotateResult:
     repo.storage.put(META_KEY, replace(meta, key_id=new_id, keys=history).to_json(), overwrite=True)
     repo._meta = None
     return RotateResult(new_id, meta.key_id, True)
-
-
-def mark_retired(repo: Repository, key_id: str) -> None:
-    """Record that no object uses ``key_id`` any more: writers configured with it are refused from now on."""
-    repo._meta = None
-    meta = repo.require_meta()
-    history = meta.key_history()
-    for entry in history:
-        if entry.get("key_id") == key_id and not entry.get("retired"):
-            entry["retired"] = now()
-    repo.storage.put(META_KEY, replace(meta, keys=history).to_json(), overwrite=True)
-    repo._meta = None
 
 
 def key_table(repo: Repository) -> list[dict[str, Any]]:

@@ -16,15 +16,14 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from walkeeper.codec import Decoder, read_header
-from walkeeper.codec.format import ObjectHeader, reseal
-from walkeeper.commands.key_rotate import mark_retired
+from walkeeper.codec import Decoder
+from walkeeper.codec.format import reseal
 from walkeeper.core.errors import IntegrityError, KeyMaterialError, NotFound, RefusedError
-from walkeeper.repo.layout import META_KEY, WRITER_NAME
+from walkeeper.repo.key_usage import mark_retired, objects_per_key_id, scan  # noqa: F401 (the CLI's names)
 from walkeeper.repo.repository import Repository
 from walkeeper.storage.base import ObjectInfo
 
@@ -53,32 +52,6 @@ class RekeyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mib_per_s": round(self.mib_per_s, 1)}
-
-
-def scan(repo: Repository) -> Iterator[tuple[ObjectInfo, ObjectHeader | None]]:
-    """Every stored object with its header (None: not a walkeeper object, e.g. unreadable).
-
-    The repository file and the backups' writer markers are plain JSON by design (read before any key
-    is needed; they hold no data), so they are not objects of any key."""
-    for info in repo.storage.list(""):
-        if info.key == META_KEY or info.key.rpartition("/")[2] == WRITER_NAME:
-            continue
-        try:
-            with repo.storage.open(info.key) as handle:
-                header = read_header(handle.read)
-        except NotFound:
-            continue  # expired meanwhile
-        except IntegrityError:
-            header = None
-        yield info, header
-
-
-def objects_per_key_id(repo: Repository) -> dict[str, int]:
-    """How many objects each key id encrypts ("none": unencrypted; "unreadable": no valid header)."""
-    counts: Counter[str] = Counter()
-    for _info, header in scan(repo):
-        counts["unreadable" if header is None else (header.key_id or "none")] += 1
-    return dict(sorted(counts.items()))
 
 
 def _rewrite(repo: Repository, info: ObjectInfo) -> int | None:

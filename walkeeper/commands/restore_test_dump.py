@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from walkeeper import __version__
-from walkeeper.commands.restore_test import Checker, Options, finish_run, new_test_id, run_checks
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, IntegrityError, PostgresError, RefusedError, WalkeeperError
+from walkeeper.postgres.restore_checks import Checker, Options, finish_run, new_test_id, run_checks
 from walkeeper.postgres.scratch_cluster import ScratchCluster, WorkDir, default_base, remove_stale, safety_settings
 from walkeeper.repo.catalog import Catalog, DumpMeta, RestoreTestRecord
 
@@ -50,7 +50,7 @@ def choose_server(found: list[tuple[int, Path]], dump_major: int) -> tuple[int, 
 
 
 def find_server(config: Config, dump_major: int) -> tuple[int, Path]:
-    from walkeeper.commands.dump import tool_version
+    from walkeeper.postgres.dump_tools import tool_version
 
     found = []
     for directory in server_candidates(config):
@@ -93,7 +93,7 @@ def initdb(bindir: Path, work: WorkDir, user: str) -> None:
 def restore_into(config: Config, dump: DumpMeta, checker: Checker, record: RestoreTestRecord,
                  progress: Callable[[str], None]) -> None:
     """Globals, then each database, through restore-dump; a database named postgres goes into the existing one."""
-    from walkeeper.commands.restore_dump import RestoreDumpOptions, restore_dump
+    from walkeeper.postgres.dump_restore import RestoreDumpOptions, restore_dump
 
     has_globals = any(i.kind == "globals" for i in dump.items)
     for kind, database in restore_order(dump):

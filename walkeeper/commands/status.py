@@ -1,55 +1,37 @@
 """`walkeeper status` and `walkeeper check`: what the repository holds, how fresh it is, and
 (when a connection is possible through libpq's environment) what the server's archiver says.
 
-``check`` speaks the monitoring-plugin protocol (Nagios, Icinga, Sensu...): exit 0 OK, 1 WARNING,
-2 CRITICAL, 3 UNKNOWN and one summary line with performance data. ``prometheus_text`` is the
-node-exporter textfile, which the CLI writes durably (walkeeper.core.durable).
+The check's states, thresholds and verdict are repo/health.py (shared with ``check --archive``,
+commands/check.py); the node-exporter textfile is repo/prometheus.py. This module reads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from walkeeper.core.chronology import clock_off, describe_skew, human_span
 from walkeeper.core.config import Config
-from walkeeper.core.errors import ConfigError, PostgresError
-from walkeeper.core.units import human_bytes, iso_utc, plural
+from walkeeper.core.errors import PostgresError
+from walkeeper.core.units import iso_utc
 from walkeeper.core.wal import parse_lsn, parse_wal_name, segment_of_lsn
 from walkeeper.postgres.client import ConnOptions
+from walkeeper.repo.health import (  # noqa: F401 (the CLI's names for the check model)
+    OK,
+    STATE_NAMES,
+    UNKNOWN,
+    CheckResult,
+    Thresholds,
+    human_age,
+    human_ago,
+    judge,
+    local_failures,
+    parse_duration,
+)
 from walkeeper.repo.inventory import Inventory, read_inventory
+from walkeeper.repo.prometheus import prometheus_text  # noqa: F401 (the CLI writes it)
 from walkeeper.repo.repository import Repository
-
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d|day|days|w|weeks?)?\s*$", re.I)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """'90' or '90s', '15m', '6h', '2d', '1w' -> seconds."""
-    match = _DURATION.match(text or "")
-    if not match:
-        raise ConfigError(f"not a duration: {text!r} (expected e.g. 90s, 15m, 6h, 2d)")
-    unit = (match.group(2) or "s").lower()[0]
-    return float(match.group(1)) * _UNITS[unit]
-
-
-def human_age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    return human_span(max(0.0, seconds))
-
-
-def human_ago(seconds: float) -> str:
-    """'2.0h ago', or '30.0d in the future' for a moment a wrong clock put ahead of this host's."""
-    return f"{human_span(seconds)} in the future" if seconds < 0 else f"{human_span(seconds)} ago"
-
 
 # -- repository ------------------------------------------------------------------------------------
 
@@ -184,19 +166,6 @@ def status_json(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def local_failures(config: Config) -> dict[str, dict[str, Any]]:
-    """walkeeper's own failure record on this host (walkeeper.commands.notify's state file), per command."""
-    from walkeeper.commands.notify import read_state, state_path
-
-    try:
-        state = read_state(state_path(config))
-    except Exception:  # an unusable state file is no failure of status
-        return {}
-    return {event: {"failures": int(entry.get("failures", 0)), "last_failure": entry.get("last_failure"),
-                    "last_error": entry.get("last_error") or None, "last_object": entry.get("last_object") or None}
-            for event, entry in state.items() if entry.get("failures")}
-
-
 # -- the server -------------------------------------------------------------------------------------
 
 _CLUSTER_SQL = """
@@ -264,76 +233,12 @@ def cluster_status(config: Config, conn: ConnOptions | None = None) -> dict[str,
     return doc
 
 
-# -- check ------------------------------------------------------------------------------------------
-
-@dataclass
-class Thresholds:
-    max_wal_age: float | None = None  # CRITICAL above
-    max_backup_age: float | None = None
-    warn_wal_age: float | None = None  # WARNING above
-    warn_backup_age: float | None = None
-    max_dump_age: float | None = None  # for the newest dump of each database
-    warn_dump_age: float | None = None
-    max_restore_test_age: float | None = None  # of the last successful restore test
-    warn_restore_test_age: float | None = None
-
-
-@dataclass
-class CheckResult:
-    status: int
-    messages: list[str] = field(default_factory=list)  # the reasons for a non-OK status, worst first
-    facts: list[str] = field(default_factory=list)
-    perfdata: list[str] = field(default_factory=list)
-    repo: dict[str, Any] | None = None
-    cluster: dict[str, Any] | None = None
-    failures: dict[str, int] = field(default_factory=dict)
-
-    def raise_to(self, status: int, message: str) -> None:
-        """Add a reason; the status only ever gets worse (UNKNOWN is only set when nothing could be read)."""
-        self.messages.append(message)
-        if self.status != UNKNOWN and status > self.status:
-            self.status = status
-
-    def line(self) -> str:
-        text = "; ".join(self.messages + self.facts) or "nothing to report"
-        perf = f" | {' '.join(self.perfdata)}" if self.perfdata else ""
-        return f"WALKEEPER {STATE_NAMES[self.status]} - {text}{perf}"
-
-
-def _age_check(result: CheckResult, what: str, age: float | None, warn: float | None, crit: float | None) -> None:
-    if age is None:
-        if crit is not None or warn is not None:
-            result.raise_to(CRITICAL if crit is not None else WARNING, f"no {what} at all")
-        return
-    if crit is not None and age > crit:
-        result.raise_to(CRITICAL, f"last {what} {human_age(age)} ago (critical above {human_age(crit)})")
-    elif warn is not None and age > warn:
-        result.raise_to(WARNING, f"last {what} {human_age(age)} ago (warning above {human_age(warn)})")
-
-
-def clock_problems(doc: dict[str, Any]) -> list[str]:
-    """What says a clock is (or was) wrong: ages that come out negative, skews recorded at backup time.
-
-    Backups are ordered by WAL position, so a wrong clock cannot make 'latest' wrong; it still makes
-    ages, keep_days and time targets wrong, which is worth a WARNING.
-    """
-    problems = []
-    wal_age = doc["last_wal_age_seconds"]
-    if wal_age is not None and clock_off(min(wal_age, 0.0)):
-        problems.append(f"the newest WAL arrived {human_span(wal_age)} in the future by this host's clock")
-    for b in reversed(doc["backups"]):
-        if clock_off(min(b["age_seconds"], 0.0)):
-            problems.append(f"backup {b['id']} ended {human_span(b['age_seconds'])} in the future by this host's clock")
-        elif clock_off(b.get("clock_skew")):
-            problems.append(f"backup {b['id']} was taken with its host's clock {describe_skew(b['clock_skew'])} "
-                            "the server's")
-    return problems
-
+# -- check: read here, judged by repo/health.py ---------------------------------------------------
 
 def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, conn: ConnOptions | None = None,
               now: float | None = None) -> CheckResult:
     """Evaluate the repository (and the server when asked); never raises."""
-    from walkeeper.commands.notify import read_state, state_path
+    from walkeeper.core.notify import read_state, state_path
 
     now = time.time() if now is None else now
     result = CheckResult(OK)
@@ -352,146 +257,12 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
         result.status = UNKNOWN
         result.messages.append(f"cannot read the repository: {exc}")
         return result
-    doc = result.repo
-    wal_age = doc["last_wal_age_seconds"]
-    backup_age = doc["backups"][-1]["age_seconds"] if doc["backups"] else None
-    _age_check(result, "WAL archived", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
-    _age_check(result, "backup", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
-    if thresholds.max_dump_age is not None or thresholds.warn_dump_age is not None:
-        if not doc["dumps"]:
-            _age_check(result, "dump", None, thresholds.warn_dump_age, thresholds.max_dump_age)
-        for d in doc["dumps"]:
-            _age_check(result, f"dump of {d['database']}", d["age_seconds"], thresholds.warn_dump_age,
-                       thresholds.max_dump_age)
-    tests = doc.get("restore_tests") or {}
-    success = tests.get("last_success")
-    _age_check(result, "successful restore test", success["age_seconds"] if success else None,
-               thresholds.warn_restore_test_age, thresholds.max_restore_test_age)
-    if tests.get("last") and not tests["last"]["ok"] and (thresholds.max_restore_test_age is not None
-                                                          or thresholds.warn_restore_test_age is not None):
-        result.raise_to(WARNING, f"the last restore test {tests['last']['id']} failed: {tests['last']['reason']}")
-    if doc["gaps"]:
-        result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
+    cluster_error = None
     if cluster:
         try:
             result.cluster = cluster_status(config, conn)
         except Exception as exc:  # the message says what could not be read, on one line
-            result.raise_to(WARNING, str(exc))
-        else:
-            c = result.cluster
-            if c["failing"]:
-                result.raise_to(WARNING, "archive_command is failing on the server "
-                                         f"({plural(c['failed_count'], 'failure')}, last {c['last_failed_wal']})")
-            if doc["system_identifier"] and c["system_identifier"] != doc["system_identifier"]:
-                result.raise_to(CRITICAL, f"the server is system {c['system_identifier']}, the repository "
-                                          f"belongs to {doc['system_identifier']}")
-    clock = clock_problems(doc)
-    if clock:
-        result.raise_to(WARNING, f"a clock is off: {clock[0]}" + (f" (and {len(clock) - 1} more)" if len(clock) > 1
-                                                                  else "") + "; check NTP on the hosts involved")
-    newest = doc["newest_segment"]
-    if wal_age is None:
-        result.facts.append("no WAL archived yet")
-    else:
-        result.facts.append(f"last WAL {human_ago(wal_age)}" + (f" ({newest['name']})" if newest else ""))
-    if doc["backups"]:
-        result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_ago(backup_age)}")
-    result.facts.append(f"{plural(len(doc['backups']), 'backup')}, {human_bytes(doc['total_bytes'])}")
-    if doc["dumps"]:
-        oldest_dump = max(doc["dumps"], key=lambda d: d["age_seconds"])
-        result.facts.append(f"{plural(doc['dump_count'], 'dump')}, oldest newest-per-database: "
-                            f"{oldest_dump['database']} {human_ago(oldest_dump['age_seconds'])}")
-    if result.cluster and result.cluster.get("archive_lag_segments") is not None:
-        result.facts.append(f"archive lag {plural(result.cluster['archive_lag_segments'], 'segment')}")
-
-    def perf(label: str, value: float | None, warn: float | None, crit: float | None, unit: str = "s") -> None:
-        if value is not None:
-            result.perfdata.append(f"{label}={value:.0f}{unit};{'' if warn is None else f'{warn:.0f}'};"
-                                   f"{'' if crit is None else f'{crit:.0f}'}")
-
-    perf("wal_age", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
-    perf("backup_age", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
-    if doc["dumps"]:
-        perf("dump_age", max(d["age_seconds"] for d in doc["dumps"]), thresholds.warn_dump_age,
-             thresholds.max_dump_age)
-    perf("repository_bytes", doc["total_bytes"], None, None, "B")
-    result.perfdata.append(f"backups={len(doc['backups'])}")
-    return result
+            cluster_error = str(exc)
+    return judge(result, thresholds, cluster_error)
 
 
-# -- prometheus ------------------------------------------------------------------------------------
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = None) -> str:
-    """The node-exporter textfile (exposition format 0.0.4)."""
-    now = time.time() if now is None else now
-    base = f'repo="{_label(repo_url)}"'
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            lines.append(f"{name}{{{base}{labels}}} {value:.17g}" if isinstance(value, float)
-                         else f"{name}{{{base}{labels}}} {value}")
-
-    doc = result.repo
-    metric("walkeeper_up", "gauge", "1 if the repository could be read.", [("", 1 if doc else 0)])
-    metric("walkeeper_check_status", "gauge", "walkeeper check result: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-           [("", result.status)])
-    metric("walkeeper_check_timestamp_seconds", "gauge", "When this file was written.", [("", float(now))])
-    if doc:
-        if doc["last_wal_arrival"] is not None:
-            metric("walkeeper_last_archived_timestamp_seconds", "gauge",
-                   "When the newest WAL file reached the repository.", [("", float(doc["last_wal_arrival"]))])
-            metric("walkeeper_last_archived_age_seconds", "gauge", "Seconds since the newest WAL file arrived.",
-                   [("", float(doc["last_wal_age_seconds"]))])
-        if doc["backups"]:
-            last = doc["backups"][-1]
-            metric("walkeeper_last_backup_timestamp_seconds", "gauge", "When the newest complete backup ended.",
-                   [("", float(last["stop_time"]))])
-            metric("walkeeper_last_backup_age_seconds", "gauge", "Seconds since the newest backup ended.",
-                   [("", float(last["age_seconds"]))])
-        metric("walkeeper_backups", "gauge", "Complete backups in the repository.", [("", len(doc["backups"]))])
-        metric("walkeeper_repository_bytes", "gauge", "Bytes stored in the repository.", [("", doc["total_bytes"])])
-        metric("walkeeper_wal_segments", "gauge", "Archived WAL segments per timeline.",
-               [(f',timeline="{t["timeline"]}"', t["segments"]) for t in doc["timelines"]])
-        if doc["dumps"]:
-            metric("walkeeper_last_dump_timestamp_seconds", "gauge",
-                   "When the newest complete dump of each database ended.",
-                   [(f',database="{_label(d["database"])}"', float(d["stop_time"])) for d in doc["dumps"]])
-            metric("walkeeper_last_dump_age_seconds", "gauge", "Seconds since the newest dump of each database ended.",
-                   [(f',database="{_label(d["database"])}"', float(d["age_seconds"])) for d in doc["dumps"]])
-        metric("walkeeper_dumps", "gauge", "Complete logical dumps in the repository.", [("", doc["dump_count"])])
-        tests = doc.get("restore_tests") or {}
-        if tests.get("last_success"):
-            metric("walkeeper_restore_test_last_success_timestamp_seconds", "gauge",
-                   "When the last successful walkeeper restore-test finished.",
-                   [("", float(tests["last_success"]["finished"]))])
-        if tests.get("last"):
-            metric("walkeeper_restore_test_duration_seconds", "gauge",
-                   "Total seconds of the last restore test (restore + recovery: the measured recovery time).",
-                   [("", float(tests["last"]["total_seconds"]))])
-            metric("walkeeper_restore_test_ok", "gauge", "1 if the last restore test passed.",
-                   [("", 1 if tests["last"]["ok"] else 0)])
-        metric("walkeeper_wal_gaps", "gauge", "Holes in the archived WAL sequences (walkeeper verify explains).",
-               [("", doc["gaps"])])
-    metric("walkeeper_failures_total", "counter",
-           "Failed walkeeper commands seen by [notify] on this host, per event.",
-           [(f',event="{_label(event)}"', count) for event, count in sorted(result.failures.items())])
-    if result.cluster:
-        c = result.cluster
-        metric("walkeeper_archiver_failed_total", "counter", "pg_stat_archiver.failed_count of the server.",
-               [("", c["failed_count"])])
-        metric("walkeeper_archiver_failing", "gauge", "1 if the server's last archive attempt failed.",
-               [("", 1 if c["failing"] else 0)])
-        if c["archive_lag_segments"] is not None:
-            metric("walkeeper_archive_lag_segments", "gauge", "Completed segments not yet archived.",
-                   [("", c["archive_lag_segments"])])
-        if c["archive_lag_seconds"] is not None:
-            metric("walkeeper_archive_lag_seconds", "gauge", "Seconds since the last archived segment "
-                   "while segments wait.", [("", float(c["archive_lag_seconds"]))])
-    return "\n".join(lines) + "\n"

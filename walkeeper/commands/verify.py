@@ -344,7 +344,7 @@ def verify(repo: Repository, *, deep: bool = False, jobs: int = 4, pg_restore: s
     check_continuity(inv, report)
     check_backups(inv, report)
     if deep:
-        from walkeeper.commands.rekey import objects_per_key_id
+        from walkeeper.repo.key_usage import objects_per_key_id
 
         check_objects(repo, inv, report, jobs=jobs)
         report.objects_per_key_id = objects_per_key_id(repo)

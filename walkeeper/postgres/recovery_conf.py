@@ -28,7 +28,7 @@ BLOCK_END = "# END walkeeper pitr"
 
 
 class RecoveryPlan(Protocol):
-    """What the settings need of a PITR plan (commands/pitr.py's Plan)."""
+    """What the settings need of a PITR plan (repo/pitr_plan.py's Plan)."""
 
     target: Any
     action: str

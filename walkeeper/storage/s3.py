@@ -1,7 +1,8 @@
 """A repository in an S3 bucket (AWS, MinIO, Ceph RGW, any S3-compatible store).
 
-The only module that imports boto3, and only when an ``s3://`` repository is opened: archive_command
-runs once per WAL segment and must not pay ~300 ms for an SDK it does not use.
+With storage/s3_client.py (the client, error mapping) the only modules that import boto3, and only when an
+``s3://`` repository is opened: archive_command runs once per WAL segment and must not pay ~300 ms for an SDK
+it does not use.
 
 Atomicity comes from S3 itself: an object becomes visible only when a single PUT or a
 CompleteMultipartUpload succeeds, so a reader never sees a partial object. A failed stream aborts
@@ -20,7 +21,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,47 +41,12 @@ from walkeeper.storage.base import (
     validate_prefix,
 )
 from walkeeper.storage.retry import RetryPolicy
+from walkeeper.storage.s3_client import TRANSIENT_CODES, Body, make_client, map_error, require_sdk
 
 T = TypeVar("T")
 MIN_PART = 5 * 1024 * 1024  # S3's smallest allowed part (except the last)
 log = logging.getLogger(__name__)
 MAX_SINGLE_PUT = 5 * 1024**3
-_TRANSIENT_CODES = {
-    "RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "Throttling", "ThrottlingException",
-    "RequestLimitExceeded", "ServiceUnavailable", "InternalError", "OperationAborted",
-    "ConditionalRequestConflict", "TooManyRequests",
-}
-_DENIED_CODES = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidClientTokenId",
-}
-
-
-def _require_sdk() -> None:
-    """Refuse an s3:// repository up front when boto3 or botocore is missing.
-
-    Checked when the storage is opened (find_spec imports nothing), because botocore is imported in
-    several places, the first of which is not always the client's construction.
-    """
-    import importlib.util
-
-    missing = [name for name in ("boto3", "botocore") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigError(
-            f"an s3:// repository needs {' and '.join(missing)}, which this Python does not have",
-            hint=f"pip install 'walkeeper[s3]' into {sys.prefix}",
-        )
-
-
-def _import_boto3() -> Any:
-    try:
-        import boto3
-    except ModuleNotFoundError:
-        _require_sdk()
-        raise
-    return boto3
-
-
 class S3Storage:
     """Objects under ``prefix`` in ``bucket``; keys map to ``prefix + key``."""
 
@@ -111,7 +76,7 @@ class S3Storage:
         if prefix:
             validate_key(prefix)
         settings = getattr(options, "s3", None) or S3Config()
-        _require_sdk()
+        require_sdk()
         return cls(parts.netloc, prefix, settings, RetryPolicy.from_options(options))
 
     # -- client and error mapping ---------------------------------------------------------
@@ -125,82 +90,11 @@ class S3Storage:
             return self._client_obj
 
     def _make_client(self) -> Any:
-        boto3 = _import_boto3()
-        from botocore.config import Config as BotoConfig
-        from botocore.exceptions import BotoCoreError
-
-        s = self.settings
-        config = BotoConfig(
-            connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
-            # No retry inside botocore: one retry policy, ours ([retry], RetryingStorage and _retrying), so that
-            # a call's worst case is attempts x (connect_timeout + read_timeout) + backoff, not that times
-            # botocore's own attempts. (botocore's "max_attempts" counts retries; total_max_attempts counts
-            # every attempt, the first included: 1 = no retry.) A dropped keep-alive connection is a
-            # TransientError like any other.
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": s.addressing_style},
-            max_pool_connections=max(10, s.max_concurrency + 2),
-            # Checksums only when an operation requires them: S3-compatible stores reject the newer defaults.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        try:
-            session = boto3.session.Session(profile_name=s.profile, region_name=s.region)
-            return session.client("s3", endpoint_url=s.endpoint_url, config=config)
-        except BotoCoreError as exc:
-            raise ConfigError(f"cannot set up the S3 client for {self.url}: {exc}") from None
+        return make_client(self.settings, self.url)
 
     def _error(self, exc: Exception, action: str, key: str | None = None) -> StorageError:
         """Translate a botocore failure into our hierarchy; NotFound only for a missing object."""
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            ConnectTimeoutError,
-            HTTPClientError,
-            NoCredentialsError,
-            PartialCredentialsError,
-            ReadTimeoutError,
-        )
-
-        where = f"{self.url}/{key}" if key else self.url
-        if isinstance(exc, ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            message = err.get("Message") or code
-            if code in ("NoSuchKey", "NotFound") or (status == 404 and code in ("404", "")):
-                return NotFound(f"{key} not found in {self.url}")
-            if code == "NoSuchBucket":
-                return StorageError(f"bucket {self.bucket} does not exist ({action} {where})",
-                                    hint="create the bucket or fix repo; check [s3] endpoint_url and region")
-            if code in ("PreconditionFailed",) or status == 412:
-                return AlreadyExists(f"object {key} already exists")
-            if code in _DENIED_CODES or status == 403:
-                return StorageError(
-                    f"access denied while {action} {where}: {code}: {message}",
-                    hint="check the credentials boto3 finds (AWS_PROFILE, env, instance role) and that the "
-                         "IAM policy allows s3:GetObject, s3:PutObject, s3:ListBucket, s3:DeleteObject",
-                )
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientError(f"S3 error while {action} {where}: {code}: {message}")
-            return StorageError(f"S3 error while {action} {where}: {code}: {message}")
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return StorageError(
-                f"no usable AWS credentials for {self.url}: {exc}",
-                hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, [s3] profile, or an instance role for the "
-                     "user running PostgreSQL",
-            )
-        endpoint = self.settings.endpoint_url or "the S3 endpoint"
-        if isinstance(exc, ReadTimeoutError):
-            return TransientError(f"no answer from {endpoint} within [s3] read_timeout = "
-                                  f"{self.settings.read_timeout:g}s while {action} {where}")
-        if isinstance(exc, ConnectTimeoutError):
-            return TransientError(f"cannot connect to {endpoint} within [s3] connect_timeout = "
-                                  f"{self.settings.connect_timeout:g}s while {action} {where}")
-        if isinstance(exc, ConnectionError | HTTPClientError | OSError):
-            return TransientError(f"network error while {action} {where} ({endpoint}): {exc}")
-        return StorageError(f"S3 failure while {action} {where}: {exc}")
+        return map_error(exc, action, key, url=self.url, bucket=self.bucket, settings=self.settings)
 
     def _call(self, action: str, key: str | None, func: Callable[[], T]) -> T:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -342,7 +236,7 @@ class S3Storage:
         """An optimistic GET (no HEAD first); the body streams and a short read is an error."""
         full = self.prefix + validate_key(key)
         response = self._call("reading", key, lambda: self._client.get_object(Bucket=self.bucket, Key=full))
-        return io.BufferedReader(_Body(response["Body"], self, key), 1024 * 1024)  # type: ignore[arg-type]
+        return io.BufferedReader(Body(response["Body"], self._error, key), 1024 * 1024)  # type: ignore[arg-type]
 
     def get(self, key: str) -> bytes:
         with self.open(key) as handle:
@@ -384,7 +278,7 @@ class S3Storage:
             if errors:
                 first = errors[0]
                 code = first.get("Code", "")
-                cls = TransientError if code in _TRANSIENT_CODES else StorageError
+                cls = TransientError if code in TRANSIENT_CODES else StorageError
                 raise cls(f"could not delete {len(errors)} objects in {self.url}, e.g. {first.get('Key')}: "
                           f"{code}: {first.get('Message', '')}")
 
@@ -471,30 +365,3 @@ def _parts(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-class _Body(io.RawIOBase):
-    """A GET response body as a raw stream whose network errors are our errors."""
-
-    def __init__(self, body: Any, storage: S3Storage, key: str) -> None:
-        self._body = body
-        self._storage = storage
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        from botocore.exceptions import BotoCoreError
-
-        try:
-            data = self._body.read(len(buffer))
-        except (BotoCoreError, OSError) as exc:
-            # IncompleteReadError (a short body) lands here too: never a silent truncation.
-            raise self._storage._error(exc, "reading", self._key) from None
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                self._body.close()
-        super().close()

@@ -157,3 +157,11 @@ def streaming_settings(conninfo: str | None, slot: str | None, *, env: dict[str,
                 hint=f"put it in {wanted} (a line {host}:{port}:replication:{user or '*'}:PASSWORD, mode 0600, "
                      "owned by the server's user) and run again; the password is then left out")
     return StreamingSettings(format_conninfo(fields), slot, note)
+
+
+def slot_conninfo(conninfo: str) -> str:
+    """The primary's conninfo for an SQL session (creating the slot): database postgres unless one is named."""
+    fields = parse_conninfo(conninfo)
+    fields.pop("replication", None)
+    fields.setdefault("dbname", "postgres")
+    return format_conninfo(fields)

@@ -75,6 +75,16 @@ def list_received(repo: Repository, timeline: int | None = None) -> list[Receive
     return sorted(out, key=lambda p: (p.segment, p.length))
 
 
+def received_ends(repo: Repository) -> dict[int, dict[int, tuple[float, int]]]:
+    """timeline -> segment number -> (stored at, bytes received) of the newest received partial of each segment."""
+    out: dict[int, dict[int, tuple[float, int]]] = {}
+    for p in list_received(repo):
+        per = out.setdefault(int(p.segment[:8], 16), {})
+        if p.segno not in per or p.length > per[p.segno][1]:
+            per[p.segno] = (p.mtime, p.length)
+    return out
+
+
 # -- the reader's decision ------------------------------------------------------------------------------
 
 

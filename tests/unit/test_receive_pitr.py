@@ -1,0 +1,73 @@
+"""pitr's WAL coverage with wal-receive's partial segments (repo/pitr_plan.coverage, ``received``): where
+recovery ends after the primary is lost. Same repository as tests/unit/test_pitr_plan.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from tests.unit.test_pitr_plan import (
+    EARLY,
+    IMMEDIATE,
+    LATE,
+    NOW,
+    SEG,
+    T0,
+    TL1,
+    XID,
+    A,
+    H,
+    listing,
+    lsn_target,
+    seg,
+    time_target,
+)
+from walkeeper.core.errors import GapError, RefusedError
+from walkeeper.repo.pitr_plan import coverage
+from walkeeper.repo.pitr_target import Target
+
+NONE = Target("none", "")
+
+
+def received(tli: int, segno: int, when: datetime, length: int) -> dict[int, dict[int, tuple[float, int]]]:
+    return {tli: {segno: (when.timestamp(), length)}}
+
+
+@pytest.mark.parametrize(("case", "present", "partials", "target", "expected"), [
+    ("end of archive: recovery ends in the partial", listing((1, [2, 3, 4], EARLY)), received(1, 5, LATE, 8192),
+     NONE, (seg(1, 2), seg(1, 5) + ".partial", 4)),
+    ("xid: the same", listing((1, [2, 3, 4], EARLY)), received(1, 5, LATE, 8192), XID,
+     (seg(1, 2), seg(1, 5) + ".partial", 4)),
+    ("time: a partial stored after the target covers it", listing((1, [2, 3, 4], EARLY)),
+     received(1, 5, LATE, 8192), time_target(T0 + 2 * H), (seg(1, 2), seg(1, 5) + ".partial", 4)),
+    ("lsn inside the received part", listing((1, [2, 3, 4], EARLY)), received(1, 5, LATE, 0x1000),
+     lsn_target(0x5000800), (seg(1, 2), seg(1, 5) + ".partial", 4)),
+    ("the backup's own last segment received only", listing((1, [2], EARLY)), received(1, 3, LATE, 0x200),
+     IMMEDIATE, (seg(1, 2), seg(1, 3) + ".partial", 2)),
+    ("a partial of an older segment changes nothing", listing((1, [2, 3, 4], EARLY)), received(1, 3, LATE, 10),
+     NONE, (seg(1, 2), None, 3)),
+    ("no partial: the end of the archive as before", listing((1, [2, 3, 4], EARLY)), {}, NONE,
+     (seg(1, 2), None, 3)),
+])
+def test_coverage_with_partials(case: str, present: dict, partials: dict, target: Target,
+                                expected: tuple[str, str | None, int]) -> None:
+    assert coverage(present, SEG, A, target, TL1, now=NOW, received=partials) == expected
+
+
+@pytest.mark.parametrize(("case", "present", "partials", "target", "error", "message"), [
+    ("a later segment makes the missing one a gap", listing((1, [2, 3, 4, 6], EARLY)), received(1, 5, LATE, 8192),
+     NONE, GapError, f"WAL segment {seg(1, 5)} is missing"),
+    ("a later partial makes the missing one a gap", listing((1, [2, 3, 4], EARLY)), received(1, 6, LATE, 8192),
+     NONE, GapError, f"WAL segment {seg(1, 5)} is missing"),
+    ("lsn beyond the received part", listing((1, [2, 3, 4], EARLY)), received(1, 5, LATE, 0x1000),
+     lsn_target(0x5002000), GapError, f"WAL segment {seg(1, 5)} is missing"),
+    ("lsn in a later segment", listing((1, [2, 3, 4], EARLY)), received(1, 5, LATE, 0x1000),
+     lsn_target(0x6000000), GapError, f"WAL segment {seg(1, 5)} is missing"),
+    ("time: the partial was stored before the target", listing((1, [2, 3, 4], EARLY)),
+     received(1, 5, T0 + 1.5 * H, 8192), time_target(T0 + 2 * H), RefusedError, "the archive ends before"),
+])
+def test_coverage_with_partials_refuses(case: str, present: dict, partials: dict, target: Target,
+                                        error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        coverage(present, SEG, A, target, TL1, now=NOW, received=partials)

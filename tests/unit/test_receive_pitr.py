@@ -71,3 +71,22 @@ def test_coverage_with_partials_refuses(case: str, present: dict, partials: dict
                                         error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         coverage(present, SEG, A, target, TL1, now=NOW, received=partials)
+
+
+# -- expire: wal-receive's partial uploads go with the WAL before the cutoff ---------------------------------
+
+
+def test_plan_expire_drops_received_partials_before_the_cutoff() -> None:
+    from tests.unit.test_inventory_decisions import NOW as EXPIRE_NOW
+    from tests.unit.test_inventory_decisions import seg as expire_seg
+    from tests.unit.test_inventory_decisions import three_backups
+    from walkeeper.commands.expire import plan_expire
+    from walkeeper.core.wal import parse_wal_name
+    from walkeeper.repo.layout import received_partial_key
+
+    inv = three_backups()  # backups starting at segments 2, 5 and 8 of timeline 1
+    keys = {segno: received_partial_key(parse_wal_name(expire_seg(1, segno)), 8192) for segno in (4, 5, 10)}
+    inv.received = [(key, 100, expire_seg(1, segno)) for segno, key in keys.items()]
+    plan = plan_expire(inv, keep=2, keep_days=None, now=EXPIRE_NOW)  # cutoff: segment 5
+    removed = [key for key, _size in plan.removals]
+    assert keys[4] in removed and keys[5] not in removed and keys[10] not in removed

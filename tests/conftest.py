@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, as_pg, give_to_pg, pg_workdir, running_as_root
+from tests.helpers.pgharness import (
+    PG_BIN,
+    PG_MAJORS,
+    WALKEEPER_BIN,
+    as_pg,
+    give_to_pg,
+    pg_workdir,
+    running_as_root,
+)
 from tests.helpers.servers import s3_server, ssh_server  # noqa: F401 - session fixtures for remote backends
 
 
@@ -26,11 +34,23 @@ class Setup:
     backend: str = "local"
     repo_url: str = ""  # the URL written as repo = ...; the local path unless a remote backend is used
     extra_config: str = ""  # extra TOML tables for the backend ([s3], [ssh])
+    pg: Path = PG_BIN  # the PostgreSQL major's programs the test's clusters run (Cluster(bin_dir=setup.pg))
+    # [backup] pg_bin_dir written into the config: set by use_pg (the pg_major fixture does it) for
+    # a major other than Debian's 15, which walkeeper finds by itself.
+    pg_bin_dir: Path | None = None
+
+    def use_pg(self, bin_dir: Path) -> Setup:
+        """Run clusters of one major and point walkeeper at its tools ([backup] pg_bin_dir) unless it finds them."""
+        self.pg = Path(bin_dir)
+        self.pg_bin_dir = None if self.pg == PG_BIN else self.pg
+        self.write_config()
+        return self
 
     def write_config(self, text: str | None = None) -> Path:
         body = text if text is not None else (
             f'repo = "{self.repo_url or self.repo}"\n[compression]\nmethod = "zstd"\nlevel = 3\n'
             f'[encryption]\nmethod = "aes-256-gcm"\nkey_file = "{self.key_file}"\n{self.extra_config}'
+            + (f'[backup]\npg_bin_dir = "{self.pg_bin_dir}"\n' if self.pg_bin_dir else "")
         )
         self.config.write_text(body)
         give_to_pg(self.config)
@@ -88,6 +108,38 @@ def backend_setup(request: pytest.FixtureRequest, setup: Setup) -> Setup:
         setup.repo_url, setup.extra_config = ssh.url(), ssh.config_toml()
     setup.write_config()
     return setup
+
+
+PG18_MISSING = "PostgreSQL 18 not installed: WALKEEPER_PG18_BIN is unset (scripts/setup-env.sh installs it)"
+MAJORS = ["15", "18"]
+
+
+def major_param(major: str, *values: object) -> object:
+    """pytest.param of ``values`` plus ``major`` with the pgNN mark and id, for an indirect pg_major parametrize."""
+    mark = getattr(pytest.mark, f"pg{major}")
+    return pytest.param(*values, major, marks=mark, id="-".join([*map(str, values), f"pg{major}"]))
+
+
+def backends_by_major(pairs: list[tuple[str, str]]) -> pytest.MarkDecorator:
+    """Parametrize backend_setup and pg_major together over chosen (backend, major) pairs: a story
+    proven on every backend with 15 need not repeat each backend on 18."""
+    return pytest.mark.parametrize(("backend_setup", "pg_major"), [major_param(m, b) for b, m in pairs],
+                                   indirect=True)
+
+
+@pytest.fixture(params=[major_param(m) for m in MAJORS])
+def pg_major(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """The bin directory of each PostgreSQL major in turn (Cluster(..., bin_dir=pg_major)).
+
+    A test that also uses ``setup`` (or backend_setup) gets its walkeeper config pointed at the same
+    major's tools. Select one major with ``-m pg15`` / ``-m pg18`` or ``-k pg18``.
+    """
+    bin_dir = PG_MAJORS.get(request.param)
+    if bin_dir is None:
+        pytest.skip(PG18_MISSING)
+    if "setup" in request.fixturenames:
+        request.getfixturevalue("setup").use_pg(bin_dir)
+    yield bin_dir
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

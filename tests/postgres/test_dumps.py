@@ -17,12 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Setup
-from tests.helpers.pgharness import PG_BIN, PG_USER, WALKEEPER_BIN, as_pg, free_port, give_to_pg, run_pg
+from tests.helpers.pgharness import PG18_BIN, PG_BIN, PG_USER, WALKEEPER_BIN, as_pg, free_port, give_to_pg, run_pg
 from tests.postgres.test_pitr import archive_everything, conn, ok, start_primary
 
 pytestmark = pytest.mark.postgres
-
-PG18_BIN = os.environ.get("WALKEEPER_PG18_BIN")
 
 
 def fail(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Setup
-from tests.helpers.pgharness import PG_BIN, Cluster, run_pg, walkeeper_cmd
+from tests.conftest import Setup, backends_by_major
+from tests.helpers.pgharness import Cluster, run_pg, walkeeper_cmd
 
 pytestmark = pytest.mark.postgres
 
@@ -36,7 +37,7 @@ def ok(proc):  # type: ignore[no-untyped-def]
 def psql_each(cluster: Cluster, *statements: str) -> list[str]:
     """One psql run, each statement its own transaction (``-c`` per statement); their outputs in order."""
     args = [arg for sql in statements for arg in ("-c", sql)]
-    proc = run_pg([PG_BIN / "psql", "-h", cluster.sockdir, "-p", cluster.port, "-d", "postgres", "-X", "-A", "-t",
+    proc = run_pg([cluster.bin("psql"), "-h", cluster.sockdir, "-p", cluster.port, "-d", "postgres", "-X", "-A", "-t",
                    "-v", "ON_ERROR_STOP=1", *args])
     return proc.stdout.decode().split()
 
@@ -55,14 +56,14 @@ def wait_replayed(standby: Cluster, count: str, timeout: float = 60) -> None:
     raise AssertionError(f"standby at {seen} rows, not {count}, after {timeout}s; log:\n{standby.log()[-4000:]}")
 
 
-@pytest.mark.parametrize("backend_setup", ["local", "s3"], indirect=True)
-def test_standby_follows_archive_while_pusher_stores_out_of_order(backend_setup: Setup) -> None:
+@backends_by_major([("local", "15"), ("s3", "15"), ("local", "18")])
+def test_standby_follows_archive_while_pusher_stores_out_of_order(backend_setup: Setup, pg_major: Path) -> None:
     setup = backend_setup
-    primary = Cluster(setup.work / "primary").initdb()
+    primary = Cluster(setup.work / "primary", bin_dir=pg_major).initdb()
     primary.configure({**primary.base_settings(), "wal_level": "replica", "archive_mode": "on",
                        "archive_command": f"{walkeeper_cmd(setup.config)} wal-push %p"})  # default push-ahead
     primary.start()
-    standby = Cluster(setup.work / "standby")
+    standby = Cluster(setup.work / "standby", bin_dir=pg_major)
     try:
         primary.psql("create table t(id bigserial primary key, note text)")
         primary.wait_archived(primary.switch_wal())

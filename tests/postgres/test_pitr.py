@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Setup
-from tests.helpers.pgharness import PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, run_pg, walkeeper_cmd
+from tests.conftest import PG18_MISSING, Setup, backends_by_major
+from tests.helpers.pgharness import PG18_BIN, PG_BIN, WALKEEPER_BIN, Cluster, as_pg, give_to_pg, run_pg, walkeeper_cmd
 
 pytestmark = pytest.mark.postgres
 
@@ -34,9 +34,9 @@ STATE_SQL = (
 
 
 def start_primary(setup: Setup, name: str = "primary", *, archive: bool = True, xid_epoch: int = 0) -> Cluster:
-    primary = Cluster(setup.work / name).initdb()
+    primary = Cluster(setup.work / name, bin_dir=setup.pg).initdb()
     if xid_epoch:
-        run_pg([PG_BIN / "pg_resetwal", "-e", str(xid_epoch), primary.datadir])
+        run_pg([primary.bin("pg_resetwal"), "-e", str(xid_epoch), primary.datadir])
     settings: dict[str, str | int] = {**primary.base_settings(), "wal_level": "replica"}
     if archive:
         settings.update({"archive_mode": "on", "archive_command": f"{walkeeper_cmd(setup.config)} wal-push %p"})
@@ -50,7 +50,7 @@ def conn(cluster: Cluster) -> list[str]:
 
 
 def pgbench(cluster: Cluster, transactions: int) -> None:
-    run_pg([PG_BIN / "pgbench", "-n", "-t", str(transactions), *cluster.conninfo(), "postgres"])
+    run_pg([cluster.bin("pgbench"), "-n", "-t", str(transactions), *cluster.conninfo(), "postgres"])
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -68,7 +68,7 @@ def server_time(cluster: Cluster) -> str:
 
 def recover(setup: Setup, name: str, *pitr_args: str, archive: bool = False) -> tuple[Cluster, str]:
     """walkeeper pitr into a new directory, start it, wait for the end of recovery."""
-    cluster = Cluster(setup.work / name)
+    cluster = Cluster(setup.work / name, bin_dir=setup.pg)
     out = ok(setup.wk("pitr", "--pgdata", cluster.datadir, *pitr_args)).stdout
     settings = {**cluster.base_settings(), "archive_mode": "on" if archive else "off"}
     cluster.configure(settings)
@@ -81,14 +81,15 @@ def archive_everything(cluster: Cluster) -> None:
     cluster.wait_archived(cluster.switch_wal())
 
 
-def test_pitr_story(backend_setup: Setup) -> None:
+@backends_by_major([("local", "15"), ("s3", "15"), ("ssh", "15"), ("local", "18")])
+def test_pitr_story(backend_setup: Setup, pg_major: Path) -> None:
     """Archive, back up, work, record states, have an accident, lose the data directory, get each state back."""
     setup = backend_setup
     primary = start_primary(setup)
     states: dict[str, str] = {}
     marks: dict[str, str] = {}
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         primary.psql("create table notes(id serial primary key, note text)")
         archive_everything(primary)
         began = time.time()
@@ -198,7 +199,7 @@ def test_pitr_story(backend_setup: Setup) -> None:
 def test_pitr_second_run_replaces_block_and_comments_out_other_targets(setup: Setup) -> None:
     primary = start_primary(setup)
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         ok(setup.wk("backup", *conn(primary), "--fast-checkpoint"))
         pgbench(primary, 50)
         lsn = primary.psql("select pg_current_wal_insert_lsn()")
@@ -241,10 +242,34 @@ def test_pitr_second_run_replaces_block_and_comments_out_other_targets(setup: Se
         assert "pg_switch_wal" not in proc.stderr and proc.stderr.startswith("walkeeper pitr: error: ")
 
 
+@pytest.mark.pg18
+@pytest.mark.skipif(PG18_BIN is None, reason=PG18_MISSING)
+def test_backup_of_a_newer_server_needs_its_own_pg_basebackup(setup: Setup) -> None:
+    """pg_basebackup 15 refuses a PostgreSQL 18 server ("incompatible server version"): without 18's tools
+    walkeeper says so in one line naming both majors and [backup] pg_bin_dir, before storing anything."""
+    assert PG18_BIN is not None
+    setup.use_pg(PG18_BIN)
+    primary = start_primary(setup, archive=False)
+    try:
+        setup.use_pg(PG_BIN)  # no pg_bin_dir: PATH's and Debian's pg_basebackup are 15's here
+        found = setup.wk("backup", *conn(primary), "--fast-checkpoint")
+        setup.pg_bin_dir = PG_BIN  # [backup] pg_bin_dir naming 15's
+        setup.write_config()
+        pinned = setup.wk("backup", *conn(primary), "--fast-checkpoint")
+    finally:
+        primary.stop()
+    for proc, prefix in ((found, "pg_basebackup 15 ("), (pinned, f"[backup] pg_bin_dir: pg_basebackup 15 ({PG_BIN}")):
+        assert proc.returncode == 14, proc
+        (line,) = proc.stderr.splitlines()
+        assert prefix in line and "older than the server (PostgreSQL 18)" in line, line
+        assert "set [backup] pg_bin_dir" in line and "Traceback" not in line, line
+    assert json.loads(ok(setup.wk("backups", "--json")).stdout)["backups"] == []
+
+
 def test_refusals(setup: Setup) -> None:
     primary = start_primary(setup)
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         before = server_time(primary)
         time.sleep(1)
         backup = json.loads(ok(setup.wk("backup", *conn(primary), "--fast-checkpoint", "--json")).stdout)
@@ -345,7 +370,7 @@ def insert_rows(cluster: Cluster, first: int, last: int) -> None:
                  "commit; end loop; end $$")
 
 
-def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) -> None:
+def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup, pg_major: Path) -> None:
     """Two backups; --target-xid of a transaction that committed between them starts from the older one.
 
     The cluster runs in xid epoch 1, so a row's 64-bit xid and its 32-bit xid differ (both forms are given).
@@ -373,7 +398,7 @@ def test_pitr_xid_chooses_a_backup_that_reaches_the_transaction(setup: Setup) ->
         assert xid[before] < meta["stop_next_xid"] <= xid[after], (meta, xid[before], xid[after])
     restored = setup.work / "first-restored"
     ok(setup.wk("restore", first["id"], "--pgdata", restored))
-    controldata = run_pg([PG_BIN / "pg_controldata", restored]).stdout.decode()
+    controldata = run_pg([pg_major / "pg_controldata", restored]).stdout.decode()
     (line,) = [x for x in controldata.splitlines() if x.startswith("Latest checkpoint's NextXID:")]
     epoch, low = line.split()[-1].split(":")
     assert (int(epoch) << 32) + int(low) == first["checkpoint_next_xid"], line
@@ -560,7 +585,7 @@ def test_restore_and_pitr_sync_everything_before_pg_control(setup: Setup) -> Non
     setup.work = Path(os.path.realpath(setup.work))  # strace names descriptors by their real paths
     primary = start_primary(setup)
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         ok(setup.wk("backup", *conn(primary), "--fast-checkpoint"))
         archive_everything(primary)
     finally:
@@ -571,7 +596,7 @@ def test_restore_and_pitr_sync_everything_before_pg_control(setup: Setup) -> Non
     calls = traced(setup, "pitr", "--pgdata", recovered, "--target-immediate", "--target-action", "promote")
     check_synced_before_pg_control(recovered, calls)
     assert (recovered / "recovery.signal").exists() and "walkeeper" in (recovered / "postgresql.auto.conf").read_text()
-    cluster = Cluster(recovered)  # and it recovers
+    cluster = Cluster(recovered, bin_dir=setup.pg)  # and it recovers
     cluster.configure({**cluster.base_settings(), "archive_mode": "off"})
     cluster.start()
     try:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Setup
-from tests.helpers.pgharness import PG_BIN, Cluster, run_pg, walkeeper_cmd
+from tests.helpers.pgharness import Cluster, run_pg, walkeeper_cmd
 
 pytestmark = pytest.mark.postgres
 
 
 def start_archiving_primary(setup: Setup) -> Cluster:
-    primary = Cluster(setup.work / "primary").initdb()
+    primary = Cluster(setup.work / "primary", bin_dir=setup.pg).initdb()
     primary.configure({
         **primary.base_settings(),
         "archive_mode": "on",
@@ -26,20 +27,20 @@ def start_archiving_primary(setup: Setup) -> Cluster:
     return primary
 
 
-def test_postgres_archives_and_replays_through_walkeeper(setup: Setup) -> None:
+def test_postgres_archives_and_replays_through_walkeeper(setup: Setup, pg_major: Path) -> None:
     primary = start_archiving_primary(setup)
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         first = primary.switch_wal()
         primary.wait_archived(first)
 
         # A base backup *without* WAL: consistency itself must come from the archive.
         backup = setup.work / "backup"
-        run_pg([PG_BIN / "pg_basebackup", "-D", backup, "-X", "none", "-c", "fast", *primary.conninfo()])
+        run_pg([primary.bin("pg_basebackup"), "-D", backup, "-X", "none", "-c", "fast", *primary.conninfo()])
 
         primary.psql("create table after_backup(id int primary key, note text)")
         primary.psql("insert into after_backup select g, md5(g::text) from generate_series(1, 5000) g")
-        run_pg([PG_BIN / "pgbench", "-t", "200", "-n", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-t", "200", "-n", *primary.conninfo(), "postgres"])
         expected = primary.psql("select count(*), sum(hashtext(note)) from after_backup")
         accounts = primary.psql("select sum(abalance) from pgbench_accounts")
         last = primary.switch_wal()
@@ -59,7 +60,8 @@ def test_postgres_archives_and_replays_through_walkeeper(setup: Setup) -> None:
 
     # Rebuild from the backup + archive only; the original data directory is gone.
     shutil.rmtree(primary.datadir)
-    restored = Cluster.from_backup(backup, setup.work / "restored", f"{walkeeper_cmd(setup.config)} wal-fetch %f %p")
+    restored = Cluster.from_backup(backup, setup.work / "restored", f"{walkeeper_cmd(setup.config)} wal-fetch %f %p",
+                                   bin_dir=pg_major)
     restored.start()
     try:
         restored.wait_recovery_done()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Setup
-from tests.helpers.pgharness import PG_USER, WALKEEPER_BIN, as_pg, free_port, give_to_pg, run_pg
-from tests.postgres.test_dumps import PG18_BIN, fail, make_shop
+from tests.helpers.pgharness import PG18_BIN, PG_USER, WALKEEPER_BIN, as_pg, free_port, give_to_pg, run_pg
+from tests.postgres.test_dumps import fail, make_shop
 from tests.postgres.test_operate_backends import corrupt_object
 from tests.postgres.test_pitr import archive_everything, conn, ok, start_primary
 from tests.postgres.test_restore_test import postgres_processes_in

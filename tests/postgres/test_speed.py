@@ -496,15 +496,15 @@ def test_prefetcher_stops_when_idle(setup: Setup, archived: tuple[Path, list[str
 # -- with PostgreSQL itself -----------------------------------------------------------------------------------
 
 
-def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> None:
+def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup, pg_major: Path) -> None:
     configure(setup, "push_ahead = 8\nworkers = 2", "prefetch = 8\nidle_timeout = 30")
-    primary = Cluster(setup.work / "primary").initdb()
+    primary = Cluster(setup.work / "primary", bin_dir=pg_major).initdb()
     command = f"{walkeeper_cmd(setup.config)} -v wal-push %p"
     primary.configure({**primary.base_settings(), "archive_mode": "on", "archive_command": "",
                        "wal_level": "replica", "wal_keep_size": "2GB"})
     primary.start()
     try:
-        run_pg([PG_BIN / "pgbench", "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-i", "-s", "1", "-q", *primary.conninfo(), "postgres"])
         backup = setup.work / "backup"
         # Archiving paused: .ready files pile up, as behind a busy primary.
         for i in range(5):
@@ -513,7 +513,7 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
         primary.psql(f"alter system set archive_command = '{command}'")
         primary.psql("select pg_reload_conf()")
         primary.wait_archived(primary.switch_wal())
-        run_pg([PG_BIN / "pg_basebackup", "-D", backup, "-X", "none", "-c", "fast", *primary.conninfo()])
+        run_pg([primary.bin("pg_basebackup"), "-D", backup, "-X", "none", "-c", "fast", *primary.conninfo()])
         log = primary.log()
         assert "pushed" in log and "ahead" in log, log[-3000:]
         assert "already pushed ahead (fast path)" in log, log[-3000:]
@@ -534,7 +534,7 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
             assert all(stored(setup, n) for n in done if len(n) == 24), "a .done segment is missing"
         finally:
             wal_dir.chmod(0o700)
-        run_pg([PG_BIN / "pgbench", "-t", "300", "-n", *primary.conninfo(), "postgres"])
+        run_pg([primary.bin("pgbench"), "-t", "300", "-n", *primary.conninfo(), "postgres"])
         expected = primary.psql("select sum(abalance), (select count(*) from b3) from pgbench_accounts")
         last = primary.switch_wal()
         primary.wait_archived(last, timeout=120)
@@ -549,7 +549,7 @@ def test_postgres_push_ahead_outage_and_pitr_through_prefetch(setup: Setup) -> N
 
     # PITR-style replay through the prefetcher.
     restored = Cluster.from_backup(backup, setup.work / "restored",
-                                   f"{walkeeper_cmd(setup.config)} -v wal-fetch %f %p")
+                                   f"{walkeeper_cmd(setup.config)} -v wal-fetch %f %p", bin_dir=pg_major)
     restored.start()
     try:
         restored.wait_recovery_done(timeout=180)

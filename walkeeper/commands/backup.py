@@ -84,7 +84,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
         raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
     warn_clock_skew(info.clock_skew)
 
-    basebackup = pg_tool(config, "pg_basebackup")
+    basebackup = pg_tool(config, "pg_basebackup", info.version_num // 10000)
     started = utc_now()
     # The id is reserved (no-clobber marker) before anything else is written: see repo/writers.py.
     held = Reservation.take(catalog, started.strftime("%Y%m%dT%H%M%SZ"))

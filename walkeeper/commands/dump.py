@@ -21,8 +21,8 @@ from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, PostgresError
 from walkeeper.core.progress import Progress
 from walkeeper.core.units import iso_time, utc_now
-from walkeeper.postgres.client import ConnOptions, ToolProcess, psql
-from walkeeper.postgres.dump_tools import dump_tool, tool_version
+from walkeeper.postgres.client import ConnOptions, ToolProcess, psql, tool_version
+from walkeeper.postgres.dump_tools import dump_tool
 from walkeeper.repo.catalog import Catalog, DumpItem, DumpMeta
 from walkeeper.repo.layout import dump_key
 from walkeeper.repo.repository import Repository, open_repository

@@ -50,7 +50,7 @@ def choose_server(found: list[tuple[int, Path]], dump_major: int) -> tuple[int, 
 
 
 def find_server(config: Config, dump_major: int) -> tuple[int, Path]:
-    from walkeeper.postgres.dump_tools import tool_version
+    from walkeeper.postgres.client import tool_version
 
     found = []
     for directory in server_candidates(config):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +26,33 @@ log = logging.getLogger(__name__)
 
 # -- PostgreSQL tools ----------------------------------------------------------------------------
 
-def pg_tool(config: Config, name: str) -> str:
-    """Absolute path of a PostgreSQL client program: [backup] pg_bin_dir, PATH, Debian's layout."""
+DEBIAN_BIN = "/usr/lib/postgresql/{major}/bin"
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def pg_tool(config: Config, name: str, server_major: int | None = None) -> str:
+    """Absolute path of a PostgreSQL client program: [backup] pg_bin_dir, PATH, Debian's layout.
+
+    With ``server_major`` (programs that refuse a newer server, pg_basebackup), the one of the
+    server's own major when it can be found (Debian's /usr/lib/postgresql/<major>/bin), else the
+    oldest newer one; an older one only in a clear error naming the mismatch (choose_tool).
+    """
     if config.backup.pg_bin_dir:
         path = Path(config.backup.pg_bin_dir) / name
         if not os.access(path, os.X_OK):
             raise ConfigError(f"[backup] pg_bin_dir: {path} is not an executable")
+        if server_major is not None:
+            return choose_tool(name, server_major, [(tool_version(str(path))[0], str(path))], pinned=True)
         return str(path)
+    if server_major is not None:
+        own = Path(DEBIAN_BIN.format(major=server_major)) / name
+        if os.access(own, os.X_OK):
+            return str(own)
+        found = [str(p) for p in [shutil.which(name)] if p]
+        found += [str(p) for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}")]
+        if found:
+            return choose_tool(name, server_major, [(tool_version(p)[0], p) for p in dict.fromkeys(found)],
+                               pinned=False)
     found = shutil.which(name)
     if found:
         return found
@@ -39,6 +61,37 @@ def pg_tool(config: Config, name: str) -> str:
     if candidates:
         return str(candidates[-1])
     raise PostgresError(f"{name} not found", hint="install the PostgreSQL client or set [backup] pg_bin_dir")
+
+
+def choose_tool(name: str, server_major: int, found: Sequence[tuple[int, str]], *, pinned: bool) -> str:
+    """Of the (major, path) programs found, the one to drive a server of ``server_major``.
+
+    The same major first (what the server's own installation would run), else the oldest newer one
+    (newer clients read older servers); an older one refuses the server ("incompatible server
+    version"), so that is one line naming both majors and the setting to change instead.
+    """
+    if not found:
+        raise PostgresError(f"{name} not found", hint="install the PostgreSQL client or set [backup] pg_bin_dir")
+    for major, path in sorted(found, key=lambda item: item[0]):
+        if major >= server_major:
+            return path
+    major, path = max(found)
+    where = "[backup] pg_bin_dir: " if pinned else ""
+    raise PostgresError(
+        f"{where}{name} {major} ({path}) is older than the server (PostgreSQL {server_major}), which it refuses",
+        hint=f"install PostgreSQL {server_major}'s client programs and set [backup] pg_bin_dir to their directory")
+
+
+def tool_version(path: str) -> tuple[int, str]:
+    """(major, full text) of a PostgreSQL client program, from ``--version``."""
+    try:
+        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError as exc:
+        raise PostgresError(f"cannot run {path}: {exc.strerror}") from None
+    match = _VERSION_RE.search(text)
+    if not match:
+        raise PostgresError(f"cannot tell the version of {path} ({text!r})")
+    return int(match.group(1)), text
 
 
 @dataclass(frozen=True)

@@ -5,28 +5,12 @@ Shared by ``dump``, ``restore-dump`` and ``restore-test --dump``.
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from walkeeper.core.config import Config
 from walkeeper.core.errors import PostgresError
-from walkeeper.postgres.client import pg_tool
-
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
-
-
-def tool_version(path: str) -> tuple[int, str]:
-    """(major, full text) of a PostgreSQL client program, from ``--version``."""
-    try:
-        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    except OSError as exc:
-        raise PostgresError(f"cannot run {path}: {exc.strerror}") from None
-    match = _VERSION_RE.search(text)
-    if not match:
-        raise PostgresError(f"cannot tell the version of {path} ({text!r})")
-    return int(match.group(1)), text
+from walkeeper.postgres.client import pg_tool, tool_version
 
 
 def dump_tool(config: Config, name: str, server_major: int) -> str:

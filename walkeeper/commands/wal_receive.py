@@ -36,6 +36,7 @@ from walkeeper.postgres.receivewal import (
     classify_failure,
     create_physical_slot,
     refusal_error,
+    server_major,
     start_receivewal,
     validate_slot,
 )
@@ -98,6 +99,7 @@ class Receiver:
         self.next_start = 0.0
         self.next_partial = 0.0
         self.stored_length: dict[str, int] = {}
+        self.major: int | None = None  # the server's: pg_receivewal refuses a newer server
 
     # -- the service loop --------------------------------------------------------------------------------
 
@@ -141,7 +143,9 @@ class Receiver:
             self.delay = min(self.delay * 2, self.config.receive.restart_max_delay)
             self.stats.restarts += 1
         if self.proc is None and now >= self.next_start:
-            self.proc = start_receivewal(self.config, self.options.conn, self.spec)
+            if self.major is None:
+                self.major = server_major(self.config, self.options.conn)
+            self.proc = start_receivewal(self.config, self.options.conn, self.spec, self.major)
             self.started_at = now
 
     def shutdown(self) -> None:

@@ -75,8 +75,17 @@ class ReceiveSpec:
     status_interval: int = 10  # seconds between pg_receivewal's status packets (the slot's progress)
 
 
-def receivewal_command(config: Config, conn: ConnOptions, spec: ReceiveSpec) -> list[str]:
-    cmd = [pg_tool(config, "pg_receivewal"), "-D", spec.spool, "--slot", validate_slot(spec.slot), "--no-loop",
+def server_major(config: Config, conn: ConnOptions) -> int | None:
+    """The server's major version, to run its own pg_receivewal; None when a plain session is refused
+    (pg_receivewal then says what is wrong with the replication connection)."""
+    try:
+        return int(psql(config, conn, "select current_setting('server_version_num')")) // 10000
+    except (PostgresError, ValueError):
+        return None
+
+
+def receivewal_command(config: Config, conn: ConnOptions, spec: ReceiveSpec, major: int | None = None) -> list[str]:
+    cmd = [pg_tool(config, "pg_receivewal", major), "-D", spec.spool, "--slot", validate_slot(spec.slot), "--no-loop",
            "--status-interval", str(spec.status_interval), "-w", *conn.args()]
     if spec.synchronous:
         cmd.append("--synchronous")
@@ -92,8 +101,8 @@ def receivewal_env() -> dict[str, str]:
     return env
 
 
-def start_receivewal(config: Config, conn: ConnOptions, spec: ReceiveSpec) -> ToolProcess:
-    return ToolProcess(receivewal_command(config, conn, spec), name="pg_receivewal", stdout=False,
+def start_receivewal(config: Config, conn: ConnOptions, spec: ReceiveSpec, major: int | None = None) -> ToolProcess:
+    return ToolProcess(receivewal_command(config, conn, spec, major), name="pg_receivewal", stdout=False,
                        env=receivewal_env())
 
 

@@ -20,13 +20,13 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from walkeeper.accel import state
 from walkeeper.core.config import Config
-from walkeeper.core.errors import ConflictError, LockedError, NotFound
+from walkeeper.core.errors import ConflictError, LockedError, NotFound, ReplicationRefused, StorageError
 from walkeeper.core.wal import parse_wal_name
 from walkeeper.core.walformat import is_segment_name, wal_name_kind
 from walkeeper.postgres.client import ConnOptions, ToolProcess
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "receive.lock"
 TICK = 0.25  # seconds between looks at the spool for completed segments
 RAN_LONG_ENOUGH = 30.0  # a pg_receivewal that ran this long resets the restart backoff
+STORAGE_RETRY = 5.0  # seconds before the next round after the repository failed (after its own retries)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class ReceiveStats:
     partials: int = 0
     restarts: int = 0
     last_stored: str | None = None
-    names: list[str] = field(default_factory=list)
+    storage_failures: int = 0
 
 
 def receive_spool(config: Config, slot: str) -> str:
@@ -116,8 +117,20 @@ class Receiver:
                         self.options.slot, self.repo.storage.url, self.spool, self.options.partial_interval,
                         ", synchronous" if self.options.synchronous else "")
             while not self.stop.is_set():
-                self.supervise()
-                self.sweep(partial=time.monotonic() >= self.next_partial)
+                try:
+                    self.supervise()
+                except ReplicationRefused:
+                    self.sweep(partial=True, heartbeat=False)  # what was received before is stored first
+                    raise
+                try:
+                    self.sweep(partial=time.monotonic() >= self.next_partial)
+                except StorageError as exc:
+                    # The repository is unreachable: pg_receivewal keeps receiving into the spool, and the
+                    # next round stores it (the heartbeat stops meanwhile: check reports the lag).
+                    self.stats.storage_failures += 1
+                    log.warning("cannot store into %s (%s); retrying in %g s", self.repo.storage.url, exc,
+                                STORAGE_RETRY)
+                    self.stop.wait(STORAGE_RETRY)
                 self.stop.wait(TICK)
             self.shutdown()
         finally:

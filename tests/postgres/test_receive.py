@@ -262,3 +262,33 @@ def test_receive_refusals(setup: Setup, case: str) -> None:
         assert "Traceback" not in proc.stderr
     finally:
         primary.destroy()
+
+
+def test_receive_rides_out_a_repository_outage(setup: Setup, s3_server) -> None:
+    """S3 unreachable: wal-receive keeps running (pg_receivewal keeps receiving into the spool), says so,
+    and stores everything once the repository is back."""
+    setup.repo_url = s3_server.url()
+    setup.extra_config = (s3_server.config_toml(connect_timeout=1.0, read_timeout=3.0)
+                          + "[retry]\nattempts = 2\nbase_delay = 0.1\nmax_delay = 0.3\n"
+                          + f'[receive]\nspool_dir = "{setup.work / "spool"}"\n')
+    setup.write_config()
+    primary = start_primary(setup)
+    receiver = Receiver(setup, primary, "--create-slot", "--partial-interval", "1")
+    try:
+        receiver.wait_for("streaming slot walkeeper")
+        primary.psql("create table t(x int)")
+        s3_server.forwarder.stop()
+        try:
+            primary.psql("insert into t select generate_series(1, 1000)")
+            name = primary.switch_wal()
+            receiver.wait_for("cannot store into", timeout=60)
+            assert receiver.proc.poll() is None, receiver.log()
+        finally:
+            s3_server.forwarder.start()
+        receiver.wait_for(name, timeout=60)  # stored, or already archived by archive_command (also back)
+        assert receiver.stop() == 0, receiver.log()
+        status = json.loads(setup.wk("status", "--json").stdout)
+        assert status["receive"] is not None, status
+    finally:
+        receiver.stop(signal.SIGKILL)
+        primary.destroy()

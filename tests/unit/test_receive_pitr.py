@@ -90,3 +90,25 @@ def test_plan_expire_drops_received_partials_before_the_cutoff() -> None:
     plan = plan_expire(inv, keep=2, keep_days=None, now=EXPIRE_NOW)  # cutoff: segment 5
     removed = [key for key, _size in plan.removals]
     assert keys[4] in removed and keys[5] not in removed and keys[10] not in removed
+
+
+# -- check --max-receive-lag (repo/health.judge) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("receive", "thresholds", "status", "says"), [
+    ({"lag_seconds": 5.0}, {"max_receive_lag": 60.0}, 0, None),
+    ({"lag_seconds": 90.0}, {"max_receive_lag": 60.0}, 2, "last WAL received by wal-receive 1.5m ago"),
+    ({"lag_seconds": 90.0}, {"warn_receive_lag": 60.0, "max_receive_lag": 600.0}, 1, "received by wal-receive"),
+    (None, {"max_receive_lag": 60.0}, 2, "no WAL received by wal-receive at all"),
+    (None, {}, 0, None),  # never ran, not asked: not judged
+    ({"lag_seconds": 9999.0}, {}, 0, None),
+])
+def test_check_receive_lag(receive: dict | None, thresholds: dict, status: int, says: str | None) -> None:
+    from tests.unit.test_check_decisions import doc, verdict
+    from walkeeper.repo.health import Thresholds
+
+    repo = {**doc(), "receive": receive}
+    got, messages = verdict(repo, Thresholds(**thresholds))
+    assert got == status, messages
+    if says:
+        assert any(says in m for m in messages), messages

@@ -228,8 +228,10 @@ def test_receive_stores_segments_and_already_archived(setup: Setup) -> None:
         primary.wait_archived(later)
         status = json.loads(setup.wk("status", "--json").stdout)
         assert status["receive"]["slot"] == "walkeeper" and status["receive"]["lag_seconds"] < 30, status
-        check = setup.wk("check", "--max-receive-lag", "1m")
+        prom = setup.work / "walkeeper.prom"
+        check = setup.wk("check", "--max-receive-lag", "1m", "--prometheus", prom)
         assert check.returncode == 0 and "receive lag" in check.stdout, check.stdout + check.stderr
+        assert "walkeeper_receive_lag_seconds{" in prom.read_text()
         assert receiver.stop() == 0, receiver.log()
         time.sleep(1.5)
         check = setup.wk("check", "--max-receive-lag", "1s")

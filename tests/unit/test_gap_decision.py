@@ -24,6 +24,7 @@ from walkeeper.commands.pusher import NotYourTurn, Pusher
 from walkeeper.core.config import load_config
 from walkeeper.core.errors import GapError, NotFound
 from walkeeper.core.wal import parse_wal_name
+from walkeeper.repo.fanout import Fanout, Target
 from walkeeper.repo.repository import Repository, open_repository
 
 SYSID = 7300000000000000001
@@ -106,7 +107,7 @@ def pusher_world(tmp_path: Path, ready: list[str], done: Sequence[str] = ()) -> 
         (datadir / "pg_wal" / "archive_status" / f"{name}.done").touch()
     status = tmp_path / "status"
     status.mkdir(mode=0o700)
-    return Pusher(config, repo, str(status), str(datadir)), repo
+    return Pusher(config, Fanout([Target("default", repo)]), str(status), str(datadir)), repo
 
 
 @pytest.mark.parametrize(("ready", "done", "stored", "wanted", "outcome"), [

@@ -143,7 +143,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     cwd = os.getcwd()
     if not any(os.path.exists(os.path.join(cwd, f)) for f in ("recovery.signal", "standby.signal")):
         return None  # prefetch serves recoveries only (the prefetcher stops when these files go)
-    spool = spool_dir(settings.spool_dir, settings.repo, cwd, create=False)  # made by the full path
+    spool = spool_dir(settings.spool_dir, settings.fetch_repo, cwd, create=False)  # made by the full path
     source = os.path.join(spool, name)
     meta_path = source + META_SUFFIX
     request = os.path.join(spool, REQUEST_FILE)
@@ -162,7 +162,7 @@ def try_wal_fetch(argv: list[str]) -> int | None:
     try:
         st = os.fstat(fd)
         head = os.pread(fd, 64, 0)
-        good = (record_matches(meta, name, settings.repo, st) and meta.get("boot_id") == boot_id()
+        good = (record_matches(meta, name, settings.fetch_repo, st) and meta.get("boot_id") == boot_id()
                 and segment_header_fits(name, head, st.st_size, pg_control_sysid(cwd)))
         if not good:
             # Corrupted, replaced or not ours: never serve it; the full path fetches directly.

@@ -11,14 +11,25 @@ from __future__ import annotations
 import os
 
 from walkeeper.accel.state import RECORD_VERSION, read_record, sha256_hex, state_root, write_record
-from walkeeper.core.configbase import CONFIG_ENV, PREFETCH, PUSH_AHEAD, REPO_ENV, config_dir, env_name, resolve_path
+from walkeeper.core.configbase import (
+    CONFIG_ENV,
+    PREFETCH,
+    PUSH_AHEAD,
+    REPO_ENV,
+    config_dir,
+    env_name,
+    push_identity,
+    repositories_identity,
+    resolve_path,
+)
 
 _GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose"}
 
 
 class FastSettings:
     def __init__(self) -> None:
-        self.repo = ""
+        self.repo = ""  # what wal-push stores into (configbase.push_identity): keys status dirs and records
+        self.fetch_repo = ""  # what wal-fetch reads, in order (configbase.repositories_identity): keys the spool
         self.push_ahead = PUSH_AHEAD
         self.status_dir: str | None = None
         self.prefetch = PREFETCH
@@ -85,6 +96,22 @@ def _read_config_file(path: str) -> dict[str, str]:
     if not isinstance(repo, str):
         raise ValueError("repo")
     values: dict[str, str] = {"repo": repo}
+    tables = data.get("repository")
+    if tables is not None:  # [[repository]]: name=URL pairs, tab-separated (checked fully by the full path)
+        if repo or not isinstance(tables, list) or not tables:
+            raise ValueError("repository")
+        pairs = []
+        for table in tables:
+            if not isinstance(table, dict):
+                raise ValueError("repository")
+            name, url = table.get("name"), table.get("repo")
+            if not isinstance(name, str) or not isinstance(url, str) or not name or not url or any(
+                    c in name + url for c in "\t\n") or "=" in name:
+                raise ValueError("repository")
+            pairs.append(f"{name}={url}")
+        values["repositories"] = "\t".join(pairs)
+    if "require" in archive:
+        values["require"] = _require(archive["require"])
     if "push_ahead" in archive:
         values["push_ahead"] = str(_coerce_int(archive["push_ahead"]))
     if "prefetch" in restore:
@@ -106,9 +133,9 @@ def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str,
     """The fast-path settings; raises on anything unusual (the caller then takes the full path)."""
     s = FastSettings()
     path = config_path or env.get(CONFIG_ENV) or None
+    values: dict[str, str] = {}
     if path:
         values = _read_config_file(path)
-        s.repo = values.get("repo", "")
         s.push_ahead = int(values.get("push_ahead", s.push_ahead))
         s.prefetch = int(values.get("prefetch", s.prefetch))
         s.status_dir = values.get("status_dir")
@@ -119,10 +146,27 @@ def load_settings(config_path: str | None, repo_flag: str | None, env: dict[str,
     for attr, section in (("status_dir", "archive"), ("spool_dir", "restore")):
         if env_name(section, attr) in env:
             setattr(s, attr, env[env_name(section, attr)] or None)
-    if env.get(REPO_ENV):
-        s.repo = env[REPO_ENV]
-    if repo_flag:
-        s.repo = repo_flag
-    if not isinstance(s.repo, str) or not s.repo:
+    require = _require(env[env_name("archive", "require")] if env_name("archive", "require") in env
+                       else values.get("require", "all"))
+    pairs = [(p.split("=", 1)[0], p.split("=", 1)[1]) for p in values["repositories"].split("\t")] \
+        if values.get("repositories") else [("default", values.get("repo", ""))]
+    # --repo (else WALKEEPER_REPO), as walkeeper.core.config.load_config reads it: a configured name selects
+    # that repository (wal-push stores into it alone; wal-fetch reads it first), anything else is a URL.
+    choice = repo_flag or env.get(REPO_ENV) or None
+    names = [p[0] for p in pairs]
+    if choice and values.get("repositories") and choice in names:
+        chosen = pairs[names.index(choice)]
+        push, fetch = [chosen], [chosen, *(p for p in pairs if p != chosen)]
+    else:
+        push = fetch = [("default", choice)] if choice else pairs
+    if not all(url for _name, url in push):
         raise ValueError("no repository")
+    s.repo = push_identity(push, require)
+    s.fetch_repo = repositories_identity(fetch)
     return s
+
+
+def _require(value: object) -> str:
+    if value not in ("all", "any"):  # walkeeper.core.config refuses it: let the full path say so
+        raise ValueError("require")
+    return str(value)

@@ -85,6 +85,13 @@ def status_dir(configured: str | None, repo: str, datadir: str, *, create: bool 
                               create=create)
 
 
+def lag_dir(configured: str | None, repo: str, *, create: bool = True) -> str:
+    """The backlog of repository ``repo`` (walkeeper.repo.lagbook), beside the status directories: one per
+    repository URL, whatever the data directory (one repository holds one cluster), so status finds it."""
+    base = configured or state_root(create=create)
+    return ensure_private_dir(os.path.join(base, f"lag-{sha256_hex(repo.encode())[:16]}"), create=create)
+
+
 def spool_dir(configured: str | None, repo: str, datadir: str, *, create: bool = True) -> str:
     if configured:
         return ensure_private_dir(os.path.join(configured, instance_key(repo, datadir)), create=create)

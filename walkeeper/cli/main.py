@@ -21,7 +21,8 @@ from walkeeper.core.errors import exit_code
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", envvar="WALKEEPER_CONFIG",  # checked when read: one error line
               help="TOML configuration file (env WALKEEPER_CONFIG).")
-@click.option("--repo", envvar="WALKEEPER_REPO", help="Repository URL or path (env WALKEEPER_REPO).")
+@click.option("--repo", envvar="WALKEEPER_REPO",
+              help="A configured repository's name, or a repository URL or path (env WALKEEPER_REPO).")
 @click.option("-v", "--verbose", count=True, help="More output and, on an error, its traceback; -vv for debug.")
 @click.version_option(__version__, prog_name="walkeeper")
 @click.pass_context

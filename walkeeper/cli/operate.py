@@ -91,7 +91,13 @@ def verify_cmd(app: AppContext, deep: bool, as_json: bool, jobs: int, pg_restore
 def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, port: str | None, user: str | None,
                dbname: str | None) -> None:
     """Repository summary and, when the server can be reached, its archiver's view."""
-    from walkeeper.commands.status import cluster_status, local_failures, repository_status, status_json
+    from walkeeper.commands.status import (
+        cluster_status,
+        local_failures,
+        repository_lag_status,
+        repository_status,
+        status_json,
+    )
     from walkeeper.postgres.client import ConnOptions
     from walkeeper.repo.repository import open_repository
 
@@ -112,6 +118,9 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
         except WalkeeperError as exc:
             doc["cluster"] = {"error": str(exc)}
     doc["walkeeper_failures"] = local_failures(config)
+    lags = repository_lag_status(config)
+    if lags is not None:
+        doc["repositories_behind"] = {lag.name: lag.to_json() for lag in lags}
     if as_json:
         render.echo_json(status_json(doc))
     else:

@@ -175,6 +175,13 @@ def print_status(doc: dict[str, Any]) -> None:
         if c["archive_lag_segments"] is not None:
             click.echo(f"  archive lag: {plural(c['archive_lag_segments'], 'segment')}"
                        + (f", {human_age(c['archive_lag_seconds'])}" if c["archive_lag_seconds"] else ""))
+    for name, lag in (doc.get("repositories_behind") or {}).items():
+        state = ("lag unknown" if lag["error"] else "up to date") if not lag["segments"] else (
+            f"{plural(lag['segments'], 'segment')} behind"
+            + (f", missing since {lag['oldest_missing']}" if lag["oldest_missing"] else ""))
+        why = f"; cannot be read now: {lag['error']}" if lag["error"] else (
+            f"; last error: {lag['last_failure']}" if lag["last_failure"] else "")
+        click.echo(f"  repository {name} ({lag['url']}): {state}{why}")
     for event, entry in sorted(doc["walkeeper_failures"].items()):
         click.echo(f"  walkeeper {event} failures on this host: {entry['failures']}"
                    + (f", last at {iso_utc(entry['last_failure'])}" if entry.get("last_failure") else "")

@@ -34,11 +34,19 @@ class Compression:
         if self.method not in METHODS:
             raise ConfigError(f"unknown compression method {self.method!r} (expected one of {METHODS})")
 
-    def compressor(self) -> StreamCompressor:
+    def compressor(self, workers: int = 1, job_size: int = 0) -> StreamCompressor:
+        """A streaming compressor; ``workers`` > 1 compresses jobs of ``job_size`` on that many threads.
+
+        zstd's own multithreading still writes one frame, which any zstd decoder (and every walkeeper
+        version) reads as before; the job size bounds what it holds (about 2 jobs per worker, plus 4).
+        """
         if self.method == "none":
             return _Identity()
         import zstandard
 
+        if workers > 1:
+            params = zstandard.ZstdCompressionParameters.from_level(self.level, threads=workers, job_size=job_size)
+            return zstandard.ZstdCompressor(compression_params=params).compressobj()
         return zstandard.ZstdCompressor(level=self.level, threads=self.threads).compressobj()
 
     def compress_all(self, data: bytes) -> bytes:

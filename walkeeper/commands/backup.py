@@ -55,9 +55,9 @@ class BackupOptions:
 
 
 def _store_tar(repo: Repository, held: Reservation, tar_name: str, chunks: Iterable[bytes],
-               progress: Progress) -> tuple[str, int, int, str]:
+               progress: Progress, workers: int = 1) -> tuple[str, int, int, str]:
     key = backup_key(held.backup_id, tar_name)
-    encoder = Encoder(repo.codec, key, extra={"backup": held.backup_id})
+    encoder = Encoder(repo.codec, key, extra={"backup": held.backup_id}, workers=workers)
 
     def counted() -> Iterator[bytes]:
         for chunk in chunks:
@@ -111,7 +111,8 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                     yield from scan_tar(stdout.read, captured)
                     proc.wait()  # a failed pg_basebackup must fail the put, not store a short tar
 
-                key, plain, stored, sha = _store_tar(repo, held, "base.tar", chunks(), progress)
+                key, plain, stored, sha = _store_tar(repo, held, "base.tar", chunks(), progress,
+                                                     config.backup.workers)
                 objects.append(BackupObject(key, "base.tar", None, None, plain, stored, sha))
             finally:
                 proc.kill()
@@ -128,7 +129,7 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                     with open(path, "rb") as handle:
                         key, plain, stored, sha = _store_tar(
                             repo, held, path.name, scan_tar(handle.read, captured if path.name == "base.tar"
-                                                                 else {}), progress)
+                                                                 else {}), progress, config.backup.workers)
                     oid = None if path.name == "base.tar" else path.stem
                     objects.append(BackupObject(key, path.name, oid, None, plain, stored, sha))
                     path.unlink()

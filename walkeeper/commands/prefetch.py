@@ -28,7 +28,7 @@ from walkeeper.core.durable import TEMP_PREFIX, write_file
 from walkeeper.core.errors import GapError, NotFound
 from walkeeper.core.wal import WalKind, parse_wal_name, segment_name, segno_of
 from walkeeper.core.walformat import is_segment_name
-from walkeeper.repo.repository import Repository, open_repository
+from walkeeper.repo.fallback import Source, fetch_first, sources_for
 
 log = logging.getLogger("walkeeper.prefetch")
 POLL = 0.02
@@ -36,12 +36,13 @@ RETRY_MISSING = 1.0
 
 
 class Prefetcher:
-    def __init__(self, config: Config, repo: Repository, spool: str, datadir: str) -> None:
+    def __init__(self, config: Config, sources: list[Source], spool: str, datadir: str, segment_size: int) -> None:
         self.config = config
-        self.repo = repo
+        self.sources = sources  # the repositories, in the order wal-fetch reads them (repo/fallback.py)
+        self.identity = config.fetch_identity()
         self.spool = spool
         self.datadir = datadir
-        self.segment_size = repo.segment_size
+        self.segment_size = segment_size
         depth = min(config.restore.prefetch, config.restore.spool_max_mb * 1024 * 1024 // self.segment_size)
         self.depth = max(1, depth)
         self.workers = max(1, config.restore.workers)
@@ -84,7 +85,7 @@ class Prefetcher:
     def fetch(self, name: str) -> None:
         # Decrypts, checks SHA-256, size and page header. No gap_wait: a segment missing while later ones
         # are stored is marked .missing at once and retried; PostgreSQL's own wal-fetch does the bounded wait.
-        data = self.repo.fetch_wal(parse_wal_name(name))
+        data = fetch_first(self.sources, parse_wal_name(name)).data
         with self.lock:
             if name not in self.wanted:
                 return  # recovery moved on (or to another timeline) while we downloaded
@@ -96,7 +97,7 @@ class Prefetcher:
         # The repository verified the bytes (AEAD, SHA-256, size, page header); from here on the file's
         # identity (inode, size, mtime, ctime) and the boot id show that nobody has touched it since.
         state.write_record(final + state.META_SUFFIX, {
-            "v": state.RECORD_VERSION, "name": name, "repo": self.config.repo,
+            "v": state.RECORD_VERSION, "name": name, "repo": self.identity,
             "boot_id": state.boot_id(), **state.identity(st),
         }, sync=False)
         with contextlib.suppress(FileNotFoundError):
@@ -191,17 +192,26 @@ class Prefetcher:
             self.inflight[name] = pool.submit(self.fetch, name)
 
 
+def _has_meta(source: Source) -> bool:
+    try:
+        return source.repo.meta() is not None
+    except Exception as exc:  # a repository that cannot be read now: the others may serve
+        log.warning("repository %s: %s", source.name, exc)
+        return False
+
+
 def main(argv: list[str]) -> int:
     spool, datadir, config_path, repo_url = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s walkeeper prefetch[%(process)d]: %(message)s")
     if state.take_exclusive_lock(spool, state.LOCK_FILE) is None:
         return 0  # another prefetcher serves this spool
     try:
-        config = load_config(config_path or None, repo=repo_url)
-        repo = open_repository(config)
-        if repo.meta() is None:
+        config = load_config(config_path or None, repo=repo_url or None)
+        sources = sources_for(config)
+        sizes = [s.repo.segment_size for s in sources if _has_meta(s)]
+        if not sizes:
             return 0
-        prefetcher = Prefetcher(config, repo, spool, datadir)
+        prefetcher = Prefetcher(config, sources, spool, datadir, sizes[0])
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(spool, state.STARTING_FILE))

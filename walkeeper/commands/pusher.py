@@ -14,6 +14,11 @@ the fast path instead of pushing it a second time; then the durable store; then 
 A failed or killed push leaves no record: PostgreSQL's own call then pushes the file itself and
 reports what went wrong. Running beside PostgreSQL's calls (instead of inside one of them) lets
 the fast-path calls overlap with compression and upload on a second core.
+
+Several repositories (repo/fanout.py): a file is recorded only once it is stored as ``[archive] require``
+asks (in every repository; with "any", in one and in the backlog of the others). While a repository is
+behind, the pusher stays alive and catches it up in WAL order, every ``catch_up_interval`` seconds while
+it keeps failing, also when PostgreSQL archives nothing.
 """
 
 from __future__ import annotations
@@ -29,14 +34,13 @@ from walkeeper.accel import state
 from walkeeper.accel.spawn import log_helper_stopped
 from walkeeper.core.config import Config, load_config
 from walkeeper.core.durable import TEMP_PREFIX
-from walkeeper.core.wal import parse_wal_name
 from walkeeper.core.walformat import is_segment_name, is_wal_name
-from walkeeper.repo.layout import wal_key
-from walkeeper.repo.repository import Repository, open_repository
-from walkeeper.repo.walfile import push_file, ready_files
+from walkeeper.repo.fanout import Fanout, fanout_for
+from walkeeper.repo.walfile import ready_files
 
 log = logging.getLogger("walkeeper.pusher")
 POLL = 0.01
+CATCH_UP_POLL = 0.5  # between two rounds of catch-up (a repository that failed rests longer: catch_up_interval)
 RETRY_FAILED = 5.0  # a failed file is tried again after this long (PostgreSQL's own call reports it)
 PRUNE_EVERY = 1.0
 STALE_TEMP = 60.0
@@ -47,10 +51,11 @@ class NotYourTurn(Exception):
 
 
 class Pusher:
-    def __init__(self, config: Config, repo: Repository, status: str, datadir: str,
+    def __init__(self, config: Config, fanout: Fanout, status: str, datadir: str,
                  skip: frozenset[str] = frozenset()) -> None:
         self.config = config
-        self.repo = repo
+        self.fanout = fanout
+        self.identity = config.push_identity()
         self.status = status
         self.pg_wal = Path(datadir) / "pg_wal"
         self.limit = max(1, config.archive.push_ahead)
@@ -75,7 +80,7 @@ class Pusher:
                                sync=False)
             before = os.stat(file)
             # look_first=False: files ahead are rarely stored already.
-            result = push_file(self.repo, file, look_first=False, before_store=lambda: self.wait_turn(name))
+            result = self.fanout.push(file, look_first=False, before_store=lambda: self.wait_turn(name)).result
             self.stored.add(name)
             delay = os.environ.get("WALKEEPER_TEST_PUSH_AHEAD_DELAY")  # fault-injection tests only
             if delay:
@@ -85,7 +90,7 @@ class Pusher:
                 log.warning("%s changed while it was pushed ahead; not recording it", name)
                 return False
             state.write_record(self._path(name), {  # synced, like the object it vouches for
-                "v": state.RECORD_VERSION, "name": name, "repo": self.config.repo, "sha256": result.sha256,
+                "v": state.RECORD_VERSION, "name": name, "repo": self.identity, "sha256": result.sha256,
                 **state.identity(after)})
             return True
         except Exception as exc:  # PostgreSQL's own call will push it again and report the error
@@ -113,7 +118,7 @@ class Pusher:
                 future = self.inflight.get(earlier)
                 if (future is not None and not future.done()) or state.pushing_pid(self.status, earlier):
                     break  # being stored by a worker or by PostgreSQL's own call: wait for it
-                if self.repo.stored_sha256(wal_key(parse_wal_name(earlier))) is None:
+                if not self.fanout.holds(earlier):
                     raise NotYourTurn(f"{earlier}, before it, is not stored (its push failed); storing "
                                       f"{name} first would look like a gap to a standby")
                 self.stored.add(earlier)  # stored and not .done yet, or stored by another writer
@@ -136,6 +141,16 @@ class Pusher:
                 continue  # PostgreSQL's own (full-path) call is pushing it
             out.append(name)
         return out
+
+    def catch_up(self) -> dict[str, int]:
+        """One round of catch-up of the repositories behind (each left alone while it rests)."""
+        try:
+            done = self.fanout.catch_up()
+        except Exception as exc:  # never the end of the pusher; the backlog stays for the next round
+            log.warning("catch-up failed: %s", exc)
+            return {}
+        time.sleep(CATCH_UP_POLL)
+        return done
 
     def recorded(self) -> set[str]:
         return {n for n in os.listdir(self.status) if is_wal_name(n)}
@@ -178,7 +193,8 @@ class Pusher:
         last_work = time.monotonic()
         next_prune = 0.0
         config_seen = _config_identity(self.config.source)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="push") as pool:
+        catching_up: Future[dict[str, int]] | None = None
+        with ThreadPoolExecutor(max_workers=self.workers + 1, thread_name_prefix="push") as pool:
             while self.pg_wal.is_dir():
                 now = time.monotonic()
                 if now >= next_prune:
@@ -194,6 +210,14 @@ class Pusher:
                     time.sleep(POLL)
                     continue
                 if self.reap():
+                    last_work = now
+                if catching_up is None or catching_up.done():
+                    if catching_up is not None and any(catching_up.result().values()):
+                        last_work = now
+                    # A repository behind (require = "any") keeps the pusher alive: it catches up as soon as
+                    # the repository is back, even while PostgreSQL archives nothing.
+                    catching_up = pool.submit(self.catch_up) if self.fanout.lagging() else None
+                if catching_up is not None:
                     last_work = now
                 if len(self.inflight) < self.workers:
                     todo = self.candidates(ready_files(self.pg_wal), self.recorded())
@@ -227,8 +251,10 @@ def main(argv: list[str]) -> int:
     if state.take_exclusive_lock(status, state.PUSH_LOCK_FILE) is None:
         return 0  # another pusher serves this status directory
     try:
-        config = load_config(config_path or None, repo=repo_url)
-        pusher = Pusher(config, open_repository(config), status, datadir, frozenset(own))
+        config = load_config(config_path or None, repo=repo_url or None)
+        fanout = fanout_for(config, pg_wal=Path(datadir) / "pg_wal",
+                            lag_dir=lambda url: state.lag_dir(config.archive.status_dir, url))
+        pusher = Pusher(config, fanout, status, datadir, frozenset(own))
     finally:
         state.remove_file(os.path.join(status, state.PUSH_STARTING_FILE))
     log.info("pushing ahead from %s (up to %d, %d workers)", pusher.pg_wal, pusher.limit, pusher.workers)

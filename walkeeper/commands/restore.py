@@ -15,4 +15,5 @@ def restore(config: Config, backup_id: str | None, pgdata: str, tablespace_map: 
             progress: bool | None = None) -> RestoreResult:
     repo = open_repository(config)
     backup = Catalog(repo).resolve(backup_id)
-    return restore_backup(repo, backup, Path(pgdata), tablespace_map=tablespace_map, progress=progress)
+    return restore_backup(repo, backup, Path(pgdata), tablespace_map=tablespace_map, progress=progress,
+                          workers=config.backup.workers)

@@ -248,6 +248,22 @@ def cluster_status(config: Config, conn: ConnOptions | None = None) -> dict[str,
     return doc
 
 
+def repository_lag_status(config: Config) -> list[Any] | None:
+    """Each configured repository's lag (repo/lag.py); None with a single repository."""
+    if len(config.repository_names()) < 2:
+        return None
+    from walkeeper.accel import state
+    from walkeeper.repo.lag import repository_lags
+
+    def lag_dir(url: str) -> str | None:
+        try:
+            return state.lag_dir(config.archive.status_dir, url, create=False)
+        except OSError:  # no backlog on this host (or not this user's)
+            return None
+
+    return repository_lags(config, lag_dir)
+
+
 # -- check: read here, judged by repo/health.py ---------------------------------------------------
 
 def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, conn: ConnOptions | None = None,
@@ -278,6 +294,8 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
             result.cluster = cluster_status(config, conn)
         except Exception as exc:  # the message says what could not be read, on one line
             cluster_error = str(exc)
+    with contextlib.suppress(Exception):
+        result.lags = repository_lag_status(config)
     return judge(result, thresholds, cluster_error)
 
 

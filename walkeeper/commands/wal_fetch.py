@@ -1,7 +1,8 @@
 """wal-fetch: PostgreSQL's restore_command.
 
 Exit 0 only once the whole verified file is at the destination; "not in the archive" is the only
-quiet failure (see errors.exit_code). With prefetch, starts the prefetcher (commands/prefetch.py).
+quiet failure (see errors.exit_code). With several repositories: the first that has it (repo/fallback.py).
+With prefetch, starts the prefetcher (commands/prefetch.py).
 """
 
 from __future__ import annotations
@@ -14,26 +15,39 @@ from walkeeper.accel import state
 from walkeeper.accel.spawn import outside_data_directory, recovering, spawn_helper
 from walkeeper.core.config import Config
 from walkeeper.core.errors import NotFound
+from walkeeper.core.wal import parse_wal_name
 from walkeeper.core.walformat import is_segment_name
+from walkeeper.repo.fallback import Source, fetch_first, sources_for
 from walkeeper.repo.received import fetch_received_partial
-from walkeeper.repo.repository import open_repository
-from walkeeper.repo.walfile import FetchResult, fetch_file
+from walkeeper.repo.walfile import FetchResult, place_file
 
 log = logging.getLogger(__name__)
 
 
 def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
-    repo = open_repository(config)
+    wal_name = parse_wal_name(name)
+    sources = sources_for(config)
     try:
-        result = fetch_file(repo, name, Path(dest), gap_wait=config.restore.gap_wait)
+        fetched = fetch_first(sources, wal_name, gap_wait=config.restore.gap_wait)
+        result = place_file(wal_name.name, fetched.data, Path(dest))
     except NotFound:  # the end of the archive: wal-receive's partial of this segment, if it is the last thing
-        result = fetch_received_partial(repo, name, Path(dest), gap_wait=config.restore.gap_wait)
+        result = received_partial(sources, name, Path(dest), config.restore.gap_wait)
     if config.restore.prefetch > 0:
         try:
             start_prefetch(config, name)
         except Exception as exc:  # prefetch only ever saves time; the segment is in place already
             log.warning("prefetch not started: %s", exc)
     return result
+
+
+def received_partial(sources: list[Source], name: str, dest: Path, gap_wait: float) -> FetchResult:
+    """The first repository's newest received partial of ``name`` (repo/received.py), else "not found"."""
+    for source in sources:
+        try:
+            return fetch_received_partial(source.repo, name, dest, gap_wait=gap_wait)
+        except NotFound:
+            continue
+    raise NotFound(f"{name} is not in the archive")
 
 
 # -- prefetch ----------------------------------------------------------------------------------------------
@@ -46,14 +60,15 @@ def start_prefetch(config: Config, name: str) -> bool:
         return False
     if config.restore.spool_dir:
         outside_data_directory(config.restore.spool_dir, datadir, "[restore] spool_dir")
-    spool = state.spool_dir(config.restore.spool_dir, config.repo, datadir)
+    spool = state.spool_dir(config.restore.spool_dir, config.fetch_identity(), datadir)
     state.write_record(os.path.join(spool, state.REQUEST_FILE),  # a hint to the live prefetcher: not synced
-                       {"v": state.RECORD_VERSION, "name": name, "served": 1}, sync=False)
+                          {"v": state.RECORD_VERSION, "name": name, "served": 1}, sync=False)
     if prefetcher_running(spool):
         return False
     with open(os.path.join(spool, state.STARTING_FILE), "w"):  # a hint for seconds: not synced
         pass  # lets the next wal-fetch wait for this prefetcher while its interpreter starts
-    return spawn_helper(["walkeeper.commands.prefetch", spool, datadir, config.source or "", config.repo], datadir,
+    return spawn_helper(["walkeeper.commands.prefetch", spool, datadir, config.source or "", config.repo_choice or ""],
+                        datadir,
                         os.path.join(spool, "prefetch.log"))
 
 

@@ -31,3 +31,19 @@ def config_dir(path: str) -> str:
 def resolve_path(value: str, base_dir: str) -> str:
     """A path setting from a config file: absolute as given, relative ones resolved against ``base_dir``."""
     return value if os.path.isabs(value) else os.path.realpath(os.path.join(base_dir, value))
+
+
+def repositories_identity(repositories: list[tuple[str, str]]) -> str:
+    """The identity of the repositories wal-fetch reads, (name, URL) pairs in order: the prefetch spool and
+    its records are keyed by it. One repository: its URL (as before several repositories existed)."""
+    if len(repositories) == 1:
+        return repositories[0][1]
+    return " ".join(f"{name}={url}" for name, url in repositories)
+
+
+def push_identity(repositories: list[tuple[str, str]], require: str) -> str:
+    """The identity of what wal-push stores into: status directories and the pusher's records are keyed
+    by it, so a record never vouches for another set of repositories or another ``require``."""
+    if len(repositories) == 1:
+        return repositories[0][1]
+    return f"{repositories_identity(repositories)} require={require}"

@@ -30,6 +30,7 @@ from walkeeper.core.errors import (
     WalkeeperError,
     running_as,
 )
+from walkeeper.core.filewriters import FileWriters
 from walkeeper.core.progress import Progress
 from walkeeper.core.units import human_bytes
 from walkeeper.postgres.basebackup import CHUNK, PG_CONTROL, ControlFacts, TarScanner, member_name, parse_pg_control
@@ -37,6 +38,8 @@ from walkeeper.repo.catalog import BackupMeta, BackupObject
 from walkeeper.repo.repository import Repository
 
 # -- restoring a backup --------------------------------------------------------------------------
+
+SMALL_FILE = 1024 * 1024  # with workers > 1, files up to this size are written by FileWriters' threads
 
 class _StreamReader:
     """A file-like ``read(n)`` over an iterator of chunks (the decoder's plaintext)."""
@@ -47,6 +50,15 @@ class _StreamReader:
         self._done = False
 
     def read(self, size: int = -1) -> bytes:
+        if not self._buf and not self._done and size > 0:  # the usual case: tarfile asks for what a chunk holds
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._done = True
+                return b""
+            if len(chunk) == size:
+                return chunk  # no copy
+            self._buf += chunk
         while not self._done and (size < 0 or len(self._buf) < size):
             try:
                 self._buf += next(self._chunks)
@@ -96,7 +108,7 @@ def _check_inside(root: Path, path: Path, name: str) -> None:
 
 
 def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, bytes],
-                sync: TreeSync | None = None) -> int:
+                sync: TreeSync | None = None, writers: FileWriters | None = None) -> int:
     """Extract a tar stream under ``root`` refusing anything that could escape it; returns file count.
 
     ``global/pg_control`` is kept in ``deferred`` instead of being written. With ``sync``, every file
@@ -123,6 +135,10 @@ def extract_tar(read: Callable[[int], bytes], root: Path, deferred: dict[str, by
                     deferred[name] = handle.read()
                     continue
                 _mkdirs(root, dest.parent, member.name, sync)
+                if writers is not None and member.size <= SMALL_FILE:  # written (and synced) on a worker thread
+                    writers.write(dest, (member.mode & 0o640) | 0o600, handle.read())
+                    count += 1
+                    continue
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              (member.mode & 0o640) | 0o600)
                 try:
@@ -260,7 +276,7 @@ def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> s
 
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
                    progress: bool | None = None,
-                   before_control: Callable[[Path], None] | None = None) -> RestoreResult:
+                   before_control: Callable[[Path], None] | None = None, workers: int = 1) -> RestoreResult:
     """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum.
 
     Every file and directory is durable (fsync) before ``global/pg_control`` is written, and
@@ -294,6 +310,7 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     total = 0
     meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
     sync = TreeSync()
+    writers = FileWriters(workers, sync=sync) if workers > 1 else None
     writing = pgdata  # the target being written, for the error message
     try:
         for _obj, target in targets:
@@ -311,8 +328,10 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                     for chunk in chunks:
                         meter.add(len(chunk))
                         yield chunk
-                reader = _StreamReader(counted(decoder.decode(handle.read)))
-                files += extract_tar(reader.read, target, deferred if target == pgdata else {}, sync)
+                reader = _StreamReader(counted(decoder.decode(handle.read, workers=workers)))
+                files += extract_tar(reader.read, target, deferred if target == pgdata else {}, sync, writers)
+                if writers is not None:
+                    writers.finish()  # this target's files are written (an error is this target's)
                 reader.exhaust()
             if decoder.sha256 != obj.sha256 or decoder.size != obj.plain_size:
                 raise IntegrityError(f"{obj.key} decodes to sha256 {decoder.sha256} ({decoder.size} bytes), "
@@ -338,6 +357,8 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             fsync_dir(pgdata)
         write_file(control, deferred[PG_CONTROL], replace=False)  # durable: file, then global/
     except BaseException as exc:
+        if writers is not None:
+            writers.close()  # nothing more is written while the partial restore is removed
         undone = _undo_restore(created)
         if isinstance(exc, WalkeeperError | KeyboardInterrupt):
             raise
@@ -347,6 +368,8 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             raise StorageError(f"{_restore_os_error(exc, writing, option, needed)}; {undone}") from None
         raise
     finally:
+        if writers is not None:
+            writers.close()
         sync.close()
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
 

@@ -249,7 +249,8 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
     # The settings are written before pg_control: a directory is never startable without them.
     restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map,
                               before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command,
-                                                                                        streaming)))
+                                                                                        streaming)),
+                              workers=config.backup.workers)
     return PitrResult(plan, restored, notes, directory, False)
 
 

@@ -15,6 +15,7 @@ from walkeeper.core.chronology import clock_off, describe_skew, human_span
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError
 from walkeeper.core.units import human_bytes, plural
+from walkeeper.repo.lag import RepositoryLag, lag_problems
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -81,6 +82,7 @@ class CheckResult:
     repo: dict[str, Any] | None = None
     cluster: dict[str, Any] | None = None
     failures: dict[str, int] = field(default_factory=dict)
+    lags: list[RepositoryLag] | None = None  # several repositories: each one's lag (repo/lag.py)
 
     def raise_to(self, status: int, message: str) -> None:
         """Add a reason; the status only ever gets worse (UNKNOWN is only set when nothing could be read)."""
@@ -151,6 +153,8 @@ def judge(result: CheckResult, thresholds: Thresholds, cluster_error: str | None
                    thresholds.warn_receive_lag, thresholds.max_receive_lag)
     if doc["gaps"]:
         result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
+    for problem in lag_problems(result.lags or []):
+        result.raise_to(WARNING, problem)
     if cluster_error is not None:
         result.raise_to(WARNING, cluster_error)
     elif result.cluster is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from walkeeper.repo.health import CheckResult
+from walkeeper.repo.lag import lag_metric
 
 
 def _label(value: str) -> str:
@@ -76,6 +77,8 @@ def prometheus_text(result: CheckResult, repo_url: str, *, now: float | None = N
     metric("walkeeper_failures_total", "counter",
            "Failed walkeeper commands seen by [notify] on this host, per event.",
            [(f',event="{_label(event)}"', count) for event, count in sorted(result.failures.items())])
+    if result.lags:
+        lines += lag_metric(result.lags)
     if result.cluster:
         c = result.cluster
         metric("walkeeper_archiver_failed_total", "counter", "pg_stat_archiver.failed_count of the server.",

@@ -332,12 +332,20 @@ class Repository:
         A missing segment while a later one of its timeline is stored is either a store still in
         flight (parallel pushes finish out of order) or a gap: see ``_missing_segment``.
         """
-        meta = self.require_meta()
-        key = wal_key(name)
         try:
-            blob = self.storage.get(key)
+            blob = self.wal_object(name)
         except NotFound:
             blob = self._missing_segment(name, gap_wait)
+        return self.decode_wal(name, blob)
+
+    def wal_object(self, name: WalName) -> bytes:
+        """The stored (encoded) object of a WAL file; NotFound when this repository does not hold it."""
+        self.require_meta()
+        return self.storage.get(wal_key(name))
+
+    def decode_wal(self, name: WalName, blob: bytes) -> bytes:
+        """The verified plaintext of ``blob``, the stored object of ``name``."""
+        meta = self.require_meta()
         _header, data = decode_bytes(self.keyring, blob, expected_name=name.name)
         if name.kind is WalKind.SEGMENT:
             size = meta.wal_segment_size or DEFAULT_SEGMENT_SIZE

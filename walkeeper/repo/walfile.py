@@ -13,7 +13,7 @@ from pathlib import Path
 
 from walkeeper.core.durable import write_file
 from walkeeper.core.errors import InvalidWal, NotFound, StorageError
-from walkeeper.core.wal import check_segment, parse_wal_name
+from walkeeper.core.wal import PageHeader, WalName, check_segment, parse_wal_name
 from walkeeper.core.walformat import is_wal_name
 from walkeeper.repo.repository import PushResult, Repository
 
@@ -36,14 +36,34 @@ def push_file(repo: Repository, path: Path, *, look_first: bool = True,
               before_store: Callable[[], None] | None = None) -> PushResult:
     """Validate one WAL file and store it: the body of archive_command (``look_first``, ``before_store``:
     see push_wal)."""
+    wal = read_checked(path)
+    return store_wal(repo, wal, look_first=look_first, before_store=before_store)
+
+
+@dataclass(frozen=True)
+class WalData:
+    """A WAL file read and checked, ready to be stored into one or several repositories."""
+
+    name: WalName
+    data: bytes
+    header: PageHeader | None  # segments (and .partial): the first page header
+
+
+def read_checked(path: Path) -> WalData:
+    """Read one WAL file named by PostgreSQL and check its name (and a segment's first page header)."""
     name = parse_wal_name(path.name)
     data = read_wal_file(path)
-    if name.is_segment_like:
-        header = check_segment(name, data)
-        repo.ensure_identity(header.system_identifier, header.segment_size, header.pg_version)
+    return WalData(name, data, check_segment(name, data) if name.is_segment_like else None)
+
+
+def store_wal(repo: Repository, wal: WalData, *, look_first: bool = True,
+              before_store: Callable[[], None] | None = None) -> PushResult:
+    """Store a checked WAL file in one repository (its identity recorded or checked first)."""
+    if wal.header is not None:
+        repo.ensure_identity(wal.header.system_identifier, wal.header.segment_size, wal.header.pg_version)
     else:
         repo.ensure_identity(None, None, None)
-    return repo.push_wal(name, data, look_first=look_first, before_store=before_store)
+    return repo.push_wal(wal.name, wal.data, look_first=look_first, before_store=before_store)
 
 
 def ready_files(pg_wal: Path) -> list[str]:
@@ -74,9 +94,7 @@ class FetchResult:
     size: int
 
 
-def fetch_file(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0) -> FetchResult:
-    """The body of restore_command: fetch, verify, place (``gap_wait``: see Repository.fetch_wal)."""
-    name = parse_wal_name(name_text)
-    data = repo.fetch_wal(name, gap_wait=gap_wait)
+def place_file(name: str, data: bytes, dest: Path) -> FetchResult:
+    """The end of restore_command: the verified file at ``dest``."""
     write_file_atomically(dest, data)
-    return FetchResult(name.name, len(data))
+    return FetchResult(name, len(data))

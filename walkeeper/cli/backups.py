@@ -20,12 +20,15 @@ from walkeeper.cli.context import AppContext, conn_options, handle_errors, pass_
                    "include: a self-contained backup.")
 @click.option("--wal-wait-timeout", type=float, help="Seconds to wait for the last WAL segment "
               "(default [backup] wal_wait_timeout).")
+@click.option("--incremental", is_flag=True, help="PostgreSQL 17+ (summarize_wal = on): only what changed since "
+              "the parent backup (the newest on the server's timeline, or --from).")
+@click.option("--from", "parent", metavar="ID", help="With --incremental: the parent backup.")
 @click.option("--json", "as_json", is_flag=True, help="Print the backup's metadata as JSON.")
 @pass_app
 @handle_errors()
 def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | None, dbname: str | None,
                fast_checkpoint: bool, label: str | None, wal: str, wal_wait_timeout: float | None,
-               as_json: bool) -> None:
+               incremental: bool, parent: str | None, as_json: bool) -> None:
     """Take a base backup with pg_basebackup, streamed into the repository."""
     switch_to_owner(app, "backup")
     from dataclasses import asdict
@@ -34,7 +37,8 @@ def backup_cmd(app: AppContext, host: str | None, port: str | None, user: str | 
     from walkeeper.postgres.client import ConnOptions
 
     options = BackupOptions(conn=ConnOptions(host, port, user, dbname), label=label,
-                            fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout)
+                            fast_checkpoint=fast_checkpoint, wal=wal, wal_wait_timeout=wal_wait_timeout,
+                            incremental=incremental, parent=parent)
     backup = take_backup(app.config, options)
     if as_json:
         render.echo_json(asdict(backup))
@@ -100,12 +104,17 @@ def backups_show_cmd(app: AppContext, backup_id: str, as_json: bool) -> None:
               help="Target data directory: new or empty.")
 @click.option("--tablespace-map", multiple=True, metavar="OLD=NEW",
               help="Restore the tablespace at OLD (path or oid) into NEW instead.")
+@click.option("--dry-run", is_flag=True, help="Show the backup (and an incremental's chain); write nothing.")
 @pass_app
 @handle_errors()
-def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...]) -> None:
+def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tuple[str, ...], dry_run: bool) -> None:
     """Restore a base backup (ID or 'latest', the default) into an empty or new directory."""
+    from walkeeper.commands.restore import plan_restore, restore
+
+    if dry_run:
+        render.print_restore_plan(plan_restore(app.config, backup_id), pgdata)
+        return
     switch_to_owner(app, "restore", pgdata=pgdata)
-    from walkeeper.commands.restore import restore
 
     render.print_restored(restore(app.config, backup_id, pgdata, tablespace_map))
 

@@ -58,11 +58,20 @@ def print_backup_done(backup: Any) -> None:
 
     click.echo(f"backup {backup.id} done: {human(backup.plain_size)} stored as {human(backup.stored_size)}, "
                f"LSN {backup.start_lsn} .. {backup.stop_lsn} (timeline {backup.timeline}), "
-               f"WAL {backup.start_wal} .. {backup.stop_wal} ({backup.wal_mode})")
+               f"WAL {backup.start_wal} .. {backup.stop_wal} ({backup.wal_mode})"
+               + (f", incremental on {backup.parent}" if backup.parent else ""))
+
+
+def _chain_lengths(backups: list[Any]) -> dict[str, int | None]:
+    from walkeeper.repo.chains import chain_length, parent_map
+
+    parents = parent_map(backups)
+    return {b.id: chain_length(b.id, parents) for b in backups}
 
 
 def backups_json(backups: list[Any], incomplete: list[str], running: list[Any]) -> dict[str, Any]:
-    return {"backups": [asdict(b) for b in backups], "incomplete": incomplete,
+    lengths = _chain_lengths(backups)
+    return {"backups": [{**asdict(b), "chain_length": lengths[b.id]} for b in backups], "incomplete": incomplete,
             "running": [{"id": s.backup_id, "writer": s.describe()} for s in running]}
 
 
@@ -74,10 +83,13 @@ def print_backups(backups: list[Any], incomplete: list[str], running: list[Any])
         click.echo("no backups")
     else:
         click.echo(f"{'ID':<18} {'STOP TIME (UTC)':<20} {'TLI':>3} {'START LSN':>12} {'STOP LSN':>12} "
-                   f"{'SIZE':>10} {'STORED':>10} WAL     LABEL")
+                   f"{'SIZE':>10} {'STORED':>10} WAL     {'TYPE':<11} {'PARENT':<18} CHAIN LABEL")
+    lengths = _chain_lengths(backups)
     for b in backups:
+        chain = "BROKEN" if lengths[b.id] is None else str(lengths[b.id])
         click.echo(f"{b.id:<18} {b.stop_time[:19].replace('T', ' '):<20} {b.timeline:>3} {b.start_lsn:>12} "
-                   f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} {b.label}")
+                   f"{b.stop_lsn:>12} {human(b.plain_size):>10} {human(b.stored_size):>10} {b.wal_mode:<7} "
+                   f"{b.type:<11} {b.parent or '-':<18} {chain:>5} {b.label}")
     for i in incomplete:
         click.echo(f"{i:<18} INCOMPLETE (no metadata: interrupted, not usable)")
     for s in running:
@@ -99,9 +111,22 @@ def print_backup(doc: dict[str, Any]) -> None:
 def print_restored(result: Any) -> None:
     from walkeeper.core.units import human_bytes as human
 
-    click.echo(f"restored backup {result.backup.id} into {result.pgdata}: {result.files} files, "
+    combined = f" ({len(result.chain)} backups combined: {', '.join(result.chain)})" if result.chain else ""
+    click.echo(f"restored backup {result.backup.id} into {result.pgdata}{combined}: {result.files} files, "
                f"{human(result.bytes)} in {result.seconds:.1f}s, checksums verified")
     click.echo("it is not started: for recovery settings use 'walkeeper pitr --no-restore', then pg_ctl start")
+
+
+def print_restore_plan(plan: Any, pgdata: str) -> None:
+    """`restore --dry-run`: the backup and, for an incremental one, the chain a restore fetches."""
+    from walkeeper.repo.chains import describe_chain
+
+    click.echo(f"backup: {plan.backup.id} ({plan.backup.type}), would be restored into {pgdata}")
+    if len(plan.chain) > 1:
+        click.echo(f"chain: {len(plan.chain)} backups fetched, staged and combined (pg_combinebackup):")
+        for line in describe_chain(plan.chain):
+            click.echo(line)
+    click.echo("dry run: nothing written")
 
 
 def print_pitr(result: Any, standby: bool) -> None:
@@ -115,7 +140,8 @@ def print_pitr(result: Any, standby: bool) -> None:
         return
     if result.restored:
         r = result.restored
-        click.echo(f"restored backup {r.backup.id} into {r.pgdata}: {r.files} files in {r.seconds:.1f}s, "
+        combined = f" ({len(r.chain)} backups combined)" if r.chain else ""
+        click.echo(f"restored backup {r.backup.id} into {r.pgdata}{combined}: {r.files} files in {r.seconds:.1f}s, "
                    "checksums verified")
     for note in result.notes:
         click.echo(note)

@@ -18,15 +18,17 @@ import hashlib
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from walkeeper.codec.compress import Compression, decompress_all, decompress_chunks, decompress_stream
 from walkeeper.codec.header import (  # noqa: F401 - MAGIC, VERSION, _PREAMBLE, parse_header: the format's names
     _PREAMBLE,
+    AEAD_CIPHERS,
+    CIPHERS,
     FRAME_SIZE,
     MAGIC,
     VERSION,
+    CodecSettings,
     ObjectHeader,
     _build_header,
     _read_exact,
@@ -34,10 +36,8 @@ from walkeeper.codec.header import (  # noqa: F401 - MAGIC, VERSION, _PREAMBLE, 
     read_header,
 )
 from walkeeper.codec.keys import Keyring
-from walkeeper.core.errors import ConfigError, IntegrityError, KeyMaterialError
+from walkeeper.core.errors import IntegrityError, KeyMaterialError
 
-CIPHERS = ("aes-256-gcm", "x25519-aes-256-gcm", "none")
-AEAD_CIPHERS = ("aes-256-gcm", "x25519-aes-256-gcm")
 MAX_FRAME = 16 * 1024 * 1024 + 64
 # decode_bytes holds a whole plaintext in memory: WAL files (at most 1 GiB, PostgreSQL's largest
 # wal_segment_size) and small metadata. A trailer claiming more is corrupt, whatever it says.
@@ -47,36 +47,6 @@ TAG_SIZE = 16
 AHEAD = 4  # items a pipeline stage (workers > 1) runs ahead of the next: 4 frames or chunks of 1 MiB
 _FRAME = struct.Struct(">BI")
 _TRAILER = struct.Struct(">32sQ")
-
-
-@dataclass(frozen=True)
-class CodecSettings:
-    compression: Compression = field(default_factory=Compression)
-    cipher: str = "aes-256-gcm"
-    keyring: Keyring | None = None
-
-    def __post_init__(self) -> None:
-        if self.cipher not in CIPHERS:
-            raise ConfigError(f"unknown encryption method {self.cipher!r} (expected one of {CIPHERS})")
-        if self.cipher != "none" and self.keyring is None:
-            raise ConfigError(
-                f"encryption method {self.cipher} needs a key",
-                hint="set [encryption] key_file, or method = \"none\" to store objects unencrypted",
-            )
-        if self.cipher != "none" and self.keyring is not None:
-            wanted = "x25519" if self.cipher == "x25519-aes-256-gcm" else "aes"
-            if self.keyring.active_kind != wanted:
-                raise ConfigError(
-                    f"encryption method {self.cipher} needs " + ("an X25519 key file (public or private)"
-                                                                 if wanted == "x25519" else "a symmetric key"),
-                    hint="method = \"x25519-aes-256-gcm\" goes with walkeeper key generate --public-key-out; "
-                         "\"aes-256-gcm\" with walkeeper key generate",
-                )
-
-    def for_metadata(self) -> CodecSettings:
-        """Settings for backup and restore point metadata: unencrypted (checksummed) in public-key mode,
-        so that a host holding only the public key can list backups, expire and check (README "Keys")."""
-        return replace(self, cipher="none") if self.cipher == "x25519-aes-256-gcm" else self
 
 
 def _nonce(index: int, flags: int) -> bytes:

@@ -1,4 +1,5 @@
-"""The object header: magic, version and the JSON fields an object states about itself (docs/format.md).
+"""The object header: magic, version, the JSON fields an object states about itself (docs/format.md), and the
+codec settings that decide them (compression, cipher, key).
 
 The header's exact bytes are the associated data of every encrypted frame (format.py), so they are
 kept as read (``ObjectHeader.raw``).
@@ -10,13 +11,12 @@ import json
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from walkeeper.core.errors import IntegrityError
-
-if TYPE_CHECKING:
-    from walkeeper.codec.format import CodecSettings
+from walkeeper.codec.compress import Compression
+from walkeeper.codec.keys import Keyring
+from walkeeper.core.errors import ConfigError, IntegrityError
 
 MAGIC = b"\x89WKEEP\r\n"
 VERSION = 1
@@ -43,6 +43,40 @@ class ObjectHeader:
     @property
     def length(self) -> int:
         return len(self.raw)
+
+
+CIPHERS = ("aes-256-gcm", "x25519-aes-256-gcm", "none")
+AEAD_CIPHERS = ("aes-256-gcm", "x25519-aes-256-gcm")
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    compression: Compression = field(default_factory=Compression)
+    cipher: str = "aes-256-gcm"
+    keyring: Keyring | None = None
+
+    def __post_init__(self) -> None:
+        if self.cipher not in CIPHERS:
+            raise ConfigError(f"unknown encryption method {self.cipher!r} (expected one of {CIPHERS})")
+        if self.cipher != "none" and self.keyring is None:
+            raise ConfigError(
+                f"encryption method {self.cipher} needs a key",
+                hint="set [encryption] key_file, or method = \"none\" to store objects unencrypted",
+            )
+        if self.cipher != "none" and self.keyring is not None:
+            wanted = "x25519" if self.cipher == "x25519-aes-256-gcm" else "aes"
+            if self.keyring.active_kind != wanted:
+                raise ConfigError(
+                    f"encryption method {self.cipher} needs " + ("an X25519 key file (public or private)"
+                                                                 if wanted == "x25519" else "a symmetric key"),
+                    hint="method = \"x25519-aes-256-gcm\" goes with walkeeper key generate --public-key-out; "
+                         "\"aes-256-gcm\" with walkeeper key generate",
+                )
+
+    def for_metadata(self) -> CodecSettings:
+        """Settings for backup and restore point metadata: unencrypted (checksummed) in public-key mode,
+        so that a host holding only the public key can list backups, expire and check (README "Keys")."""
+        return replace(self, cipher="none") if self.cipher == "x25519-aes-256-gcm" else self
 
 
 def _build_header(settings: CodecSettings, name: str, sha256: str | None, size: int | None,

@@ -27,6 +27,7 @@ from walkeeper.core.errors import (
     ConfigError,
     ForeignClusterError,
     NotFound,
+    PostgresError,
     RefusedError,
     WalkeeperError,
 )
@@ -34,8 +35,18 @@ from walkeeper.core.progress import Progress
 from walkeeper.core.units import human_bytes, iso_time, plural, utc_now
 from walkeeper.core.wal import format_lsn, parse_wal_name, segment_of_lsn
 from walkeeper.postgres.basebackup import collect_facts, scan_tar
-from walkeeper.postgres.client import ConnOptions, ToolProcess, pg_tool, server_info, server_next_xid, warn_clock_skew
+from walkeeper.postgres.client import (
+    ConnOptions,
+    ServerInfo,
+    ToolProcess,
+    pg_tool,
+    server_info,
+    server_next_xid,
+    warn_clock_skew,
+)
+from walkeeper.postgres.incremental import check_incremental_server, explain_failure, parent_manifest
 from walkeeper.repo.catalog import BackupMeta, BackupObject, Catalog
+from walkeeper.repo.chains import FULL, INCREMENTAL, chain_length, chain_of, choose_parent, parent_map
 from walkeeper.repo.layout import BACKUP_META, BACKUP_PREFIX, backup_key, wal_key
 from walkeeper.repo.repository import Repository, open_repository
 from walkeeper.repo.writers import Reservation, confirm_published, sweep_leftovers
@@ -52,6 +63,8 @@ class BackupOptions:
     wal: str = "archive"  # or "include"
     progress: bool | None = None  # None: on a terminal only
     wal_wait_timeout: float | None = None
+    incremental: bool = False  # PostgreSQL 17+: only the blocks changed since the parent (WAL summaries)
+    parent: str | None = None  # --from: the parent of an incremental backup (default: walkeeper.repo.chains)
 
 
 def _store_tar(repo: Repository, held: Reservation, tar_name: str, chunks: Iterable[bytes],
@@ -83,6 +96,11 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
     if options.wal not in ("archive", "include"):
         raise ConfigError(f"--wal must be archive or include, not {options.wal!r}")
     warn_clock_skew(info.clock_skew)
+    parent: BackupMeta | None = None
+    if options.incremental:
+        parent, manifest = _choose_parent(config, options, info, catalog)
+    elif options.parent is not None:
+        raise ConfigError("--from names the parent of an incremental backup: give --incremental too")
 
     basebackup = pg_tool(config, "pg_basebackup", info.version_num // 10000)
     started = utc_now()
@@ -94,6 +112,12 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
            "-X", "fetch" if options.wal == "include" else "none"]
     if options.fast_checkpoint:
         cmd += ["-c", "fast"]
+    manifest_file = None
+    if parent is not None:
+        manifest_file = tempfile.NamedTemporaryFile(prefix="walkeeper-parent-manifest-")  # noqa: SIM115
+        manifest_file.write(manifest)
+        manifest_file.flush()
+        cmd += [f"--incremental={manifest_file.name}"]
     progress = Progress(f"backup {backup_id}", info.size_estimate or None, enabled=options.progress)
     captured: dict[str, bytes] = {}
     objects: list[BackupObject] = []
@@ -114,8 +138,12 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
                 key, plain, stored, sha = _store_tar(repo, held, "base.tar", chunks(), progress,
                                                      config.backup.workers)
                 objects.append(BackupObject(key, "base.tar", None, None, plain, stored, sha))
+            except PostgresError as exc:
+                raise explain_failure(exc, parent) if parent is not None else exc from None
             finally:
                 proc.kill()
+                if manifest_file is not None:
+                    manifest_file.close()
             stderr = proc.stderr
         else:
             print(f"the cluster has {plural(info.tablespaces, 'tablespace')}: pg_basebackup cannot stream them; "
@@ -147,6 +175,10 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
         locations = {t["oid"]: t["location"] for t in facts.tablespaces}
         objects = [BackupObject(o.key, o.tar, o.tablespace_oid, locations.get(o.tablespace_oid or ""),
                                 o.plain_size, o.stored_size, o.sha256) for o in objects]
+        manifest_key = manifest_sha = None
+        if "backup_manifest" in captured:  # alone too: the next incremental reads it without the whole backup
+            manifest_key, manifest_sha = catalog.save_manifest(
+                backup_id, captured["backup_manifest"], lambda key, blob: held.put(key, blob, overwrite=False))
         seg = info.segment_size
         start_wal = segment_of_lsn(facts.timeline, facts.start_lsn, seg)
         stop_wal = segment_of_lsn(facts.stop_timeline, max(facts.stop_lsn - 1, facts.start_lsn), seg)
@@ -164,6 +196,8 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
             checkpoint_lsn=format_lsn(facts.checkpoint_lsn) if facts.checkpoint_lsn is not None else None,
             checkpoint_next_xid=facts.checkpoint_next_xid, stop_next_xid=stop_next_xid,
             host=socket.gethostname(), walkeeper_version=__version__, clock_skew=info.clock_skew,
+            type=INCREMENTAL if parent is not None else FULL, parent=parent.id if parent is not None else None,
+            manifest_key=manifest_key, manifest_sha256=manifest_sha,
         )
         held.stop_heartbeat()  # no write into the backup's directory after this but its metadata
         with held.writing(backup_key(backup_id, BACKUP_META)):
@@ -178,6 +212,24 @@ def take_backup(config: Config, options: BackupOptions) -> BackupMeta:
         with contextlib.suppress(Exception):
             held.abandon()  # only what this backup wrote, then its marker
         raise
+
+
+def _choose_parent(config: Config, options: BackupOptions, info: ServerInfo, catalog: Catalog
+                   ) -> tuple[BackupMeta, bytes]:
+    """Refuse what cannot work (walkeeper.postgres.incremental), then the parent and its backup_manifest."""
+    timeline = check_incremental_server(config, options.conn, info)
+    backups = catalog.backups()
+    choice = choose_parent(backups, system_identifier=info.system_identifier, timeline=timeline,
+                           from_id=options.parent, systems={b.id: b.system_identifier for b in backups})
+    parent = next(b for b in backups if b.id == choice.parent_id)
+    length = chain_length(parent.id, parent_map(backups))
+    if length is None:
+        chain_of(parent, backups)  # raises BrokenChain: says which member is missing
+    elif length + 1 > config.backup.max_chain:
+        log.warning("the chain of this backup will be %d backups long, more than [backup] max_chain (%d): a "
+                    "restore needs every one of them; take a full backup soon", length + 1, config.backup.max_chain)
+    log.info("incremental backup against %s (%s)", parent.id, choice.reason)
+    return parent, parent_manifest(catalog, parent)
 
 
 def _sweep_leftovers(repo: Repository, backup_id: str) -> None:

@@ -10,6 +10,9 @@ Rules:
 * ``keep_daily/weekly/monthly/yearly`` N (grandfather-father-son, walkeeper.core.retention_gfs): the
   newest backup of each of the N most recent days/weeks/months/years that have one, by stop time
   in the configured (or local) time zone. Combined with the rules above: kept by any rule stays.
+* Chains of incremental backups (walkeeper.repo.chains) are kept or removed whole: the rules above count
+  a chain as one backup dated by its newest member (``keep`` 2 keeps the two newest chains), and a
+  retained backup keeps every member of its chain (never an incremental without the backups it needs).
 * The newest backup always stays (so does the only one), and so does all WAL from the oldest
   retained backup's start onwards, on every timeline: nothing after the newest backup ever goes.
 * WAL segments, .partial and .backup files before that start go; restore points before it go.
@@ -39,6 +42,7 @@ from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.core.units import plural
 from walkeeper.core.wal import WalKind, parse_wal_name
+from walkeeper.repo import chains
 from walkeeper.repo.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repo.layout import (
     BACKUP_META,
@@ -96,7 +100,9 @@ def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: flo
     """
     if not backups:
         return []
-    backups = oldest_first(backups)
+    every = oldest_first(backups)
+    # A chain counts as one backup, dated and placed by its newest member; what keeps it keeps it whole.
+    backups = oldest_first(members[-1] for members in chains.groups(every).values())
     why: dict[str, list[str]] = {} if reasons is None else reasons
     why.setdefault(backups[-1].id, []).append("newest")
     if keep is not None:
@@ -104,8 +110,10 @@ def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: flo
             why.setdefault(b.id, []).append(f"newest {keep}")
     if keep_days is not None:
         window_start = now - keep_days * 86400
-        inside = [b for b in backups if b.stop_time >= window_start]
-        before = [b for b in backups if b.stop_time < window_start]
+        # Each backup on its own here (its chain follows below): recovery to the window's first moment
+        # starts from the newest backup that ended before it, whichever chain it belongs to.
+        inside = [b for b in every if b.stop_time >= window_start]
+        before = [b for b in every if b.stop_time < window_start]
         for b in inside:
             why.setdefault(b.id, []).append(f"last {keep_days:g} days")
         if before:
@@ -115,7 +123,10 @@ def retained_backups(backups: list[BackupInfo], keep: int | None, keep_days: flo
         for backup_id, rules in decide(items, replace(gfs, keep=None, keep_days=None),
                                        datetime.fromtimestamp(now, UTC), zone or _local_zone()).items():
             why.setdefault(backup_id, []).extend(rules)
-    return [b for b in backups if b.id in why]
+    for member, newest in chains.expand_to_chains(list(why), every).items():
+        if member != newest:
+            why.setdefault(member, []).append(f"chain of {newest}")
+    return [b for b in every if b.id in why]
 
 
 def _local_zone() -> tzinfo:

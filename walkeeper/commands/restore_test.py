@@ -30,6 +30,7 @@ from walkeeper.core.errors import (
     WalkeeperError,
 )
 from walkeeper.core.wal import format_lsn, parse_lsn, segno_of
+from walkeeper.postgres.combine import space_needed
 from walkeeper.postgres.recovery import recover
 from walkeeper.postgres.restore_checks import Checker, Options, finish_run, new_test_id, run_checks
 from walkeeper.postgres.scratch_cluster import (
@@ -120,7 +121,9 @@ def restore_test(config: Config, opts: Options, *, progress: Callable[[str], Non
                             else plan.backup.pg_version)
         for stale in remove_stale(base, pg_ctl):
             progress(f"removed the work directory of an earlier, interrupted run: {stale}")
-        need = plan.backup.plain_size + 64 * 1024 * 1024
+        # An incremental backup's chain is staged and combined in the work directory (postgres/combine.py).
+        need = (space_needed(plan.chain, link=False) if len(plan.chain) > 1 else plan.backup.plain_size) \
+            + 64 * 1024 * 1024
         if work.free_bytes() < need:
             raise RefusedError(f"{work.root} has {work.free_bytes()} bytes free; the backup needs {need}",
                                hint="give --workdir on a file system with room for the backup")

@@ -8,6 +8,7 @@ commands/check.py); the node-exporter textfile is repo/prometheus.py. This modul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from walkeeper.core.errors import PostgresError
 from walkeeper.core.units import iso_utc
 from walkeeper.core.wal import parse_lsn, parse_wal_name, segment_of_lsn
 from walkeeper.postgres.client import ConnOptions
+from walkeeper.repo import chains
 from walkeeper.repo.health import (  # noqa: F401 (the CLI's names for the check model)
     OK,
     STATE_NAMES,
@@ -72,9 +74,11 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
         })
     newest = inv.newest_segment()
     last_arrival = inv.newest_wal_mtime()
+    parents = chains.parent_map(inv.backups)
     backups = [{"id": b.id, "timeline": b.timeline, "start_wal": b.start_wal, "stop_wal": b.stop_wal,
                 "stop_time": b.stop_time, "age_seconds": now - b.stop_time, "stored_bytes": b.stored_size,
-                "wal_mode": b.wal_mode, "clock_skew": b.clock_skew} for b in inv.backups]
+                "wal_mode": b.wal_mode, "clock_skew": b.clock_skew, "type": b.type, "parent": b.parent,
+                "chain_length": chains.chain_length(b.id, parents)} for b in inv.backups]
     oldest = inv.backups[0] if inv.backups else None
     from datetime import datetime
 
@@ -272,6 +276,8 @@ def run_check(config: Config, thresholds: Thresholds, *, cluster: bool = False, 
     from walkeeper.core.notify import read_state, state_path
 
     now = time.time() if now is None else now
+    if thresholds.max_chain is None:
+        thresholds = dataclasses.replace(thresholds, max_chain=config.backup.max_chain)
     result = CheckResult(OK)
     with contextlib.suppress(Exception):
         result.failures = {k: int(v.get("failures", 0)) for k, v in read_state(state_path(config)).items()}

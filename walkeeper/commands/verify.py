@@ -28,6 +28,7 @@ from walkeeper.codec import Decoder, decode_bytes
 from walkeeper.core.errors import InvalidWal, WalkeeperError
 from walkeeper.core.units import human_bytes, iso_utc, plural
 from walkeeper.core.wal import WalKind, check_segment, format_lsn, parse_history
+from walkeeper.repo import chains
 from walkeeper.repo.inventory import BackupInfo, Inventory, WalObject, read_inventory
 from walkeeper.repo.repository import Repository
 
@@ -168,6 +169,32 @@ def check_continuity(inv: Inventory, report: Report) -> None:
             report.problems.append(_gap_problem(inv, t, first, last, list(targets)))
 
 
+def check_chains(inv: Inventory, report: Report) -> None:
+    """Incremental backups whose parent is gone: they and the backups taken against them cannot be restored."""
+    parents = chains.parent_map(inv.backups)
+    for backup_id, missing in chains.broken(inv.backups):
+        cut = sorted(b.id for b in inv.backups if b.id != backup_id and
+                     chains.root_of(b.id, parents) == missing and backup_id in _ancestors(b.id, parents))
+        after = f" (nor {', '.join(cut)}, taken against it)" if cut else ""
+        report.problems.append(Problem(
+            kind="broken-chain", severity="error",
+            message=f"backup {backup_id} is incremental on backup {missing}, which is not in the repository: it "
+                    f"cannot be restored{after}",
+            action=f"take a full backup now (walkeeper backup, without --incremental); then remove the broken chain "
+                   f"(walkeeper expire drops it once newer backups are kept), or put backup {missing} back if a "
+                   "copy exists (another repository: walkeeper copy)",
+            objects=[backup_id, *cut], details={"backup": backup_id, "missing_parent": missing, "affected": cut}))
+
+
+def _ancestors(backup_id: str, parents: dict[str, str | None]) -> set[str]:
+    out: set[str] = set()
+    current = parents.get(backup_id)
+    while current is not None and current not in out:
+        out.add(current)
+        current = parents.get(current)
+    return out
+
+
 def check_backups(inv: Inventory, report: Report) -> None:
     for backup in inv.backups:
         report.backups.append(backup.id)
@@ -185,6 +212,7 @@ def check_backups(inv: Inventory, report: Report) -> None:
                         f"{' ...' if len(absent) > 3 else ''})",
                 action="put the segments back, or take a new backup and expire this one",
                 objects=absent, details={"backup": backup.id}))
+    check_chains(inv, report)
     for backup_id in inv.incomplete_backups:
         state = inv.writer_states.get(backup_id)
         why = f"interrupted: its writer ({state.describe()}) is dead" if state else "interrupted (or still running)"
@@ -312,6 +340,8 @@ def check_objects(repo: Repository, inv: Inventory, report: Report, *, jobs: int
     backups: list[BackupInfo] = inv.backups
     for backup in backups:
         work.extend((key, (_read_backup_object, repo, key, sha)) for key, sha in backup.objects)
+        if backup.manifest is not None:  # what an incremental backup against it reads
+            work.append((backup.manifest[0], (_read_backup_object, repo, *backup.manifest)))
     _read_back(work, report, jobs, action="restore this object from another copy (for WAL: the server's pg_wal or "
                                           "a second archive); otherwise treat it as missing: take a new base backup")
 

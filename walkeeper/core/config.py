@@ -140,6 +140,7 @@ class BackupConfig:
     wal_wait_timeout: float = 300.0
     # threads compressing/encrypting a backup and decoding one on restore; 1 = one thread, as before
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_chain: int = 8  # `check` warns when a restore needs more backups than this (a full + incrementals)
 
 
 @dataclass(frozen=True)

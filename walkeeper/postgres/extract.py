@@ -187,6 +187,7 @@ class RestoreResult:
     files: int
     bytes: int
     seconds: float
+    chain: tuple[str, ...] = ()  # an incremental backup's chain, the full first (postgres/combine.py)
 
 
 def _parse_tablespace_map(pairs: Iterable[str]) -> dict[str, str]:

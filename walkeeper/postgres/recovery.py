@@ -21,13 +21,14 @@ from typing import Any
 from walkeeper.core import chronology
 from walkeeper.core.config import Config
 from walkeeper.core.errors import ConfigError, InvalidName, RefusedError
-from walkeeper.core.units import human_bytes
+from walkeeper.core.units import human_bytes, plural
 from walkeeper.core.wal import (
     WalKind,
     format_lsn,
 )
 from walkeeper.postgres.client import ConnOptions
-from walkeeper.postgres.extract import RestoreResult, restore_backup, stored_pg_control
+from walkeeper.postgres.combine import restore_any
+from walkeeper.postgres.extract import RestoreResult, stored_pg_control
 from walkeeper.postgres.receivewal import create_physical_slot, validate_slot
 from walkeeper.postgres.recovery_conf import (
     restore_command,
@@ -36,6 +37,7 @@ from walkeeper.postgres.recovery_conf import (
 )
 from walkeeper.postgres.standby import StreamingSettings, slot_conninfo, streaming_settings
 from walkeeper.repo.catalog import BackupMeta, Catalog
+from walkeeper.repo.chains import chain_length, chain_of, parent_map
 from walkeeper.repo.pitr_plan import (
     Plan,
     check_coverage_settled,
@@ -79,7 +81,11 @@ def xid_choice(repo: Repository, usable: list[BackupMeta], value: int) -> XidCho
 
 def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: str, target_timeline: str | None,
                exclusive: bool, backup_id: str | None, standby: bool, gap_wait: float = 0.0) -> Plan:
-    backups = catalog.backups()
+    every = catalog.backups()
+    # An incremental backup whose chain lacks a member cannot be restored: never chosen (verify reports it).
+    parents = parent_map(every)
+    broken = {b.id for b in every if chain_length(b.id, parents) is None}
+    backups = [b for b in every if b.id not in broken or b.id == backup_id]
     histories = {n.timeline for n, _s, _m in repo.iter_wal() if n.kind is WalKind.HISTORY}
     warnings: list[str] = []
     if target_timeline in (None, "latest"):
@@ -132,9 +138,13 @@ def build_plan(repo: Repository, catalog: Catalog, target: Target, *, action: st
                         f"after the target time, by branching from timeline {branch.timeline}; recovery follows "
                         f"timeline {path[-1].timeline}. For timeline {branch.timeline}'s own history after the "
                         f"branch point, use --target-timeline {branch.timeline}")
+    if broken:
+        warnings.append(f"{plural(len(broken), 'incremental backup')} with a missing chain member not considered "
+                        f"({', '.join(sorted(broken))}; walkeeper verify explains)")
+    chain = chain_of(backup, every)  # raises BrokenChain for --backup of a broken one
     first, last, count = check_coverage_settled(repo, backup, target, path, gap_wait)
     return Plan(target, backup, reason, tli, explicit, path, first, last, count, action, exclusive, standby,
-                warnings)
+                warnings, chain)
 
 
 # -- the recovery ----------------------------------------------------------------------------------
@@ -159,7 +169,9 @@ class PitrResult:
                        "settings": [line for line in settings_block(plan, "").splitlines()
                                     if line.startswith("recovery_target")]},
             "backup": {"id": backup.id, "label": backup.label, "stop_time": backup.stop_time,
-                       "stop_lsn": backup.stop_lsn, "stop_timeline": backup.stop_timeline},
+                       "stop_lsn": backup.stop_lsn, "stop_timeline": backup.stop_timeline, "type": backup.type,
+                       "parent": backup.parent},
+            "chain": [b.id for b in plan.chain],
             "reason": plan.reason,
             "timelines": [{"timeline": s.timeline, "begin_lsn": format_lsn(s.begin),
                            "end_lsn": None if s.end is None else format_lsn(s.end)} for s in plan.path],
@@ -168,7 +180,8 @@ class PitrResult:
             "action": plan.action, "exclusive": plan.exclusive, "standby": plan.standby,
             "warnings": plan.warnings,
             "restored": None if restored is None else {
-                "backup": restored.backup.id, "files": restored.files, "bytes": restored.bytes,
+                "backup": restored.backup.id, "chain": list(restored.chain), "files": restored.files,
+                "bytes": restored.bytes,
                 "seconds": round(restored.seconds, 3)},
             "notes": self.notes,
         }
@@ -247,10 +260,10 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
                           False)
     notes: list[str] = first_notes
     # The settings are written before pg_control: a directory is never startable without them.
-    restored = restore_backup(repo, plan.backup, directory, tablespace_map=tablespace_map,
-                              before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command,
-                                                                                        streaming)),
-                              workers=config.backup.workers)
+    restored = restore_any(config, repo, plan.backup, directory, backups=catalog.backups(),
+                           tablespace_map=tablespace_map,
+                           before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command,
+                                                                                     streaming)))
     return PitrResult(plan, restored, notes, directory, False)
 
 

@@ -3,6 +3,8 @@
 Layout (keys)::
 
     backups/<ID>/<TAR NAME>.tar         one object per tar of a base backup (base.tar, <oid>.tar)
+    backups/<ID>/backup_manifest        the backup's backup_manifest, stored alone so that an incremental
+                                        backup against it does not read the whole backup
     backups/<ID>/backup.json            the backup's metadata, written LAST: a backup without it
                                         is not listed and cannot be restored (an interrupted one)
     backups/<ID>/writer.json            written FIRST, plain JSON: reserves the id and names the
@@ -22,9 +24,10 @@ its key bound into the header), so metadata cannot be edited or swapped unnotice
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ from walkeeper.core.chronology import newest, oldest_first
 from walkeeper.core.errors import IntegrityError, InvalidName, NotFound, RefusedError, WalkeeperError
 from walkeeper.repo.layout import (
     BACKUP_ID_RE,
+    BACKUP_MANIFEST,
     BACKUP_META,
     BACKUP_PREFIX,
     DUMP_META,
@@ -109,6 +113,13 @@ class BackupMeta:
     walkeeper_version: str | None = None
     format: int = 1
     clock_skew: float | None = None  # seconds the host clock was ahead of the server's (None: not measured)
+    # Incremental backups (walkeeper.repo.chains): "full" or "incremental", and the backup an incremental one
+    # was taken against (its backup_manifest); restore needs the whole chain. Other tools (copy) rely on
+    # these two names.
+    type: str = "full"
+    parent: str | None = None
+    manifest_key: str | None = None  # backups/<ID>/backup_manifest (None: taken before walkeeper stored it)
+    manifest_sha256: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
@@ -246,6 +257,30 @@ class Catalog:
     def save_backup(self, meta: BackupMeta) -> None:
         """Publish a backup: its metadata is the last object written."""
         self._put_json(backup_key(meta.id, BACKUP_META), meta.to_json())
+
+    def save_manifest(self, backup_id: str, data: bytes, put: Callable[[str, bytes], None]) -> tuple[str, str]:
+        """Encode a backup's ``backup_manifest`` and store it with ``put`` (the reservation's); (key, sha256)."""
+        key = backup_key(backup_id, BACKUP_MANIFEST)
+        blob, sha = encode_bytes(self.repo.codec, key, data)
+        put(key, blob)
+        return key, sha
+
+    def manifest(self, meta: BackupMeta) -> bytes | None:
+        """The separately stored ``backup_manifest`` of a backup, checked against its recorded checksum;
+        None for backups taken before walkeeper stored it alone, or without that object (postgres/incremental.py
+        then reads the base tar)."""
+        if meta.manifest_key is None:
+            return None
+        try:
+            blob = self.repo.storage.get(meta.manifest_key)
+        except NotFound:  # e.g. a copy that took only the tars: the base tar holds it too
+            log.warning("%s is missing: reading backup %s's base tar for its backup_manifest", meta.manifest_key,
+                        meta.id)
+            return None
+        _header, data = decode_bytes(self.repo.keyring, blob, expected_name=meta.manifest_key)
+        if meta.manifest_sha256 is not None and hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
+            raise IntegrityError(f"{meta.manifest_key} does not match the checksum backup {meta.id} recorded")
+        return data
 
     def backup_ids(self) -> list[str]:
         """Ids with a metadata object (complete backups), by id: the host clock's order, not an age order."""

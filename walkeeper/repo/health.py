@@ -71,6 +71,7 @@ class Thresholds:
     warn_restore_test_age: float | None = None
     max_receive_lag: float | None = None  # wal-receive: age of the newest received data in the repository
     warn_receive_lag: float | None = None
+    max_chain: int | None = None  # WARNING when a restore needs more backups ([backup] max_chain)
 
 
 @dataclass
@@ -126,6 +127,23 @@ def clock_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+def chain_problems(backups: list[dict[str, Any]], max_chain: int | None) -> list[str]:
+    """Chains of incremental backups too long to restore comfortably, or broken (a member missing)."""
+    problems = []
+    broken = [b["id"] for b in backups if "chain_length" in b and b["chain_length"] is None]
+    if broken:
+        problems.append(f"{plural(len(broken), 'incremental backup')} cannot be restored, a backup of "
+                        f"{'its' if len(broken) == 1 else 'their'} chain is missing ({', '.join(broken[:3])}"
+                        f"{' ...' if len(broken) > 3 else ''}; run walkeeper verify)")
+    if max_chain is not None:
+        long = [b for b in backups if (b.get("chain_length") or 0) > max_chain]
+        if long:
+            worst = max(long, key=lambda b: b["chain_length"])
+            problems.append(f"restoring backup {worst['id']} needs a chain of {worst['chain_length']} backups, more "
+                            f"than [backup] max_chain ({max_chain}): take a full backup")
+    return problems
+
+
 def judge(result: CheckResult, thresholds: Thresholds, cluster_error: str | None = None) -> CheckResult:
     """The check's verdict over what was read: ``result.repo`` (repository_status), ``result.cluster``
     (cluster_status, or None with ``cluster_error`` saying why it could not be read). Pure."""
@@ -165,6 +183,8 @@ def judge(result: CheckResult, thresholds: Thresholds, cluster_error: str | None
         if doc["system_identifier"] and c["system_identifier"] != doc["system_identifier"]:
             result.raise_to(CRITICAL, f"the server is system {c['system_identifier']}, the repository "
                                       f"belongs to {doc['system_identifier']}")
+    for message in chain_problems(doc["backups"], thresholds.max_chain):
+        result.raise_to(WARNING, message)
     clock = clock_problems(doc)
     if clock:
         result.raise_to(WARNING, f"a clock is off: {clock[0]}" + (f" (and {len(clock) - 1} more)" if len(clock) > 1

@@ -68,6 +68,9 @@ class BackupInfo:
     stored_size: int
     objects: tuple[tuple[str, str], ...]  # (key, sha256) of each data object
     clock_skew: float | None = None  # host minus server clock at backup time, when measured
+    type: str = "full"  # or "incremental" (walkeeper.repo.chains): then ``parent`` names the backup it needs
+    parent: str | None = None
+    manifest: tuple[str, str] | None = None  # (key, sha256) of its separately stored backup_manifest
 
     @property
     def self_contained(self) -> bool:
@@ -96,7 +99,8 @@ def load_backups(repo: Repository) -> tuple[list[BackupInfo], list[str]]:
             stop_wal=meta.stop_wal, start_lsn=parse_lsn(meta.start_lsn), stop_lsn=parse_lsn(meta.stop_lsn),
             start_time=_epoch(meta.start_time), stop_time=_epoch(meta.stop_time), wal_mode=meta.wal_mode,
             stored_size=meta.stored_size, objects=tuple((o.key, o.sha256) for o in meta.objects),
-            clock_skew=meta.clock_skew,
+            clock_skew=meta.clock_skew, type=meta.type, parent=meta.parent,
+            manifest=(meta.manifest_key, meta.manifest_sha256) if meta.manifest_key and meta.manifest_sha256 else None,
         ))
     return oldest_first(infos), catalog.incomplete_backup_ids()
 

@@ -6,6 +6,7 @@
                                                     bytes (8 hex digits): the greatest is the newest
     received/receiver.json                          wal-receive's heartbeat (when it last had everything stored)
     backups/<id>/backup.json, base.tar, ...         a base backup; writer.json while one is being written
+    backups/<id>/backup_manifest                    its backup_manifest alone (the parent of an incremental)
     dumps/<id>/dump.json, ...; dumps/<id>/reserved  a logical dump (reserved: the id is taken)
     restore-points/<YYYYMMDDTHHMMSSffffffZ>-<LSN>.json   named restore points
     restore-tests/<id>.json                         restore-test records
@@ -29,6 +30,7 @@ RECEIVED_PREFIX = "received/"
 RECEIVER_STATE_KEY = "received/receiver.json"
 BACKUP_PREFIX = "backups/"
 BACKUP_META = "backup.json"
+BACKUP_MANIFEST = "backup_manifest"
 BACKUP_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?$")
 WRITER_NAME = "writer.json"
 DUMP_PREFIX = "dumps/"

@@ -23,6 +23,7 @@ from walkeeper.core.wal import (
     segment_name,
 )
 from walkeeper.repo.catalog import BackupMeta
+from walkeeper.repo.chains import describe_chain
 from walkeeper.repo.pitr_target import Target, format_target_time
 from walkeeper.repo.received import received_ends
 from walkeeper.repo.repository import Repository
@@ -90,6 +91,7 @@ class Plan:
     exclusive: bool
     standby: bool
     warnings: list[str] = field(default_factory=list)
+    chain: list[BackupMeta] = field(default_factory=list)  # an incremental backup's chain, the full first
 
     def lines(self) -> list[str]:
         out = [
@@ -97,6 +99,8 @@ class Plan:
             f"backup: {self.backup.id} (label {self.backup.label!r}, ended {self.backup.stop_time} at "
             f"LSN {self.backup.stop_lsn}, timeline {self.backup.stop_timeline})",
             f"  because: {self.reason}",
+            *([f"chain: {len(self.chain)} backups fetched, staged and combined (pg_combinebackup):",
+               *describe_chain(self.chain)] if len(self.chain) > 1 else []),
             "timeline: " + " -> ".join(str(s.timeline) for s in self.path)
             + ("" if self.timeline_explicit else " (the latest timeline, PostgreSQL's default)"),
             f"WAL: {plural(self.segments, 'segment')} {self.first_wal} .. {self.last_wal or '(end of archive)'} "

@@ -49,7 +49,9 @@ def slow_config(setup: Setup, rate: str = "2M") -> Path:
     bindir = setup.work / f"slow-bin-{rate}"
     bindir.mkdir(exist_ok=True)
     wrapper = bindir / "pg_basebackup"
-    wrapper.write_text(f'#!/bin/sh\nexec {PG_BIN}/pg_basebackup --max-rate={rate} "$@"\n')
+    # --version alone is how walkeeper checks the tool's major: answered unslowed, as the real one does
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec {PG_BIN}/pg_basebackup --version\n'
+                       f'exec {PG_BIN}/pg_basebackup --max-rate={rate} "$@"\n')
     wrapper.chmod(0o755)
     if not (bindir / "psql").exists():
         (bindir / "psql").symlink_to(PG_BIN / "psql")

@@ -126,12 +126,18 @@ def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tu
 @click.option("--target-xid", help="Recover up to the commit of this transaction id.")
 @click.option("--target-name", help="Recover up to this restore point (walkeeper restore-point).")
 @click.option("--target-immediate", is_flag=True, help="Stop as soon as the backup is consistent.")
+@click.option("--target-latest", is_flag=True,
+              help="Recover all of the archive (after the loss of the primary): no target, end of WAL.")
 @click.option("--target-action", type=click.Choice(["pause", "promote", "shutdown"]), default="pause",
               show_default=True, help="What the server does at the target (PostgreSQL's default: pause).")
 @click.option("--target-timeline", help="Timeline to follow: a number or 'latest' (default).")
 @click.option("--exclusive", is_flag=True, help="Stop just before the target instead of just after it.")
 @click.option("--backup", "backup_id", help="Use this backup instead of choosing one.")
 @click.option("--standby", is_flag=True, help="Write standby.signal instead of recovery.signal.")
+@click.option("--primary-conninfo", metavar="CONNINFO",
+              help="--standby: stream from this primary (primary_conninfo; a password is never written).")
+@click.option("--primary-slot-name", metavar="NAME", help="--standby: the physical slot to stream from.")
+@click.option("--create-slot", is_flag=True, help="Create --primary-slot-name on the primary first.")
 @click.option("--no-restore", is_flag=True, help="The directory already holds a restored backup: settings only.")
 @click.option("--tablespace-map", multiple=True, metavar="OLD=NEW", help="As for restore.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
@@ -139,10 +145,13 @@ def restore_cmd(app: AppContext, backup_id: str, pgdata: str, tablespace_map: tu
 @pass_app
 @handle_errors()
 def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: str | None,
-             target_xid: str | None, target_name: str | None, target_immediate: bool, target_action: str,
-             target_timeline: str | None, exclusive: bool, backup_id: str | None, standby: bool,
+             target_xid: str | None, target_name: str | None, target_immediate: bool, target_latest: bool,
+             target_action: str, target_timeline: str | None, exclusive: bool, backup_id: str | None, standby: bool,
+             primary_conninfo: str | None, primary_slot_name: str | None, create_slot: bool,
              no_restore: bool, tablespace_map: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Point-in-time recovery: choose a backup, check WAL coverage, restore, write recovery settings."""
+    if target_latest and any((target_time, target_lsn, target_xid, target_name, target_immediate)):
+        raise click.UsageError("--target-latest recovers all of the archive: give no other target")
     if not dry_run:
         switch_to_owner(app, "pitr", pgdata=pgdata)
     from walkeeper.commands.pitr import pitr
@@ -150,7 +159,9 @@ def pitr_cmd(app: AppContext, pgdata: str, target_time: str | None, target_lsn: 
     result = pitr(app.config, pgdata, time=target_time, lsn=target_lsn, xid=target_xid, name=target_name,
                   immediate=target_immediate, action=target_action, target_timeline=target_timeline,
                   exclusive=exclusive, backup_id=backup_id, standby=standby, no_restore=no_restore,
-                  dry_run=dry_run, config_path=app.config_path, repo_flag=app.repo, tablespace_map=tablespace_map)
+                  dry_run=dry_run, config_path=app.config_path, repo_flag=app.repo, tablespace_map=tablespace_map,
+                  end_of_archive=target_latest, primary_conninfo=primary_conninfo,
+                  primary_slot_name=primary_slot_name, create_slot=create_slot)
     if as_json:
         render.echo_json(result.to_json())
     else:

@@ -13,7 +13,7 @@ import sys
 import click
 
 from walkeeper import __version__
-from walkeeper.cli import backups, dumps, keys, operate, repositories, restore_test, wal
+from walkeeper.cli import backups, dumps, keys, operate, receive, repositories, restore_test, wal
 from walkeeper.cli.context import AppContext, closed_pipe, setup_logging
 from walkeeper.core.errors import exit_code
 
@@ -32,7 +32,7 @@ def cli(ctx: click.Context, config_path: str | None, repo: str | None, verbose: 
     ctx.obj = AppContext(config_path=config_path, repo=repo, verbose=verbose)
 
 
-for _module in (wal, backups, operate, dumps, keys, restore_test, repositories):
+for _module in (wal, backups, operate, dumps, keys, restore_test, receive, repositories):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -177,6 +177,8 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
 @click.option("--warn-dump-age", help="WARNING when the newest dump of a database is older.")
 @click.option("--max-restore-test-age", help="CRITICAL when the last successful restore test is older (e.g. 8d).")
 @click.option("--warn-restore-test-age", help="WARNING when the last successful restore test is older.")
+@click.option("--max-receive-lag", help="CRITICAL when the repository is further behind wal-receive (e.g. 1m).")
+@click.option("--warn-receive-lag", help="WARNING when the repository is further behind wal-receive.")
 @click.option("--max-copy-lag", help="CRITICAL when another repository has lacked something the first one holds "
               "for longer (e.g. 1h; walkeeper copy).")
 @click.option("--warn-copy-lag", help="WARNING when another repository lags behind the first for longer.")
@@ -193,7 +195,8 @@ def status_cmd(app: AppContext, as_json: bool, cluster: bool, host: str | None, 
 def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | None, warn_wal_age: str | None,
               warn_backup_age: str | None, max_dump_age: str | None,
               warn_dump_age: str | None, max_restore_test_age: str | None,
-              warn_restore_test_age: str | None, max_copy_lag: str | None, warn_copy_lag: str | None,
+              warn_restore_test_age: str | None, max_receive_lag: str | None, warn_receive_lag: str | None,
+              max_copy_lag: str | None, warn_copy_lag: str | None,
               cluster: bool, archive: bool, timeout: float, host: str | None,
               port: str | None, user: str | None, dbname: str | None, prometheus_file: str | None,
               as_json: bool) -> None:
@@ -210,7 +213,8 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
     name_command(click.get_current_context())
     if archive and (cluster or prometheus_file or any((max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
                                                        max_dump_age, warn_dump_age, max_restore_test_age,
-                                                       warn_restore_test_age, max_copy_lag, warn_copy_lag))):
+                                                       warn_restore_test_age, max_receive_lag, warn_receive_lag,
+                                                       max_copy_lag, warn_copy_lag))):
         raise click.UsageError("--archive runs the preflight alone: without --cluster, --prometheus or ages")
     conn = ConnOptions(host, port, user, dbname)
     doc: dict[str, Any] = {}
@@ -228,7 +232,7 @@ def check_cmd(app: AppContext, max_wal_age: str | None, max_backup_age: str | No
             thresholds = Thresholds(*(parse_duration(v) if v else None
                                       for v in (max_wal_age, max_backup_age, warn_wal_age, warn_backup_age,
                                                 max_dump_age, warn_dump_age, max_restore_test_age,
-                                                warn_restore_test_age)))
+                                                warn_restore_test_age, max_receive_lag, warn_receive_lag)))
             result, several, lags = _check_each(config, thresholds, cluster, conn, max_copy_lag, warn_copy_lag,
                                                 want_lags=bool(prometheus_file or max_copy_lag or warn_copy_lag))
     except Exception as exc:

@@ -231,7 +231,7 @@ def print_copy_lags(lags: list[dict[str, Any]]) -> None:
 
 
 def print_repository(doc: dict[str, Any]) -> None:
-    from walkeeper.commands.status import human_ago
+    from walkeeper.commands.status import human_age, human_ago
     from walkeeper.core.units import human_bytes, plural
 
     click.echo(f"repository {doc['repository']} (system {doc['system_identifier']}), "
@@ -247,6 +247,11 @@ def print_repository(doc: dict[str, Any]) -> None:
         click.echo(f"  last restore test {last_test['id']} of {subject}: "
                    + ("passed" if last_test["ok"] else f"FAILED ({last_test['reason']})")
                    + f", {last_test['total_seconds']:.0f}s, {human_ago(last_test['age_seconds'])}")
+    receive = doc.get("receive")
+    if receive:
+        click.echo(f"  wal-receive (slot {receive['slot']}, {receive['host']}): receive lag "
+                   f"{human_age(receive['lag_seconds'])}" + (f", receiving {receive['segment']}"
+                                                             if receive.get("segment") else ""))
     for backup_id in doc["incomplete_backups"]:
         click.echo(f"  incomplete backup {backup_id} (not usable)")
     for running in doc["running_backups"]:

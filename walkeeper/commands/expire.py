@@ -41,7 +41,7 @@ from walkeeper.core.chronology import oldest_first
 from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.retention_gfs import GfsPolicy, Item, decide
 from walkeeper.core.units import plural
-from walkeeper.core.wal import WalKind
+from walkeeper.core.wal import WalKind, parse_wal_name
 from walkeeper.repo import chains
 from walkeeper.repo.inventory import BackupInfo, Inventory, read_inventory, restore_point_lsn
 from walkeeper.repo.layout import (
@@ -205,6 +205,9 @@ def plan_expire(inv: Inventory, *, keep: int | None, keep_days: float | None, no
             remaining_tlis.add(obj.name.timeline)
     doomed.sort(key=lambda o: (o.name.segno(inv.segment_size), o.name.timeline, o.name.name))
     plan.removals.extend((o.key, o.size) for o in doomed)
+    # wal-receive's partial uploads of segments before the cutoff (a receiver stopped before storing them)
+    plan.removals.extend((key, size) for key, size, segment in sorted(inv.received)
+                         if parse_wal_name(segment).segno(inv.segment_size) < cutoff)
     needed: set[int] = set()
     for tli in remaining_tlis:
         needed.update(t for t, _b, _e in inv.lineage(tli))

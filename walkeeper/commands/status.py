@@ -117,7 +117,20 @@ def repository_status(repo: Repository, *, now: float | None = None) -> dict[str
         "dump_count": len(catalog.dump_ids()),
         "incomplete_dumps": catalog.incomplete_dump_ids(),
         "restore_tests": restore_test_status(repo, now),
+        "receive": receive_status(repo, now),
     }
+
+
+def receive_status(repo: Repository, now: float) -> dict[str, Any] | None:
+    """wal-receive's heartbeat (repo/received.py) with its lag; None when it never ran here."""
+    from walkeeper.repo.received import list_received, read_receiver_state, receive_lag
+
+    state = read_receiver_state(repo)
+    if state is None:
+        return None
+    return {"updated": float(state["updated"]), "lag_seconds": receive_lag(state, now), "slot": state.get("slot"),
+            "segment": state.get("segment"), "host": state.get("host"),
+            "partials": [p.key.rsplit("/", 1)[1] for p in list_received(repo)]}
 
 
 def restore_test_status(repo: Repository, now: float) -> dict[str, Any]:
@@ -161,6 +174,8 @@ def status_json(doc: dict[str, Any]) -> dict[str, Any]:
                                                           for i in out["leftovers"]["items"]]}
     if isinstance(out.get("cluster"), dict):
         out["cluster"] = status_json(out["cluster"])
+    if isinstance(out.get("receive"), dict):
+        out["receive"] = {**out["receive"], "updated": iso_utc(out["receive"]["updated"])}
     if isinstance(out.get("restore_tests"), dict):
         out["restore_tests"] = {which: {**test, "finished": iso_utc(test["finished"])} if test else None
                                 for which, test in out["restore_tests"].items()}

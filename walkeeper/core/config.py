@@ -122,6 +122,17 @@ class RestoreConfig:
 
 
 @dataclass(frozen=True)
+class ReceiveConfig:
+    """[receive]: wal-receive, the pg_receivewal service (README "Streaming WAL into the repository")."""
+
+    slot: str = "walkeeper"  # the physical replication slot pg_receivewal streams from
+    synchronous: bool = False  # pg_receivewal --synchronous: flush and report at once (synchronous_standby_names)
+    partial_interval: float = 10.0  # seconds between uploads of the segment being received (the recovery point)
+    spool_dir: str | None = None  # pg_receivewal's directory; default under /var/tmp/walkeeper-<uid>
+    restart_max_delay: float = 60.0  # pg_receivewal is restarted after a failure, waiting up to this long
+
+
+@dataclass(frozen=True)
 class BackupConfig:
     """[backup]: base backups."""
 
@@ -200,6 +211,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    receive: ReceiveConfig = field(default_factory=ReceiveConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str | None = field(default=None, metadata={"internal": True})
@@ -277,6 +289,7 @@ PATH_FIELDS = {
     ("ssh", "known_hosts_file"),
     ("restore", "spool_dir"),
     ("archive", "status_dir"),
+    ("receive", "spool_dir"),
     ("backup", "pg_bin_dir"),
     ("notify", "state_file"),
 }
@@ -303,6 +316,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("restore", "prefetch"): (0, None),
     ("restore", "workers"): (1, None),
     ("restore", "idle_timeout"): (0, None),
+    ("receive", "partial_interval"): (0.1, None),
+    ("receive", "restart_max_delay"): (1, None),
     ("backup", "workers"): (1, None),
     ("encryption", "key_command_timeout"): (0.1, 3600),
     ("s3", "connect_timeout"): (0, None),

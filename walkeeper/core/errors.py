@@ -150,6 +150,12 @@ class ClusterNotStarted(WalkeeperError):
     code = 23
 
 
+class ReplicationRefused(PostgresError):
+    """wal-receive: the server refuses replication (pg_hba.conf, role) or the replication slot is missing."""
+
+    code = 24
+
+
 INTERNAL_ERROR_CODE = 19  # an unexpected exception: a bug in walkeeper
 USAGE_ERROR_CODE = 2  # bad command line (click's own code)
 CLOSED_PIPE_CODE = 141  # the reader of our output went away: what a shell reports for SIGPIPE (128 + 13)

@@ -205,13 +205,13 @@ class ToolProcess:
     must never block on a full pipe); ``stdin=True`` gives it a pipe to feed (pg_restore)."""
 
     def __init__(self, cmd: list[str], *, name: str = "pg_basebackup", stdin: bool = False,
-                 stdout: bool = True) -> None:
+                 stdout: bool = True, env: dict[str, str] | None = None) -> None:
         log.info("running %s", " ".join(cmd))
         self.name = name
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                          stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
+                                         stderr=subprocess.PIPE, env=env)
         except OSError as exc:
             raise PostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
@@ -231,6 +231,13 @@ class ToolProcess:
         if code != 0:
             tail = "; ".join(line for line in list(self.lines)[-5:] if line)
             raise PostgresError(f"{self.name} failed (exit {code}): {tail}")
+
+    def exited(self) -> int | None:
+        """The exit code once the tool has ended (its stderr fully read), else None."""
+        code = self.proc.poll()
+        if code is not None:
+            self._thread.join(5)
+        return code
 
     @property
     def stderr(self) -> str:

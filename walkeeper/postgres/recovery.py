@@ -26,13 +26,16 @@ from walkeeper.core.wal import (
     WalKind,
     format_lsn,
 )
+from walkeeper.postgres.client import ConnOptions
 from walkeeper.postgres.combine import restore_any
 from walkeeper.postgres.extract import RestoreResult, stored_pg_control
+from walkeeper.postgres.receivewal import create_physical_slot, validate_slot
 from walkeeper.postgres.recovery_conf import (
     restore_command,
     settings_block,
     write_settings,
 )
+from walkeeper.postgres.standby import StreamingSettings, slot_conninfo, streaming_settings
 from walkeeper.repo.catalog import BackupMeta, Catalog
 from walkeeper.repo.chains import chain_length, chain_of, parent_map
 from walkeeper.repo.pitr_plan import (
@@ -231,10 +234,15 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
          name: str | None = None, immediate: bool = False, action: str = "pause", target_timeline: str | None = None,
          exclusive: bool = False, backup_id: str | None = None, standby: bool = False, no_restore: bool = False,
          dry_run: bool = False, config_path: str | None = None, repo_flag: str | None = None,
-         tablespace_map: tuple[str, ...] = (), end_of_archive: bool = False) -> PitrResult:
-    """``end_of_archive``: no target, recover all archived WAL (restore-test --target latest)."""
+         tablespace_map: tuple[str, ...] = (), end_of_archive: bool = False, primary_conninfo: str | None = None,
+         primary_slot_name: str | None = None, create_slot: bool = False) -> PitrResult:
+    """``end_of_archive``: no target, recover all archived WAL (restore-test --target latest, pitr --target-latest).
+
+    ``primary_conninfo``, ``primary_slot_name``, ``create_slot``: a standby that streams (postgres/standby.py).
+    """
     if action not in ACTIONS:
         raise ConfigError(f"--target-action must be one of {', '.join(ACTIONS)}")
+    streaming = standby_streaming(standby, primary_conninfo, primary_slot_name, create_slot)
     if backup_id is not None and backup_id != "latest":
         from walkeeper.repo.layout import validate_backup_id
 
@@ -268,17 +276,49 @@ def recover(config: Config, pgdata: str, *, time: str | None = None, lsn: str | 
     if not (config_path or config.source):
         plan.warnings.append("no configuration file: restore_command relies on WALKEEPER_* variables being set "
                              "in the server's environment")
+    first_notes = [streaming.note] if streaming and streaming.note else []
     if dry_run:
-        return PitrResult(plan, None, [f"would write into {directory}/postgresql.auto.conf:",
-                                       *("    " + line for line in settings_block(plan, command).splitlines())],
+        return PitrResult(plan, None, [*first_notes, f"would write into {directory}/postgresql.auto.conf:",
+                                       *("    " + line for line in
+                                         settings_block(plan, command, streaming).splitlines())],
                           directory, True)
+    if create_slot and streaming is not None and streaming.primary_slot_name:
+        first_notes.append(create_standby_slot(config, streaming))
     if no_restore:
-        return PitrResult(plan, None, write_settings(directory, plan, command), directory, False)
-    notes: list[str] = []
+        return PitrResult(plan, None, first_notes + write_settings(directory, plan, command, streaming), directory,
+                          False)
+    notes: list[str] = first_notes
     # The settings are written before pg_control: a directory is never startable without them.
     source = holding(repo, plan.backup)  # several repositories: the one holding the backup (and its chain)
     restored = restore_any(config, source, plan.backup, directory,
                            backups=catalog.backups() if source is repo else Catalog(source).backups(),
                            tablespace_map=tablespace_map,
-                           before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command)))
+                           before_control=lambda pgdata: notes.extend(write_settings(pgdata, plan, command,
+                                                                                     streaming)))
     return PitrResult(plan, restored, notes, directory, False)
+
+
+def standby_streaming(standby: bool, conninfo: str | None, slot: str | None,
+                      create_slot: bool) -> StreamingSettings | None:
+    """The streaming settings of ``pitr --standby``, checked before anything is read or written."""
+    if conninfo is None and slot is None:
+        if create_slot:
+            raise ConfigError("--create-slot needs --primary-slot-name (and --primary-conninfo to reach the primary)")
+        return None
+    if not standby:
+        raise ConfigError("--primary-conninfo and --primary-slot-name are settings of a standby: add --standby")
+    if slot is not None:
+        validate_slot(slot)
+    if create_slot and (slot is None or conninfo is None):
+        raise ConfigError("--create-slot needs --primary-slot-name and --primary-conninfo (to reach the primary)")
+    return streaming_settings(conninfo, slot)
+
+
+def create_standby_slot(config: Config, streaming: StreamingSettings) -> str:
+    """Create the standby's physical slot on the primary, through its conninfo (database postgres)."""
+    assert streaming.primary_conninfo is not None and streaming.primary_slot_name is not None
+    conn = ConnOptions(dbname=slot_conninfo(streaming.primary_conninfo))
+    slot = streaming.primary_slot_name
+    if create_physical_slot(config, conn, slot):
+        return f"created physical replication slot {slot} on the primary"
+    return f"physical replication slot {slot} already exists on the primary: kept"

@@ -12,11 +12,14 @@ import stat
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from walkeeper.core.durable import fsync_dir, write_file
 from walkeeper.core.errors import ConfigError
 from walkeeper.core.units import plural
+
+if TYPE_CHECKING:
+    from walkeeper.postgres.standby import StreamingSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +69,16 @@ def walkeeper_executable() -> str:
 
 
 _TARGET_LINE = re.compile(r"^\s*(recovery_target\w*)\s*=?", re.IGNORECASE)
+_STREAMING_LINE = re.compile(r"^\s*(primary_conninfo|primary_slot_name)\s*=?", re.IGNORECASE)
 _RESTORE_LINE = re.compile(r"^\s*restore_command\s*=?", re.IGNORECASE)
 
 
-def _comment_out(text: str, *, include_restore: bool) -> tuple[str, int]:
+def _comment_out(text: str, *, include_restore: bool, include_streaming: bool = False) -> tuple[str, int]:
     out = []
     changed = 0
     for line in text.splitlines(keepends=True):
-        if _TARGET_LINE.match(line) or (include_restore and _RESTORE_LINE.match(line)):
+        if _TARGET_LINE.match(line) or (include_restore and _RESTORE_LINE.match(line)) or \
+                (include_streaming and _STREAMING_LINE.match(line)):
             out.append(f"# commented out by walkeeper pitr (a recovery target is set below): {line}")
             changed += 1
         else:
@@ -81,7 +86,7 @@ def _comment_out(text: str, *, include_restore: bool) -> tuple[str, int]:
     return "".join(out), changed
 
 
-def settings_block(plan: RecoveryPlan, command: str) -> str:
+def settings_block(plan: RecoveryPlan, command: str, streaming: StreamingSettings | None = None) -> str:
     lines = [f"{BLOCK_BEGIN} (written {datetime.now(UTC).isoformat(timespec='seconds')}; "
              "replaced by the next walkeeper pitr, remove after recovery if you like)",
              f"restore_command = {quote_conf(command)}"]
@@ -95,31 +100,40 @@ def settings_block(plan: RecoveryPlan, command: str) -> str:
         if plan.exclusive:
             lines.append("recovery_target_inclusive = off")
     lines.append(f"recovery_target_timeline = {quote_conf(str(plan.timeline))}")
+    if streaming is not None:
+        lines.extend(f"{key} = {quote_conf(value)}" for key, value in streaming.settings())
     lines.append(BLOCK_END)
     return "\n".join(lines) + "\n"
 
 
-def write_settings(pgdata: Path, plan: RecoveryPlan, command: str) -> list[str]:
-    """Write the signal file and the marked block; returns notes on what else was changed."""
+def write_settings(pgdata: Path, plan: RecoveryPlan, command: str,
+                   streaming: StreamingSettings | None = None) -> list[str]:
+    """Write the signal file and the marked block; returns notes on what else was changed.
+
+    ``streaming`` (pitr --standby --primary-conninfo/--primary-slot-name, postgres/standby.py) adds
+    primary_conninfo and primary_slot_name to the block; earlier ones elsewhere are commented out.
+    """
+    has_streaming = streaming is not None and bool(streaming.settings())
     notes = []
     auto = pgdata / "postgresql.auto.conf"
     text = auto.read_text() if auto.exists() else ""
     # Drop a previous block of ours, then comment out conflicting lines elsewhere.
     text = re.sub(rf"(?ms)^{re.escape(BLOCK_BEGIN)}.*?^{re.escape(BLOCK_END)}\n?", "", text)
-    text, changed = _comment_out(text, include_restore=True)
+    text, changed = _comment_out(text, include_restore=True, include_streaming=has_streaming)
     if changed:
         notes.append(f"commented out {plural(changed, 'earlier recovery setting line')} in {auto}")
     if text and not text.endswith("\n"):
         text += "\n"
     # Each file durable and replaced atomically (never rewritten in place): a crash leaves the old or the new.
-    write_file(auto, (text + settings_block(plan, command)).encode())
+    write_file(auto, (text + settings_block(plan, command, streaming)).encode())
     conf = pgdata / "postgresql.conf"
     if conf.exists():
         original = conf.read_text()
-        updated, changed = _comment_out(original, include_restore=False)
+        updated, changed = _comment_out(original, include_restore=False, include_streaming=has_streaming)
         if changed:
             write_file(conf, updated.encode(), mode=stat.S_IMODE(conf.stat().st_mode))
-            notes.append(f"commented out {plural(changed, 'recovery_target* line')} in {conf}")
+            what = "recovery or streaming setting line" if has_streaming else "recovery_target* line"
+            notes.append(f"commented out {plural(changed, what)} in {conf}")
     signal = pgdata / ("standby.signal" if plan.standby else "recovery.signal")
     other = pgdata / ("recovery.signal" if plan.standby else "standby.signal")
     write_file(signal, b"")

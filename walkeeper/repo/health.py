@@ -69,6 +69,8 @@ class Thresholds:
     warn_dump_age: float | None = None
     max_restore_test_age: float | None = None  # of the last successful restore test
     warn_restore_test_age: float | None = None
+    max_receive_lag: float | None = None  # wal-receive: age of the newest received data in the repository
+    warn_receive_lag: float | None = None
     max_chain: int | None = None  # WARNING when a restore needs more backups ([backup] max_chain)
 
 
@@ -163,6 +165,10 @@ def judge(result: CheckResult, thresholds: Thresholds, cluster_error: str | None
     if tests.get("last") and not tests["last"]["ok"] and (thresholds.max_restore_test_age is not None
                                                           or thresholds.warn_restore_test_age is not None):
         result.raise_to(WARNING, f"the last restore test {tests['last']['id']} failed: {tests['last']['reason']}")
+    receive = doc.get("receive")
+    if thresholds.max_receive_lag is not None or thresholds.warn_receive_lag is not None:
+        _age_check(result, "WAL received by wal-receive", receive["lag_seconds"] if receive else None,
+                   thresholds.warn_receive_lag, thresholds.max_receive_lag)
     if doc["gaps"]:
         result.raise_to(WARNING, f"{plural(doc['gaps'], 'gap')} in the WAL archive (run walkeeper verify)")
     for problem in lag_problems(result.lags or []):
@@ -188,6 +194,8 @@ def judge(result: CheckResult, thresholds: Thresholds, cluster_error: str | None
         result.facts.append("no WAL archived yet")
     else:
         result.facts.append(f"last WAL {human_ago(wal_age)}" + (f" ({newest['name']})" if newest else ""))
+    if receive:
+        result.facts.append(f"receive lag {human_age(receive['lag_seconds'])}")
     if doc["backups"]:
         result.facts.append(f"last backup {doc['backups'][-1]['id']} {human_ago(backup_age)}")
     result.facts.append(f"{plural(len(doc['backups']), 'backup')}, {human_bytes(doc['total_bytes'])}")
@@ -205,6 +213,8 @@ def judge(result: CheckResult, thresholds: Thresholds, cluster_error: str | None
 
     perf("wal_age", wal_age, thresholds.warn_wal_age, thresholds.max_wal_age)
     perf("backup_age", backup_age, thresholds.warn_backup_age, thresholds.max_backup_age)
+    perf("receive_lag", receive["lag_seconds"] if receive else None, thresholds.warn_receive_lag,
+         thresholds.max_receive_lag)
     if doc["dumps"]:
         perf("dump_age", max(d["age_seconds"] for d in doc["dumps"]), thresholds.warn_dump_age,
              thresholds.max_dump_age)

@@ -29,6 +29,7 @@ from walkeeper.repo.layout import (
     BACKUP_PREFIX,
     RESTORE_POINT_PREFIX,
     WAL_PREFIX,
+    parse_received_partial_key,
 )
 from walkeeper.repo.repository import RepoMeta, Repository
 from walkeeper.storage.base import Leftover, ObjectInfo
@@ -126,6 +127,7 @@ class Inventory:
     leftovers: list[Leftover] = field(default_factory=list)  # only with read_inventory(leftovers=True)
     newest_mtime: float | None = None  # the storage's clock, as of its latest write
     restore_points: list[tuple[str, int, float]] = field(default_factory=list)  # (key, size, mtime)
+    received: list[tuple[str, int, str]] = field(default_factory=list)  # wal-receive partials: (key, size, segment)
     total_bytes: int = 0
 
     # -- timelines ------------------------------------------------------------------------------
@@ -232,6 +234,8 @@ def read_inventory(repo: Repository, *, backups: bool = True, histories: bool = 
             parts = info.key.split("/")
             if len(parts) == 3:
                 inv.backup_objects.setdefault(parts[1], []).append((info.key, info.size, info.mtime))
+        elif (received := parse_received_partial_key(info.key)) is not None:
+            inv.received.append((info.key, info.size, received[0]))
         elif info.key.startswith(RESTORE_POINT_PREFIX):
             inv.restore_points.append((info.key, info.size, info.mtime))
     if histories:

@@ -2,6 +2,9 @@
 
     walkeeper.json                                  repository identity (format, system id, key ids)
     wal/TTTTTTTT/<WAL file name>                    one object per segment, history or backup-history file
+    received/TTTTTTTT/<segment>.partial.<LLLLLLLL>  wal-receive's growing partial segment, LLLLLLLL = received
+                                                    bytes (8 hex digits): the greatest is the newest
+    received/receiver.json                          wal-receive's heartbeat (when it last had everything stored)
     backups/<id>/backup.json, base.tar, ...         a base backup; writer.json while one is being written
     backups/<id>/backup_manifest                    its backup_manifest alone (the parent of an incremental)
     dumps/<id>/dump.json, ...; dumps/<id>/reserved  a logical dump (reserved: the id is taken)
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 META_KEY = "walkeeper.json"
 WAL_PREFIX = "wal/"
+RECEIVED_PREFIX = "received/"
+RECEIVER_STATE_KEY = "received/receiver.json"
 BACKUP_PREFIX = "backups/"
 BACKUP_META = "backup.json"
 BACKUP_MANIFEST = "backup_manifest"
@@ -54,3 +59,24 @@ def backup_key(backup_id: str, name: str) -> str:
 
 def dump_key(dump_id: str, name: str) -> str:
     return f"{DUMP_PREFIX}{validate_backup_id(dump_id)}/{name}"
+
+
+def received_prefix(timeline: int) -> str:
+    return f"{RECEIVED_PREFIX}{timeline:08X}/"
+
+
+def received_partial_key(segment: WalName, length: int) -> str:
+    """One upload of wal-receive's partial segment; fixed-width hex so that name order is length order."""
+    return f"{received_prefix(segment.timeline)}{segment.segment_name}.partial.{length:08X}"
+
+
+def parse_received_partial_key(key: str) -> tuple[str, int] | None:
+    """(segment name, received bytes) of a received-partial key; None for anything else."""
+    base = key.rsplit("/", 1)[-1]
+    match = _RECEIVED_RE.match(base)
+    if not match or not key.startswith(RECEIVED_PREFIX) or key.count("/") != 2:
+        return None
+    return match.group(1), int(match.group(2), 16)
+
+
+_RECEIVED_RE = re.compile(r"^([0-9A-F]{24})\.partial\.([0-9A-F]{8})$")

@@ -25,6 +25,7 @@ from walkeeper.core.wal import (
 from walkeeper.repo.catalog import BackupMeta
 from walkeeper.repo.chains import describe_chain
 from walkeeper.repo.pitr_target import Target, format_target_time
+from walkeeper.repo.received import received_ends
 from walkeeper.repo.repository import Repository
 
 GAP_RECHECK = 0.5  # seconds between listings while a gap may be a store in flight
@@ -116,6 +117,9 @@ class Plan:
                 out.append(f"target action: {self.action}")
         if self.exclusive:
             out.append("the target itself is excluded (recovery_target_inclusive = off)")
+        if self.last_wal and self.last_wal.endswith(".partial"):
+            out.append(f"recovery ends in a partial segment received by wal-receive ({self.last_wal}): WAL the "
+                       "primary wrote after its last upload is not in the repository")
         if self.standby:
             out.append("mode: standby (standby.signal): the server keeps following the archive")
         out.extend(f"warning: {w}" for w in self.warnings)
@@ -194,15 +198,20 @@ def check_coverage(repo: Repository, backup: BackupMeta, target: Target, path: l
     for name, _stored, mtime in repo.iter_wal():
         if name.kind is WalKind.SEGMENT:
             present.setdefault(name.timeline, {})[name.segno(size)] = mtime
-    return coverage(present, size, backup, target, path, now=datetime.now(UTC))
+    return coverage(present, size, backup, target, path, now=datetime.now(UTC), received=received_ends(repo))
 
 
 def coverage(present: dict[int, dict[int, float]], size: int, backup: BackupMeta, target: Target,
-             path: list[TimelineStep], *, now: datetime) -> tuple[str, str | None, int]:
+             path: list[TimelineStep], *, now: datetime,
+             received: dict[int, dict[int, tuple[float, int]]] | None = None) -> tuple[str, str | None, int]:
     """``check_coverage`` over a listing (timeline -> segment number -> mtime): the pure decision.
 
     Returns (first segment, last segment or None for "to the end of the archive", count); raises GapError
-    for a hole recovery would stop at, RefusedError when the archive cannot reach a time target."""
+    for a hole recovery would stop at, RefusedError when the archive cannot reach a time target.
+    ``received``: wal-receive's partials (timeline -> segment number -> (stored at, bytes received)); the
+    first missing segment with one and nothing later stored is where recovery ends (wal-fetch serves it),
+    reported as last segment ``<name>.partial``."""
+    received = received or {}
 
     def tli_for(segno: int) -> int:
         # PostgreSQL reads a segment from the newest timeline that had begun by that segment.
@@ -227,7 +236,16 @@ def coverage(present: dict[int, dict[int, float]], size: int, backup: BackupMeta
         if mtime is None:
             stop_seg = (parse_lsn(backup.stop_lsn) - 1) // size
             path_tlis = {step.timeline for step in path}
-            later = any(s > segno and tli_for(s) == t for t in path_tlis for s in present.get(t, {}))
+            later = any(s > segno and tli_for(s) == t for t in path_tlis
+                        for s in [*present.get(t, {}), *received.get(t, {})])
+            end = received.get(tli, {}).get(segno)
+            if end is not None and not later:
+                ends_at = segno * size + end[1]  # the LSN up to which the partial holds WAL
+                needed = max(parse_lsn(backup.stop_lsn), target.lsn or 0) if last is not None or \
+                    segno <= stop_seg else 0
+                reaches_time = target.kind != "time" or target.time is None or archived_after(end[0], target.time)
+                if (last is None or segno == last) and needed <= ends_at and reaches_time:
+                    return segment_name(tli_for(first), first, size), f"{name}.partial", count + 1
             if last is not None or segno <= stop_seg or later:
                 raise _gap(name, backup, target)
             if target.kind == "time" and target.time is not None and target.time > now:

@@ -99,6 +99,14 @@ def _samples(metric: Callable[[str, str, str, list[tuple[str, float]]], None], r
                    [("", float(tests["last"]["total_seconds"]))])
             metric("walkeeper_restore_test_ok", "gauge", "1 if the last restore test passed.",
                    [("", 1 if tests["last"]["ok"] else 0)])
+        receive = doc.get("receive")
+        if receive:
+            metric("walkeeper_receive_last_timestamp_seconds", "gauge",
+                   "When the repository last held everything wal-receive had received.",
+                   [("", float(receive["updated"]))])
+            metric("walkeeper_receive_lag_seconds", "gauge",
+                   "Seconds since the repository last held everything wal-receive had received.",
+                   [("", float(receive["lag_seconds"]))])
         metric("walkeeper_wal_gaps", "gauge", "Holes in the archived WAL sequences (walkeeper verify explains).",
                [("", doc["gaps"])])
     metric("walkeeper_failures_total", "counter",

@@ -368,6 +368,10 @@ class Repository:
         later = self.later_segment(name) if name.kind is WalKind.SEGMENT else None
         if later is None:
             raise NotFound(f"{name.name} is not in the archive")
+        return self.wait_for_missing(name, later, gap_wait)
+
+    def wait_for_missing(self, name: WalName, later: str, gap_wait: float) -> bytes:
+        """The object of ``name`` if it turns up within ``gap_wait`` s while ``later`` is stored; else GapError."""
         key = wal_key(name)
         log.info("%s is missing while %s is stored: waiting up to %g s for a store in flight",
                  name.name, later, gap_wait)

@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import Setup
 from tests.helpers.pgharness import WALKEEPER_BIN, as_pg, give_to_pg
 from tests.helpers.walfactory import fake_datadir, make_segment
-from walkeeper.core.config import _check_env_names, _sections, load_config
+from walkeeper.core.config import _sections, load_config
+from walkeeper.core.config_values import check_env_names
 from walkeeper.core.errors import ConfigError
 
 SYSID = 7300000000000000001
@@ -262,4 +263,4 @@ def test_every_variable_the_repository_uses_is_a_setting_or_listed() -> None:
         if path.is_file() and path != Path(__file__).resolve():
             used |= set(re.findall(r"\bWALKEEPER_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="replace")))
     used.discard("WALKEEPER_COMPRESSION_LEVLE")  # README's example of a typo
-    _check_env_names({name: "" for name in used - set(NOT_SETTINGS)}, _sections())
+    check_env_names({name: "" for name in used - set(NOT_SETTINGS)}, _sections())

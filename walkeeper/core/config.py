@@ -20,164 +20,34 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from walkeeper.core.config_sections import (  # noqa: F401 - the sections are part of this module's names
+    ArchiveConfig,
+    BackupConfig,
+    CompressionConfig,
+    DumpRetentionConfig,
+    EncryptionConfig,
+    NotifyConfig,
+    ReceiveConfig,
+    RestoreConfig,
+    RetentionConfig,
+    RetryConfig,
+    S3Config,
+    SshConfig,
+)
+from walkeeper.core.config_values import check_choice, check_env_names, coerce, field_types, read_file, section_values
 from walkeeper.core.configbase import (
     CONFIG_ENV,
-    ENV_PREFIX,
-    PREFETCH,
-    PUSH_AHEAD,
     REPO_ENV,
     config_dir,
     env_name,
     push_identity,
     repositories_identity,
-    resolve_path,
 )
 from walkeeper.core.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class CompressionConfig:
-    method: str = "zstd"
-    level: int = 1  # measured (README "Speed"): same ratio as 3 on pgbench WAL, ~15% less CPU per segment
-    threads: int = 0
-
-
-@dataclass(frozen=True)
-class EncryptionConfig:
-    method: str = "aes-256-gcm"
-    key_file: str | None = None
-    key_files: list | None = None  # several keys: the first writes, all read (README "Keys")
-    key_command: str | None = None  # /bin/sh -c COMMAND prints the key (Vault, KMS, token); run once per process
-    key_command_timeout: float = 10.0
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    attempts: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 5.0
-
-
-@dataclass(frozen=True)
-class S3Config:
-    """[s3]: used when repo = "s3://bucket/prefix". Credentials come from boto3's standard chain."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    storage_class: str | None = None
-    sse: str | None = None
-    sse_kms_key_id: str | None = None
-    addressing_style: str = "auto"
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    multipart_chunk_size: int = 16 * 1024 * 1024  # streams larger than one chunk go up as multipart
-    max_concurrency: int = 4  # parts in flight at once (memory ~ (max_concurrency + 1) * chunk size)
-    conditional_writes: bool = True  # If-None-Match: *; false for stores without it (then HEAD, best effort)
-
-
-@dataclass(frozen=True)
-class SshConfig:
-    """[ssh]: used when repo = "ssh://user@host[:port]/path" (rsync over ssh)."""
-
-    identity_file: str | None = None
-    known_hosts_file: str | None = None
-    strict_host_key_checking: bool = True
-    connect_timeout: int = 10
-    io_timeout: int = 60  # seconds without progress before a transfer counts as failed (transient)
-    control_persist: int = 10  # seconds the shared ssh connection outlives its last use
-
-
-@dataclass(frozen=True)
-class ArchiveConfig:
-    """[archive]: wal-push behaviour (push-ahead: README "Speed")."""
-
-    push_ahead: int = PUSH_AHEAD  # .ready segments the background pusher stores ahead of PostgreSQL's calls (0 = off)
-    workers: int = 2  # segments the pusher compresses/encrypts/stores in parallel
-    status_dir: str | None = None  # records of pushed-ahead segments; default under /var/tmp/walkeeper-<uid>
-    idle_timeout: float = 10.0  # the pusher exits after this many seconds with nothing to push
-    self_check: bool = False  # decode each object and compare it with the file before storing it (~25 ms/segment)
-    # Several repositories (README "Several repositories"): "all" = exit 0 once every repository holds the file;
-    # "any" = once one does, the others recorded as behind and caught up in WAL order.
-    require: str = "all"
-    catch_up_interval: float = 10.0  # seconds a repository that failed is left alone before the next try
-
-
-@dataclass(frozen=True)
-class RestoreConfig:
-    """[restore]: wal-fetch behaviour (prefetch: README "Speed")."""
-
-    prefetch: int = PREFETCH  # segments the background prefetcher keeps ready ahead of recovery (0 = off)
-    spool_dir: str | None = None  # default under /var/tmp/walkeeper-<uid>, outside the data directory
-    workers: int = 2  # parallel downloads/decodes of the prefetcher
-    spool_max_mb: int = 1024  # upper bound of the spool's size, whatever prefetch says
-    idle_timeout: float = 60.0  # the prefetcher exits after this many seconds without a request
-    gap_wait: float = 10.0  # a missing segment with later ones stored: wait this long for it before "gap"
-
-
-@dataclass(frozen=True)
-class ReceiveConfig:
-    """[receive]: wal-receive, the pg_receivewal service (README "Streaming WAL into the repository")."""
-
-    slot: str = "walkeeper"  # the physical replication slot pg_receivewal streams from
-    synchronous: bool = False  # pg_receivewal --synchronous: flush and report at once (synchronous_standby_names)
-    partial_interval: float = 10.0  # seconds between uploads of the segment being received (the recovery point)
-    spool_dir: str | None = None  # pg_receivewal's directory; default under /var/tmp/walkeeper-<uid>
-    restart_max_delay: float = 60.0  # pg_receivewal is restarted after a failure, waiting up to this long
-
-
-@dataclass(frozen=True)
-class BackupConfig:
-    """[backup]: base backups."""
-
-    pg_bin_dir: str | None = None
-    wal_wait_timeout: float = 300.0
-    # threads compressing/encrypting a backup and decoding one on restore; 1 = one thread, as before
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    max_chain: int = 8  # `check` warns when a restore needs more backups than this (a full + incrementals)
-
-
-@dataclass(frozen=True)
-class DumpRetentionConfig:
-    """[retention.dumps]: what `walkeeper expire` keeps of logical dumps (no rule: dumps are not expired)."""
-
-    keep: int | None = None  # the newest N complete dumps
-    keep_days: float | None = None  # every dump of the last D days
-    keep_daily: int | None = None  # grandfather-father-son: the newest dump of each of the last N days ...
-    keep_weekly: int | None = None
-    keep_monthly: int | None = None
-    keep_yearly: int | None = None
-
-
-@dataclass(frozen=True)
-class RetentionConfig:
-    """[retention]: what `walkeeper expire` keeps (several set: a backup kept by any rule stays)."""
-
-    keep: int | None = None  # the newest N complete backups
-    keep_days: float | None = None  # a recovery window: any moment of the last D days stays recoverable
-    keep_daily: int | None = None  # grandfather-father-son: the newest backup of each of the last N days ...
-    keep_weekly: int | None = None  # ... ISO weeks
-    keep_monthly: int | None = None  # ... months
-    keep_yearly: int | None = None  # ... years
-    time_zone: str | None = None  # IANA name the periods are counted in (default: this host's local zone)
-    dumps: DumpRetentionConfig = field(default_factory=DumpRetentionConfig)
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    """[notify]: a command run after a failure of wal-push, wal-fetch (not "not found"), backup, expire."""
-
-    on_failure: str | None = None  # run with /bin/sh -c; WALKEEPER_EVENT, _OBJECT, _ERROR in its environment
-    timeout: float = 10.0  # seconds before the command is killed: it never holds up the archive for long
-    min_interval: float = 3600.0  # seconds between two notifications of the same event
-    state_file: str | None = None  # last send time per event (default ~/.cache/walkeeper/notify-state.json)
-
 
 DEFAULT_REPOSITORY = "default"
 # Sections a [[repository]] table may override for its repository (the others are about this host's
@@ -280,188 +150,12 @@ def is_repository_name(value: str) -> bool:
     return all(c.isalnum() or c in "_-" for c in value)
 
 
-# Settings holding file paths: relative values in a config file are relative to that file's own
-# directory (symlinks followed: walkeeper.core.configbase.config_dir, which the fast path uses too).
-PATH_FIELDS = {
-    ("encryption", "key_file"),
-    ("encryption", "key_files"),
-    ("ssh", "identity_file"),
-    ("ssh", "known_hosts_file"),
-    ("restore", "spool_dir"),
-    ("archive", "status_dir"),
-    ("receive", "spool_dir"),
-    ("backup", "pg_bin_dir"),
-    ("notify", "state_file"),
-}
-_CHOICES = {
-    ("compression", "method"): ("zstd", "none"),
-    ("encryption", "method"): ("aes-256-gcm", "x25519-aes-256-gcm", "none"),
-    ("s3", "sse"): (None, "AES256", "aws:kms"),
-    ("s3", "addressing_style"): ("auto", "path", "virtual"),
-    ("archive", "require"): ("all", "any"),
-}
-
-
-# Numeric settings with a valid range (inclusive; None = unbounded): checked when the file or the
-# environment is read, so that a bad value fails at load with the range, not later deep inside a command.
-_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
-    ("compression", "level"): (1, 22),  # zstd's levels
-    ("retry", "attempts"): (1, None),
-    ("retry", "base_delay"): (0, None),
-    ("retry", "max_delay"): (0, None),
-    ("archive", "push_ahead"): (0, None),
-    ("archive", "workers"): (1, None),
-    ("archive", "idle_timeout"): (0, None),
-    ("archive", "catch_up_interval"): (0, None),
-    ("restore", "prefetch"): (0, None),
-    ("restore", "workers"): (1, None),
-    ("restore", "idle_timeout"): (0, None),
-    ("receive", "partial_interval"): (0.1, None),
-    ("receive", "restart_max_delay"): (1, None),
-    ("backup", "workers"): (1, None),
-    ("encryption", "key_command_timeout"): (0.1, 3600),
-    ("s3", "connect_timeout"): (0, None),
-    ("s3", "read_timeout"): (0, None),
-    ("s3", "max_concurrency"): (1, None),
-    ("ssh", "connect_timeout"): (1, None),
-    ("ssh", "io_timeout"): (1, None),
-    ("notify", "timeout"): (0, None),
-    ("notify", "min_interval"): (0, None),
-}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _sections() -> dict[str, type]:
     return {
-        f.name: hint for f, hint in ((f, _hints(Config)[f.name]) for f in dataclasses.fields(Config))
+        f.name: hint for f, hint in ((f, field_types(Config)[f.name]) for f in dataclasses.fields(Config))
         if dataclasses.is_dataclass(hint)
     }
 
-
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, types.UnionType):
-        return " or ".join(_type_name(arg) for arg in typing.get_args(hint) if arg is not type(None))
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            list: "a list of strings"}.get(hint, str(hint))
-
-
-def _coerce(value: Any, hint: Any, where: str, from_env: bool) -> Any:
-    """Check (file) or convert (environment) one value against a field's type."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for kind in allowed:
-        if kind is type(None):
-            if from_env and value == "":
-                return None
-            continue
-        if kind is list:  # a list of strings; from the environment, comma-separated
-            if from_env:
-                return [part for part in value.split(",") if part]
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return value
-            continue
-        if from_env:
-            try:
-                if kind is bool:
-                    lowered = value.strip().lower()
-                    if lowered in ("1", "true", "yes", "on"):
-                        return True
-                    if lowered in ("0", "false", "no", "off"):
-                        return False
-                    continue
-                return kind(value)
-            except ValueError:
-                continue
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if kind is int and isinstance(value, bool):
-            continue
-        if isinstance(value, kind):
-            return value
-    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-
-
-def _check_choice(section: str, key: str, value: Any, where: str) -> None:
-    """Refuse a value outside the setting's choices or numeric range, naming what is valid."""
-    choices = _CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(str(c) for c in choices if c)}")
-    low, high = _RANGES.get((section, key), (None, None))
-    if isinstance(value, float) and value != value:
-        raise ConfigError(f"{where}: expected a number, got nan")
-    if isinstance(value, int | float) and not isinstance(value, bool) and (
-            (low is not None and value < low) or (high is not None and value > high)):
-        valid = f"{low} to {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"{where}: {value} is out of range (valid: {valid})")
-
-
-def _check_env_names(env: Mapping[str, str], sections: dict[str, type]) -> None:
-    """A WALKEEPER_<SECTION>_* variable of a known section must name a setting (a typo is an error).
-
-    Other WALKEEPER_* variables are not settings (WALKEEPER_CONFIG, WALKEEPER_REPO, the notify hook's
-    WALKEEPER_EVENT ..., test and script knobs) and are not checked.
-    """
-    for name in env:
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX):]
-        for section, cls in sections.items():
-            prefix = f"{section.upper()}_"
-            if not rest.startswith(prefix):
-                continue
-            valid = [env_name(section, key) for key in _hints(cls)]
-            if name not in valid:
-                import difflib
-
-                near = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
-                raise ConfigError(f"unknown environment variable {name}: [{section}] has no such setting",
-                                  hint=f"did you mean {near[0]}? fix or unset it" if near else "unset it")
-
-
-def _section_values(section: str, cls: type, table: Mapping[str, Any], source: str,
-                    base_dir: str | None) -> dict[str, Any]:
-    hints = _hints(cls)
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        where = f"{source}: [{section}] {key}"
-        if key in hints and dataclasses.is_dataclass(hints[key]):  # a sub-table: [retention.dumps]
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where} must be a table ([{section}.{key}])")
-            values[key] = hints[key](**_section_values(f"{section}.{key}", hints[key], value, source, base_dir))
-            continue
-        if key not in hints:
-            known = ", ".join(hints)
-            raise ConfigError(f"{source}: unknown key {key!r} in [{section}] (known keys: {known})")
-        value = _coerce(value, hints[key], where, from_env=False)
-        _check_choice(section, key, value, where)
-        if (section, key) in PATH_FIELDS and value and base_dir is not None:
-            value = [resolve_path(v, base_dir) for v in value] if isinstance(value, list) else \
-                resolve_path(value, base_dir)
-        values[key] = value
-    return values
-
-
-def _read_file(path: str) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} is not readable by uid {os.getuid()}",
-                          hint="fix its permissions or run as its owner") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory", hint="give the path of the TOML file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
 
 
 def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None,
@@ -475,15 +169,15 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     tables: list[tuple[str, str, dict[str, dict[str, Any]]]] = []  # [[repository]]: name, URL, overrides
 
     if path:
-        data = _read_file(path)
+        data = read_file(path)
         base_dir = config_dir(path)
         for key, value in data.items():
             if key in sections:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{path}: [{key}] must be a table")
-                raw[key].update(_section_values(key, sections[key], value, path, base_dir))
+                raw[key].update(section_values(key, sections[key], value, path, base_dir))
             elif key == "repo":
-                top["repo"] = _coerce(value, str, f"{path}: repo", from_env=False)
+                top["repo"] = coerce(value, str, f"{path}: repo", from_env=False)
             elif key == "repository":
                 tables = _repository_tables(value, sections, path, base_dir)
             else:
@@ -493,15 +187,15 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
             raise ConfigError(f"{path}: both a top-level repo and [[repository]] tables are set",
                               hint="keep one: move the top-level repo into a [[repository]] table with a name")
 
-    _check_env_names(env, sections)
+    check_env_names(env, sections)
     for section, cls in sections.items():
-        for key, hint in _hints(cls).items():
+        for key, hint in field_types(cls).items():
             if dataclasses.is_dataclass(hint):
                 continue  # sub-tables ([retention.dumps]) come from the file only
             name = env_name(section, key)
             if name in env:
-                value = _coerce(env[name], hint, f"environment variable {name}", from_env=True)
-                _check_choice(section, key, value, f"environment variable {name}")
+                value = coerce(env[name], hint, f"environment variable {name}", from_env=True)
+                check_choice(section, key, value, f"environment variable {name}")
                 raw[section][key] = value
     built = {name: cls(**raw[name]) for name, cls in sections.items()}
     repositories = tuple(
@@ -536,10 +230,10 @@ def _override(section: str, cls: type, base: dict[str, Any], own: dict[str, Any]
             f.name: getattr(own["dumps"], f.name) for f in dataclasses.fields(own["dumps"])
             if getattr(own["dumps"], f.name) is not None})}
     merged.update(own)
-    for key, hint in _hints(cls).items():  # file < environment, in every repository
+    for key, hint in field_types(cls).items():  # file < environment, in every repository
         name = env_name(section, key)
         if not dataclasses.is_dataclass(hint) and name in env:
-            merged[key] = _coerce(env[name], hint, f"environment variable {name}", from_env=True)
+            merged[key] = coerce(env[name], hint, f"environment variable {name}", from_env=True)
     return cls(**merged)
 
 
@@ -563,7 +257,7 @@ def _repository_tables(value: Any, sections: dict[str, type], path: str, base_di
         url = table.get("repo")
         if url is None or url == "":
             raise ConfigError(f"{where} has no repo", hint='add repo = "URL or path" to the table')
-        url = _coerce(url, str, f"{where} repo", from_env=False)
+        url = coerce(url, str, f"{where} repo", from_env=False)
         twin = [seen for seen, seen_url, _own in tables if seen_url.rstrip("/") == url.rstrip("/")]
         if twin:
             raise ConfigError(f"{where}: repository {twin[0]} has the same repo {url}",
@@ -577,6 +271,6 @@ def _repository_tables(value: Any, sections: dict[str, type], path: str, base_di
                 raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
             if not isinstance(sub, dict):
                 raise ConfigError(f"{where}: [repository.{key}] must be a table")
-            own[key] = _section_values(key, sections[key], sub, f"{where}", base_dir)
+            own[key] = section_values(key, sections[key], sub, f"{where}", base_dir)
         tables.append((name, url, own))
     return tables

@@ -42,18 +42,17 @@ def receive_into_two(setup: Setup, request: pytest.FixtureRequest, require: str)
     return forwarder, url
 
 
-def alone(setup: Setup, request: pytest.FixtureRequest, which: str) -> None:
+def alone(setup: Setup, request: pytest.FixtureRequest, which: str, url: str) -> None:
     """Rewrite the configuration to name only one of the two repositories (what a PITR may rely on)."""
     if which == "local":
         setup.repo_url, setup.extra_config = "", ""
     else:
-        s3 = request.getfixturevalue("s3_server")
-        setup.repo_url, setup.extra_config = s3.url(), s3.config_toml()
+        setup.repo_url, setup.extra_config = url, request.getfixturevalue("s3_server").config_toml()
     setup.write_config()
 
 
 def test_receive_two_repositories_pitr_from_either_alone(setup: Setup, request: pytest.FixtureRequest) -> None:
-    receive_into_two(setup, request, "all")
+    _forwarder, url = receive_into_two(setup, request, "all")
     primary = start_primary(setup)
     receiver = None
     recovered = []
@@ -72,7 +71,7 @@ def test_receive_two_repositories_pitr_from_either_alone(setup: Setup, request: 
         must = [i for i, at in committed if at.timestamp() < kill_at - PARTIAL_INTERVAL - UPLOAD_SLACK]
         assert must
         for which in ("local", "remote"):
-            alone(setup, request, which)
+            alone(setup, request, which, url)
             cluster, plan = recover_from_repository(setup, f"recovered-{which}")
             recovered.append(cluster)
             got = [i for i, _ in rows(cluster)]

@@ -141,7 +141,9 @@ class Receiver:
                     # The repository is unreachable: pg_receivewal keeps receiving into the spool, and the
                     # next round stores it (the heartbeat stops meanwhile: check reports the lag).
                     self.stats.storage_failures += 1
-                    log.warning("cannot store a completed segment (%s); retrying in %g s", exc, STORAGE_RETRY)
+                    where = (self.targets[0].repo.storage.url if len(self.targets) == 1
+                             else f"the repositories as [archive] require = {self.fanout.require!r} asks")
+                    log.warning("cannot store into %s (%s); retrying in %g s", where, exc, STORAGE_RETRY)
                     self.stop.wait(STORAGE_RETRY)
                 self.stop.wait(TICK)
             self.shutdown()

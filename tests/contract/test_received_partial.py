@@ -135,3 +135,46 @@ def test_receiver_uploads_the_growing_partial(archive: Setup) -> None:
     recv.sweep(partial=True, heartbeat=False)  # nothing new: no upload
     assert recv.stats.partials == 2
     assert [k.rsplit(".", 1)[1] for k in received_keys(setup)] == [f"{received_length(partial(3, 90_000)[1]):08X}"]
+
+
+# -- two repositories: the end of the archive judged across both -------------------------------------------------
+
+
+@pytest.fixture
+def two(setup: Setup) -> Setup:
+    """Repositories "one" (setup.repo) and "two", both holding segments 1 and 2."""
+    setup.write_config(f'[encryption]\nkey_file = "{setup.key_file}"\n'
+                       f'[[repository]]\nname = "one"\nrepo = "{setup.repo}"\n'
+                       f'[[repository]]\nname = "two"\nrepo = "{setup.work / "second"}"\n')
+    for segno in (1, 2):
+        name, data = make_segment(1, segno)
+        assert push(setup, name, data).returncode == 0
+    return setup
+
+
+def store_in(setup: Setup, repository: str, segno: int, filled: int) -> int | None:
+    name, data = partial(segno, filled)
+    repo = open_repository(load_config(str(setup.config), env={}).for_repository(repository))
+    try:
+        return store_partial(repo, parse_wal_name(name), data)
+    finally:
+        give_to_pg(setup.work)
+
+
+def test_two_repositories_serve_the_newest_partial_of_either(two: Setup) -> None:
+    setup = two
+    assert store_in(setup, "one", 3, 100_000) is not None  # "one" was behind: its upload is older
+    assert store_in(setup, "two", 3, 300_000) is not None
+    proc, dest = fetch(setup, "000000010000000000000003")
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == partial(3, 300_000)[1]
+
+
+def test_two_repositories_a_later_partial_in_either_makes_a_gap(two: Setup) -> None:
+    setup = two
+    assert store_in(setup, "one", 3, 100_000) is not None
+    assert store_in(setup, "two", 4, 100_000) is not None  # "two" received on: 3 must be complete somewhere
+    env = {"WALKEEPER_RESTORE_GAP_WAIT": "0.3"}
+    assert_fatal(fetch(setup, "000000010000000000000003", env=env)[0], 208, "missing")
+    proc, dest = fetch(setup, "000000010000000000000004", env=env)
+    assert proc.returncode == 0 and dest.read_bytes() == partial(4, 100_000)[1], proc.stderr

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import pytest
 
+from walkeeper.commands.wal_receive import heartbeat_targets
 from walkeeper.core.errors import ConfigError, RefusedError
 from walkeeper.core.wal import parse_wal_name
 from walkeeper.postgres.receivewal import Failure, classify_failure
 from walkeeper.postgres.standby import format_conninfo, parse_conninfo, pgpass_serves, streaming_settings
 from walkeeper.repo.layout import parse_received_partial_key, received_partial_key
-from walkeeper.repo.received import MissingChoice, missing_segment_choice, receive_lag, received_length
+from walkeeper.repo.received import (
+    MissingChoice,
+    missing_segment_choice,
+    partial_holders,
+    receive_lag,
+    received_length,
+)
 
 NF, GAP, SERVE = MissingChoice.NOT_FOUND, MissingChoice.WAIT_FOR_GAP, MissingChoice.SERVE_PARTIAL
 
@@ -152,3 +159,36 @@ def test_streaming_settings_refuse_a_password_nothing_serves(tmp_path) -> None:
     ok = streaming_settings("host=primary user=rep password=secret", None, env={"PGPASSFILE": str(passfile)},
                             home=str(tmp_path))
     assert "secret" not in (ok.primary_conninfo or "") and str(passfile) in (ok.note or "")
+
+
+# -- several repositories --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wanted", "listings", "expected"), [
+    (5, [[], []], (NF, None, [])),
+    # the newest upload anywhere is served, by the repositories that hold exactly that upload
+    (5, [[(5, 8192)], []], (SERVE, 8192, [0])),
+    (5, [[], [(5, 8192)]], (SERVE, 8192, [1])),
+    (5, [[(5, 8192)], [(5, 65536)]], (SERVE, 65536, [1])),  # the first repository lags: not its older one
+    (5, [[(5, 65536)], [(5, 65536)]], (SERVE, 65536, [0, 1])),
+    # a later partial in any repository: gap rules, even when another holds this segment's partial
+    (5, [[(5, 8192)], [(6, 100)]], (GAP, None, [])),
+    (5, [[(6, 100)], [(5, 8192)]], (GAP, None, [])),
+    (5, [[(4, 1 << 24)], [(5, 0)]], (NF, None, [])),
+])
+def test_partial_holders_across_repositories(wanted: int, listings: list[list[tuple[int, int]]],
+                                             expected: tuple[MissingChoice, int | None, list[int]]) -> None:
+    assert partial_holders(wanted, listings) == expected
+
+
+@pytest.mark.parametrize(("stored_in", "unsettled", "behind", "expected"), [
+    ({"a": True, "b": True}, set(), set(), ["a", "b"]),
+    ({"a": True, "b": False}, set(), set(), ["a"]),  # b's partial upload failed this round
+    ({"a": True, "b": True}, {"b"}, set(), ["a"]),  # b did not take a completed segment (recorded behind)
+    ({"a": True, "b": True}, set(), {"b"}, ["a"]),  # b still has a backlog to catch up
+    ({"a": True, "b": True}, {"a", "b"}, set(), []),  # a completed segment did not count as archived
+    ({}, set(), set(), []),
+])
+def test_heartbeat_only_where_everything_received_is(stored_in: dict[str, bool], unsettled: set[str],
+                                                     behind: set[str], expected: list[str]) -> None:
+    assert heartbeat_targets(["a", "b"], stored_in, unsettled, behind) == expected

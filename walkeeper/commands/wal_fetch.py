@@ -17,7 +17,7 @@ from walkeeper.core.config import Config
 from walkeeper.core.errors import NotFound
 from walkeeper.core.wal import parse_wal_name
 from walkeeper.core.walformat import is_segment_name
-from walkeeper.repo.fallback import Source, fetch_first, sources_for
+from walkeeper.repo.fallback import fetch_first, sources_for
 from walkeeper.repo.received import fetch_received_partial
 from walkeeper.repo.walfile import FetchResult, place_file
 
@@ -31,23 +31,13 @@ def wal_fetch(config: Config, name: str, dest: str) -> FetchResult:
         fetched = fetch_first(sources, wal_name, gap_wait=config.restore.gap_wait)
         result = place_file(wal_name.name, fetched.data, Path(dest))
     except NotFound:  # the end of the archive: wal-receive's partial of this segment, if it is the last thing
-        result = received_partial(sources, name, Path(dest), config.restore.gap_wait)
+        result = fetch_received_partial(sources, name, Path(dest), gap_wait=config.restore.gap_wait)
     if config.restore.prefetch > 0:
         try:
             start_prefetch(config, name)
         except Exception as exc:  # prefetch only ever saves time; the segment is in place already
             log.warning("prefetch not started: %s", exc)
     return result
-
-
-def received_partial(sources: list[Source], name: str, dest: Path, gap_wait: float) -> FetchResult:
-    """The first repository's newest received partial of ``name`` (repo/received.py), else "not found"."""
-    for source in sources:
-        try:
-            return fetch_received_partial(source.repo, name, dest, gap_wait=gap_wait)
-        except NotFound:
-            continue
-    raise NotFound(f"{name} is not in the archive")
 
 
 # -- prefetch ----------------------------------------------------------------------------------------------

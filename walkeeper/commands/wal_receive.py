@@ -1,12 +1,14 @@
 """wal-receive: a long-running service that streams WAL with pg_receivewal into the repository.
 
 pg_receivewal (postgres/receivewal.py) writes into a private spool; this loop stores each completed
-segment (and .history file) through wal-push's path (repo/walfile.push_file: same codec and checks;
-identical content already archived by archive_command is "already archived", different content is
-refused, reported and never overwritten), removes it from the spool, and every
-``[receive] partial_interval`` seconds stores the segment being received (repo/received.py), so the
-repository is at most that far behind the server. A heartbeat (received/receiver.json) says when the
-repository last held everything received: status and check report it as the receive lag.
+segment (and .history file) through wal-push's path into every configured repository (repo/fanout.py:
+same codec and checks, ``[archive] require``, backlogs and catch-up of a lagging repository; identical
+content already archived by archive_command is "already archived", different content is refused,
+reported and never overwritten), removes it from the spool once it counts as archived, and every
+``[receive] partial_interval`` seconds stores the segment being received (repo/received.py) into every
+repository that answers (one that fails is retried at the next interval, never holding up the others),
+so a repository is at most that far behind the server. A heartbeat (received/receiver.json) in each
+repository says when it last held everything received: status and check report it as the receive lag.
 
 pg_receivewal runs with --no-loop: when it exits, a refused connection or a missing slot ends the
 service with one line (ReplicationRefused, exit 24); anything else is retried with backoff.
@@ -26,7 +28,14 @@ from types import FrameType
 
 from walkeeper.accel import state
 from walkeeper.core.config import Config
-from walkeeper.core.errors import ConflictError, LockedError, NotFound, ReplicationRefused, StorageError
+from walkeeper.core.errors import (
+    ConflictError,
+    LockedError,
+    NotFound,
+    ReplicationRefused,
+    StorageError,
+    WalkeeperError,
+)
 from walkeeper.core.wal import parse_wal_name
 from walkeeper.core.walformat import is_segment_name, wal_name_kind
 from walkeeper.postgres.client import ConnOptions, ToolProcess
@@ -40,10 +49,9 @@ from walkeeper.postgres.receivewal import (
     start_receivewal,
     validate_slot,
 )
+from walkeeper.repo.fanout import CATCH_UP_BUDGET, Fanout, Target, fanout_for
 from walkeeper.repo.layout import wal_key
 from walkeeper.repo.received import drop_partials, list_received, store_partial, write_receiver_state
-from walkeeper.repo.repository import Repository, open_repository
-from walkeeper.repo.walfile import push_file
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +80,11 @@ class ReceiveStats:
     restarts: int = 0
     last_stored: str | None = None
     storage_failures: int = 0
+    partial_failures: int = 0  # partial uploads that failed in one repository (retried next interval)
 
 
 def receive_spool(config: Config, slot: str) -> str:
-    """pg_receivewal's directory: private, one per (repository, slot), outside every data directory."""
+    """pg_receivewal's directory: private, one per (first repository, slot), outside every data directory."""
     key = hashlib.sha256(f"{config.repo}\0receive\0{slot}".encode()).hexdigest()[:16]
     if config.receive.spool_dir:
         os.makedirs(config.receive.spool_dir, mode=0o700, exist_ok=True)
@@ -86,10 +95,12 @@ def receive_spool(config: Config, slot: str) -> str:
 class Receiver:
     """The service: one pg_receivewal, the spool sweep, the partial uploads and the heartbeat."""
 
-    def __init__(self, config: Config, options: ReceiveOptions, repo: Repository | None = None) -> None:
+    def __init__(self, config: Config, options: ReceiveOptions, fanout: Fanout | None = None) -> None:
         self.config = config
         self.options = options
-        self.repo = repo or open_repository(config)
+        self.fanout = fanout or fanout_for(config, pg_wal=None,
+                                           lag_dir=lambda url: state.lag_dir(config.archive.status_dir, url))
+        self.targets: list[Target] = self.fanout.targets
         self.spool = options.spool or receive_spool(config, options.slot)
         self.spec = ReceiveSpec(self.spool, validate_slot(options.slot), options.synchronous)
         self.stats = ReceiveStats()
@@ -99,7 +110,8 @@ class Receiver:
         self.delay = 1.0
         self.next_start = 0.0
         self.next_partial = 0.0
-        self.stored_length: dict[str, int] = {}
+        self.stored_length: dict[tuple[str, str], int] = {}  # (repository, segment) -> bytes it holds
+        self.unsettled: set[str] = set()  # repositories that may lack a completed segment this round
         self.major: int | None = None  # the server's: pg_receivewal refuses a newer server
 
     # -- the service loop --------------------------------------------------------------------------------
@@ -114,7 +126,8 @@ class Receiver:
                 log.warning("created physical replication slot %s", self.options.slot)
             self.clean_stale_partials()
             log.info("streaming slot %s into %s (spool %s, partial every %g s%s)",
-                        self.options.slot, self.repo.storage.url, self.spool, self.options.partial_interval,
+                        self.options.slot, ", ".join(t.repo.storage.url for t in self.targets), self.spool,
+                        self.options.partial_interval,
                         ", synchronous" if self.options.synchronous else "")
             while not self.stop.is_set():
                 try:
@@ -128,8 +141,9 @@ class Receiver:
                     # The repository is unreachable: pg_receivewal keeps receiving into the spool, and the
                     # next round stores it (the heartbeat stops meanwhile: check reports the lag).
                     self.stats.storage_failures += 1
-                    log.warning("cannot store into %s (%s); retrying in %g s", self.repo.storage.url, exc,
-                                STORAGE_RETRY)
+                    where = (self.targets[0].repo.storage.url if len(self.targets) == 1
+                             else f"the repositories as [archive] require = {self.fanout.require!r} asks")
+                    log.warning("cannot store into %s (%s); retrying in %g s", where, exc, STORAGE_RETRY)
                     self.stop.wait(STORAGE_RETRY)
                 self.stop.wait(TICK)
             self.shutdown()
@@ -177,70 +191,123 @@ class Receiver:
     # -- the spool ---------------------------------------------------------------------------------------
 
     def sweep(self, *, partial: bool, heartbeat: bool = True) -> None:
-        """Store what pg_receivewal completed; at partial time also the segment being received."""
+        """Store what pg_receivewal completed; at partial time also the segment being received.
+
+        A completed segment that does not count as archived (``require``) stays in the spool and raises
+        StorageError after the partial uploads, which go to every repository that answers regardless."""
         read_at = time.time()
         entries = sorted(os.listdir(self.spool))
         history = [n for n in entries if wal_name_kind(n) == "history"]
         complete = [n for n in entries if is_segment_name(n)]
+        self.unsettled = set()
+        failure: StorageError | None = None
+        if self.fanout.lagging():
+            for name, count in self.fanout.catch_up(budget=CATCH_UP_BUDGET).items():
+                if count:
+                    self.clean_stale_partials([t for t in self.targets if t.name == name])
         for name in history + complete:
-            self.store_complete(name)
-        if not partial:
-            return
-        self.next_partial = time.monotonic() + self.options.partial_interval
-        caught_up = all([self.store_current(n[:-8]) for n in entries if n.endswith(".partial")
-                         and is_segment_name(n[:-8])])
-        if heartbeat and caught_up and self.proc is not None and self.proc.proc.poll() is None:
-            current = max((n[:24] for n in entries if is_segment_name(n[:24])), default=None)
-            write_receiver_state(self.repo, {"updated": read_at, "slot": self.options.slot, "segment": current,
-                                             "host": os.uname().nodename, "pid": os.getpid()})
+            try:
+                self.store_complete(name)
+            except StorageError as exc:
+                failure = exc
+                self.unsettled = {t.name for t in self.targets}
+                break  # in WAL order: the later ones wait for this one
+        if partial:
+            self.next_partial = time.monotonic() + self.options.partial_interval
+            current = [n[:-8] for n in entries if n.endswith(".partial") and is_segment_name(n[:-8])]
+            stored_in = {t.name: all([self.store_current(t, n) for n in current]) for t in self.targets}
+            if heartbeat and self.proc is not None and self.proc.proc.poll() is None:
+                newest = max((n[:24] for n in entries if is_segment_name(n[:24])), default=None)
+                doc = {"updated": read_at, "slot": self.options.slot, "segment": newest,
+                       "host": os.uname().nodename, "pid": os.getpid()}
+                behind = {t.name for t in self.fanout.lagging()}
+                fresh = heartbeat_targets([t.name for t in self.targets], stored_in, self.unsettled, behind)
+                for target in (t for t in self.targets if t.name in fresh):
+                    try:
+                        write_receiver_state(target.repo, doc)
+                    except WalkeeperError as exc:
+                        log.warning("repository %s: heartbeat not written (%s)", target.name, exc)
+        if failure is not None:
+            raise failure
 
     def store_complete(self, name: str) -> None:
         path = Path(self.spool) / name
         try:
-            result = push_file(self.repo, path)
+            outcome = self.fanout.push(path)
         except ConflictError as exc:
             self.stats.conflicts += 1
             os.replace(path, path.with_name(name + ".conflict"))  # kept for the operator, out of the sweep
             log.error("wal-receive: %s; the received copy is kept as %s", exc, path.with_name(name + ".conflict"))
             return
+        result = outcome.result
         if result.stored:
             self.stats.segments += 1
-            log.info("stored %s (%d bytes, stored %d)", name, result.plain_size, result.stored_size)
+            log.info("stored %s (%d bytes, stored %d)%s", name, result.plain_size, result.stored_size,
+                     f" in {', '.join(outcome.stored)}" if self.fanout.several else "")
         else:  # Repository.push_wal logged "... is already archived with identical content"
             self.stats.already += 1
+        for behind, why in outcome.behind.items():
+            log.warning("repository %s is behind: %s not stored there yet (%s)", behind, name, why)
+        self.unsettled |= set(outcome.behind)
         self.stats.last_stored = name
         if is_segment_name(name):
-            drop_partials(self.repo, name)
-            self.stored_length.pop(name, None)
+            for target in self.targets:
+                if target.name in outcome.stored:
+                    try:
+                        drop_partials(target.repo, name)
+                    except WalkeeperError as exc:  # superseded leftovers: the next start cleans them
+                        log.warning("repository %s: received partials of %s not deleted (%s)", target.name, name,
+                                    exc)
+                self.stored_length.pop((target.name, name), None)
         os.unlink(path)
 
-    def store_current(self, segment: str) -> bool:
-        """Store the segment being received if it grew; False when what was read could not be stored yet."""
+    def store_current(self, target: Target, segment: str) -> bool:
+        """Store the segment being received into ``target`` if it grew; False when what was read is not
+        stored there yet (a torn read, or the repository failed: logged, retried at the next interval)."""
         path = Path(self.spool) / f"{segment}.partial"
         try:
             data = path.read_bytes()
         except FileNotFoundError:  # completed meanwhile: the next sweep stores the segment
             return True
         length = len(data.rstrip(b"\0"))
-        if length <= self.stored_length.get(segment, 0):
+        if length <= self.stored_length.get((target.name, segment), 0):
             return True
-        stored = store_partial(self.repo, parse_wal_name(segment), data)
+        try:
+            stored = store_partial(target.repo, parse_wal_name(segment), data)
+        except WalkeeperError as exc:
+            self.stats.partial_failures += 1
+            log.warning("repository %s: the partial segment %s not stored (%s); retrying in %g s", target.name,
+                        segment, exc, self.options.partial_interval)
+            return False
         if stored is None or stored < length:
             return False
-        if stored > self.stored_length.get(segment, 0):
+        if stored > self.stored_length.get((target.name, segment), 0):
             self.stats.partials += 1
-            log.debug("stored the partial segment %s (%d bytes received)", segment, stored)
-        self.stored_length[segment] = stored
+            log.debug("stored the partial segment %s (%d bytes received) in %s", segment, stored, target.name)
+        self.stored_length[(target.name, segment)] = stored
         return True
 
-    def clean_stale_partials(self) -> None:
-        """Received partials whose complete segment is stored are superseded: delete them (an earlier run)."""
-        for partial in list_received(self.repo):
+    def clean_stale_partials(self, targets: list[Target] | None = None) -> None:
+        """Received partials whose complete segment is stored are superseded: delete them (an earlier run,
+        or a repository that was behind and has caught up)."""
+        for target in self.targets if targets is None else targets:
             try:
-                self.repo.storage.stat(wal_key(parse_wal_name(partial.segment)))
-            except NotFound:
-                continue
-            drop_partials(self.repo, partial.segment)
+                for partial in list_received(target.repo):
+                    try:
+                        target.repo.storage.stat(wal_key(parse_wal_name(partial.segment)))
+                    except NotFound:
+                        continue
+                    drop_partials(target.repo, partial.segment)
+            except WalkeeperError as exc:  # a repository that is down now: cleaned at the next start
+                log.warning("repository %s: superseded received partials not cleaned (%s)", target.name, exc)
+
+
+def heartbeat_targets(names: list[str], stored_in: dict[str, bool], unsettled: set[str],
+                      behind: set[str]) -> list[str]:
+    """The repositories whose heartbeat may say "everything received is here": each holds the segment being
+    received (``stored_in``), took every completed segment of this round (not in ``unsettled``) and has no
+    backlog (not in ``behind``)."""
+    return [n for n in names if stored_in.get(n) and n not in unsettled and n not in behind]
 
 
 def wal_receive(config: Config, options: ReceiveOptions) -> ReceiveStats:

@@ -71,7 +71,7 @@ def fetch_first(sources: Sequence[Source], name: WalName, *, gap_wait: float = 0
     later = _later_anywhere(sources, name, several) if name.kind is WalKind.SEGMENT else None
     if later is None:
         raise NotFound(f"{name.name} is not in the archive" + (" (in none of the repositories)" if several else ""))
-    return _wait_for_store(sources, name, later, gap_wait, several)
+    return wait_for_store(sources, name, later, gap_wait, several)
 
 
 def _try(source: Source, name: WalName, errors: list[tuple[str, WalkeeperError]], several: bool, *,
@@ -117,7 +117,7 @@ def _later_anywhere(sources: Sequence[Source], name: WalName, several: bool) -> 
     return None
 
 
-def _wait_for_store(sources: Sequence[Source], name: WalName, later: str, gap_wait: float,
+def wait_for_store(sources: Sequence[Source], name: WalName, later: str, gap_wait: float,
                     several: bool) -> Fetched:
     """Wait (bounded) for ``name`` to appear in any source: a parallel pusher may store N+1 before N."""
     log.info("%s is missing while %s is stored: waiting up to %g s for a store in flight", name.name, later,

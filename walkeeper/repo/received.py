@@ -13,7 +13,9 @@ which stays under ``wal/`` and is never touched by wal-receive.
 wal-fetch asked for a segment that is not stored serves the newest received partial of it under the
 segment's name only when nothing later of its timeline is stored (PostgreSQL's convention for the
 end of a lost primary's WAL: restore ``X.partial`` as ``X``); recovery replays it to its last
-complete record and ends there. The decision is ``missing_segment_choice`` (table-tested).
+complete record and ends there. With several repositories this is judged across all of them (a later
+segment or partial in any one means no partial is served; the greatest upload anywhere is served). The
+decisions are ``missing_segment_choice`` and ``partial_holders`` (table-tested).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from walkeeper.codec import decode_bytes, encode_bytes
-from walkeeper.core.errors import AlreadyExists, IntegrityError, InvalidWal, NotFound
+from walkeeper.core.errors import AlreadyExists, IntegrityError, InvalidWal, NotFound, WalkeeperError
 from walkeeper.core.wal import DEFAULT_SEGMENT_SIZE, WalKind, WalName, check_segment, parse_wal_name, segno_of
+from walkeeper.repo.fallback import Source, fetch_first, named, wait_for_store
 from walkeeper.repo.layout import (
     RECEIVED_PREFIX,
     RECEIVER_STATE_KEY,
@@ -110,43 +113,74 @@ def missing_segment_choice(wanted: int, later_segment: bool,
     return MissingChoice.NOT_FOUND, None
 
 
-def fetch_received_partial(repo: Repository, name_text: str, dest: Path, *, gap_wait: float = 0.0) -> FetchResult:
-    """wal-fetch's last resort after "not found": the newest received partial of the segment, placed at ``dest``.
+def partial_holders(wanted: int, listings: Sequence[Sequence[tuple[int, int]]]) -> tuple[MissingChoice, int | None,
+                                                                                        list[int]]:
+    """``missing_segment_choice`` judged across repositories: ``listings[i]`` are the (segment number, length)
+    of repository i's received partials on the timeline. A later partial in any repository means no partial is
+    served (as a later segment anywhere makes a gap); else the greatest length anywhere is served, by the
+    repositories that hold an upload of that length (their indexes, in order)."""
+    choice, length = missing_segment_choice(wanted, False, [p for listing in listings for p in listing])
+    if choice is not MissingChoice.SERVE_PARTIAL:
+        return choice, None, []
+    return choice, length, [i for i, listing in enumerate(listings) if (wanted, length) in listing]
+
+
+def fetch_received_partial(sources: Sequence[Source], name_text: str, dest: Path, *,
+                           gap_wait: float = 0.0) -> FetchResult:
+    """wal-fetch's last resort after "not found" in every repository: the newest received partial of the
+    segment in any of them, placed at ``dest``.
 
     Raises NotFound when there is none (or for anything but a segment), and follows the gap rules when a
-    later segment was received. Never used by the prefetcher: a partial must not be kept ahead.
+    later segment was received into any repository. A repository whose partials cannot be listed is an
+    error, never "not found" (its partial may be the newest). Never used by the prefetcher: a partial must
+    not be kept ahead.
     """
     name = parse_wal_name(name_text)
     if name.kind is not WalKind.SEGMENT:
         raise NotFound(f"{name.name} is not in the archive")
-    data = _partial_or_segment(repo, name, gap_wait)
+    data = _partial_or_segment(list(sources), name, gap_wait)
     write_file_atomically(dest, data)
     return FetchResult(name.name, len(data))
 
 
-def _partial_or_segment(repo: Repository, name: WalName, gap_wait: float) -> bytes:
+def _partial_or_segment(sources: list[Source], name: WalName, gap_wait: float) -> bytes:
+    several = len(sources) > 1
     for attempt in range(3):  # the receiver may replace or complete the partial between our list and get
         if attempt:
             try:
-                return repo.fetch_wal(name, gap_wait=gap_wait)
+                return fetch_first(sources, name, gap_wait=gap_wait).data
             except NotFound:
                 pass
-        wanted = segno_of(name, repo.segment_size)
-        partials = list_received(repo, name.timeline)
-        choice, length = missing_segment_choice(wanted, False, [(p.segno, p.length) for p in partials])
+        listings: list[list[ReceivedPartial]] = []
+        for source in sources:
+            try:
+                listings.append(list_received(source.repo, name.timeline))
+            except WalkeeperError as exc:
+                raise named(exc, source.name, several) from None
+        wanted = segno_of(name, sources[0].repo.segment_size)
+        choice, length, holders = partial_holders(wanted, [[(p.segno, p.length) for p in each]
+                                                           for each in listings])
         if choice is MissingChoice.NOT_FOUND:
             raise NotFound(f"{name.name} is not in the archive")
         if choice is MissingChoice.WAIT_FOR_GAP:
-            later = next(p.segment + ".partial" for p in partials if p.segno > wanted)
-            return repo.wait_for_missing(name, later, gap_wait)
-        try:
-            blob = repo.storage.get(received_partial_key(name, length or 0))
-        except NotFound:
-            continue
-        data = _decode_partial(repo, name, blob)
-        log.info("%s: serving the partial segment received by wal-receive (%d bytes received, the end of the "
-                 "archive)", name.name, length)
-        return data
+            later = min(p.segment for each in listings for p in each if p.segno > wanted) + ".partial"
+            return wait_for_store(sources, name, later, gap_wait, several).data
+        errors: list[WalkeeperError] = []
+        for index in holders:
+            source = sources[index]
+            try:
+                blob = source.repo.storage.get(received_partial_key(name, length or 0))
+                data = _decode_partial(source.repo, name, blob)
+            except NotFound:
+                continue
+            except WalkeeperError as exc:  # another repository may hold the same upload intact
+                errors.append(named(exc, source.name, several))
+                continue
+            log.info("%s: serving the partial segment received by wal-receive (%d bytes received%s, the end of "
+                     "the archive)", name.name, length, f", from repository {source.name}" if several else "")
+            return data
+        if errors:
+            raise errors[0]
     raise NotFound(f"{name.name} is not in the archive")
 
 

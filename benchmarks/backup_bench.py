@@ -176,7 +176,7 @@ class Bench:
     def _generate(self, ds: dict[str, object]) -> dict[str, object]:
         t0 = time.monotonic()
         name, what = str(ds["name"]), ds["what"]
-        cluster = self.h.Cluster(self.work / f"{name}-data").initdb()
+        cluster = self.h.Cluster(self.work / f"{name}-data", bin_dir=self.h.PG_BIN).initdb()
         ds["port"] = cluster.port
         settings = {**cluster.base_settings(), "wal_level": "replica", "archive_mode": "on",
                     "archive_command": self.archive_command(ds), "max_wal_size": "1GB", "checkpoint_timeout": "5min"}
@@ -272,7 +272,8 @@ class Bench:
             self._measure(ds)
 
     def _measure(self, ds: dict[str, object]) -> None:
-        cluster = self.h.Cluster(self.work / f"{ds['name']}-data", port=int(ds["port"]))  # type: ignore[arg-type]
+        cluster = self.h.Cluster(self.work / f"{ds['name']}-data", port=int(ds["port"]),  # type: ignore[arg-type]
+                                 bin_dir=self.h.PG_BIN)
         if self.args.reuse:
             self.setup_repos(ds, cluster) if not (self.work / f"wkstate-{ds['name']}").exists() else None
         cluster.start()

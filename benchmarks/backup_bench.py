@@ -420,7 +420,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=40, help="pgbench scale of the first dataset (40 ≈ 600 MiB)")
     parser.add_argument("--random-mib", type=int, default=400, help="size of the random-text dataset")
     parser.add_argument("--pg18", action="store_true",
-                        help="also pgbench on PostgreSQL 18 (WALKEEPER_PG18_BIN): walkeeper and pg_basebackup rows")
+                        help="also pgbench on PostgreSQL 18 (WALKEEPER_PG18_BIN): walkeeper full and incremental")
     parser.add_argument("--day-transactions", type=int, default=20_000,
                         help="transactions of the day between the full and the incremental backups")
     parser.add_argument("--hot", type=int, default=10, help="percent of the rows the day's updates hit")

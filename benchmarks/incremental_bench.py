@@ -11,6 +11,9 @@ account updates hit the first ``--hot`` percent of the accounts (a day's work to
 pgbench updates uniformly random rows and dirties nearly every block within minutes), then an
 incremental backup; twice, so the chain is full + 2. Printed: the stored and plain sizes of each,
 and the time of restoring the newest (chain: stage, pg_combinebackup) against restoring the full.
+
+This one follows a chain over several days, rate-limited; benchmarks/backup_bench.py times one day's
+incremental backup and restore against pgBackRest's, with the same workload (``DAY_TPCB``, imported from it).
 """
 
 from __future__ import annotations
@@ -24,22 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backup_bench import DAY_TPCB as HOT_TPCB  # the day's workload: one definition for both benchmarks
+
 from tests.conftest import Setup, make_key
 from tests.helpers.pgharness import PG18_BIN, Cluster, give_to_pg, pg_workdir, run_pg, walkeeper_cmd
 
 MIB = 1024 * 1024
-HOT_TPCB = """\\set aid random(1, 100000 * :scale * :hot / 100)
-\\set bid random(1, 1 * :scale)
-\\set tid random(1, 10 * :scale)
-\\set delta random(-5000, 5000)
-BEGIN;
-UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
-UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
-INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
-END;
-"""
 
 
 def wk(setup: Setup, *args: str | Path) -> str:

@@ -183,3 +183,18 @@ def test_history_partial_and_backup_label_files_travel_with_the_wal(setup: Setup
     assert report["copied"] == 4 + 3 and report["skipped"] == 0
     verify = setup.wk("--config", str(config), "--repo", "copy", "verify", "--deep", config=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_copy_that_cannot_be_read_is_a_warning_also_with_the_textfile(setup: Setup) -> None:
+    """The copy lag cannot be measured while a repository is down: check still judges the others (WARNING,
+    not UNKNOWN) and still writes their samples (README "Several repositories", S3 down)."""
+    push_segments(setup, 1, range(1, 3))
+    config = two_repositories(setup)
+    assert copy(setup, config).returncode == 0
+    (setup.work / "copy" / "walkeeper.json").write_text("not json")
+    prom = setup.work / "walkeeper.prom"
+    for extra in ((), ("--max-copy-lag", "30m")):
+        down = setup.wk("--config", str(config), "check", "--prometheus", prom, *extra, config=False)
+        assert down.returncode == 1 and down.stdout.startswith("WALKEEPER WARNING - copy: "), down.stdout
+        assert 'walkeeper_up{repo=""} 0' not in prom.read_text()
+        assert 'repository="main",timeline="1"} 2' in prom.read_text(), prom.read_text()

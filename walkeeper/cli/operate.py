@@ -290,7 +290,12 @@ def _check_each(config: Any, thresholds: Any, cluster: bool, conn: Any, max_copy
         result.lags = repository_lag_status(config)
     for problem in lag_problems(result.lags or []):
         result.raise_to(WARNING, problem)
-    lags = copy_lags(config) if want_lags else []
+    try:
+        lags = copy_lags(config) if want_lags else []
+    except WalkeeperError as exc:  # a repository down: already a WARNING above, not a reason for UNKNOWN
+        lags = []
+        if max_copy_lag or warn_copy_lag:
+            result.raise_to(WARNING, f"copy lag cannot be measured: {exc}")
     crit, warn = (parse_duration(v) if v else None for v in (max_copy_lag, warn_copy_lag))
     judge_copy_lag(result, lags, crit, warn)
     return result, named, lags

@@ -76,15 +76,16 @@ class Catalog:
         blob, _sha = encode_bytes(self.repo.codec.for_metadata(), key, doc)
         self.repo.storage.put(key, blob, overwrite=overwrite)
 
-    def _get_json(self, key: str) -> dict[str, Any]:
+    def document(self, key: str) -> dict[str, Any]:
+        """A stored JSON object (backup.json, dump.json ...), decoded and verified, with every field."""
         blob = self.repo.storage.get(key)
         _header, data = decode_bytes(self.repo.keyring, blob, expected_name=key)
         try:
             doc = json.loads(data)
         except (ValueError, RecursionError) as exc:
-            raise IntegrityError(f"{key} is not valid JSON ({exc})") from None
+            raise IntegrityError(f"{key} in {self.repo.storage.url} is not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
-            raise IntegrityError(f"{key} is not a JSON object")
+            raise IntegrityError(f"{key} in {self.repo.storage.url} is not a JSON object")
         return doc
 
     # -- backups -------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ class Catalog:
     def backup(self, backup_id: str) -> BackupMeta:
         key = backup_key(backup_id, BACKUP_META)
         try:
-            doc = self._get_json(key)
+            doc = self.document(key)
         except NotFound:
             raise NotFound(f"no backup {backup_id} in {self.repo.storage.url}",
                            hint="walkeeper backups lists them") from None
@@ -219,7 +220,7 @@ class Catalog:
     def dump(self, dump_id: str) -> DumpMeta:
         key = dump_key(dump_id, DUMP_META)
         try:
-            doc = self._get_json(key)
+            doc = self.document(key)
         except NotFound:
             raise NotFound(f"no dump {dump_id} in {self.repo.storage.url}",
                            hint="walkeeper dumps lists them") from None
@@ -270,7 +271,7 @@ class Catalog:
             if not RESTORE_POINT_KEY_RE.match(name):
                 log.warning("ignoring unexpected object %s", info.key)
                 continue
-            doc = self._get_json(info.key)
+            doc = self.document(info.key)
             try:
                 yield RestorePoint(**doc)
             except TypeError as exc:
@@ -297,7 +298,7 @@ class Catalog:
 
     def restore_test(self, test_id: str) -> RestoreTestRecord:
         key = f"{RESTORE_TEST_PREFIX}{test_id}.json"
-        record = RestoreTestRecord.from_dict(self._get_json(key), key)
+        record = RestoreTestRecord.from_dict(self.document(key), key)
         if record.id != test_id:
             raise IntegrityError(f"{key} describes restore test {record.id}: swapped record")
         return record

@@ -8,18 +8,16 @@ field kept, because the copy must carry fields a newer walkeeper wrote (an incre
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from walkeeper.codec import decode_bytes
 from walkeeper.core.chronology import oldest_first
 from walkeeper.core.config import Config
 from walkeeper.core.errors import IntegrityError, InvalidName
 from walkeeper.core.wal import WalKind, parse_lsn, parse_wal_name
-from walkeeper.repo.catalog import BackupMeta, DumpMeta
+from walkeeper.repo.catalog import BackupMeta, Catalog, DumpMeta
 from walkeeper.repo.copyplan import (
     BackupRef,
     CopyLag,
@@ -48,18 +46,6 @@ from walkeeper.repo.repository import Repository, open_repository
 
 def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def read_document(repo: Repository, key: str) -> dict[str, Any]:
-    """A stored JSON object (backup.json, dump.json), decoded and verified, with every field."""
-    _header, data = decode_bytes(repo.keyring, repo.storage.get(key), expected_name=key)
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise IntegrityError(f"{key} in {repo.storage.url} is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise IntegrityError(f"{key} in {repo.storage.url} is not a JSON object")
-    return doc
 
 
 @dataclass
@@ -124,7 +110,7 @@ def read_source(repo: Repository) -> SourceState:
         if not BACKUP_ID_RE.match(backup_id) or not any(k.endswith("/" + BACKUP_META) for k, _s, _m in objects):
             continue
         key = backup_key(backup_id, BACKUP_META)
-        doc = read_document(repo, key)
+        doc = Catalog(repo).document(key)
         meta = BackupMeta.from_dict(doc, key)
         if meta.id != backup_id:
             raise IntegrityError(f"{key} describes backup {meta.id}: swapped metadata")
@@ -156,7 +142,7 @@ def read_source(repo: Repository) -> SourceState:
         key = dump_key(dump_id, DUMP_META)
         if key not in keys:
             continue  # a dump in progress or killed: never listed, never copied
-        doc = read_document(repo, key)
+        doc = Catalog(repo).document(key)
         dump = DumpMeta.from_dict(doc, key)
         state.dump_docs[dump_id] = doc
         for item in dump.items:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from walkeeper.codec import decode_bytes, encode_bytes
+from walkeeper.codec import encode_bytes
 from walkeeper.core.errors import AlreadyExists, IntegrityError, InvalidWal, NotFound, WalkeeperError
-from walkeeper.core.wal import DEFAULT_SEGMENT_SIZE, WalKind, WalName, check_segment, parse_wal_name, segno_of
+from walkeeper.core.wal import WalKind, WalName, check_segment, parse_wal_name, segno_of
 from walkeeper.repo.fallback import Source, fetch_first, named, wait_for_store
 from walkeeper.repo.layout import (
     RECEIVED_PREFIX,
@@ -170,7 +170,7 @@ def _partial_or_segment(sources: list[Source], name: WalName, gap_wait: float) -
             source = sources[index]
             try:
                 blob = source.repo.storage.get(received_partial_key(name, length or 0))
-                data = _decode_partial(source.repo, name, blob)
+                data = source.repo.decode_wal(name, blob, stored_as=f"{name.name}.partial")
             except NotFound:
                 continue
             except WalkeeperError as exc:  # another repository may hold the same upload intact
@@ -182,18 +182,6 @@ def _partial_or_segment(sources: list[Source], name: WalName, gap_wait: float) -
         if errors:
             raise errors[0]
     raise NotFound(f"{name.name} is not in the archive")
-
-
-def _decode_partial(repo: Repository, name: WalName, blob: bytes) -> bytes:
-    _header, data = decode_bytes(repo.keyring, blob, expected_name=f"{name.name}.partial")
-    size = repo.require_meta().wal_segment_size or DEFAULT_SEGMENT_SIZE
-    if len(data) != size:
-        raise IntegrityError(f"received {name.name}.partial decodes to {len(data)} bytes, expected {size}")
-    try:
-        check_segment(name, data)
-    except InvalidWal as exc:
-        raise IntegrityError(f"received {name.name}.partial is not the segment its name says: {exc}") from None
-    return data
 
 
 # -- the writer (wal-receive) ------------------------------------------------------------------------------

@@ -282,18 +282,20 @@ class Repository:
         self.require_meta()
         return self.storage.get(wal_key(name))
 
-    def decode_wal(self, name: WalName, blob: bytes) -> bytes:
-        """The verified plaintext of ``blob``, the stored object of ``name``."""
+    def decode_wal(self, name: WalName, blob: bytes, *, stored_as: str | None = None) -> bytes:
+        """The verified plaintext of ``blob``, the stored object of ``name``; ``stored_as``: the name it was
+        stored under when that is not ``name`` (a received partial: ``<segment>.partial``)."""
         meta = self.require_meta()
-        _header, data = decode_bytes(self.keyring, blob, expected_name=name.name)
+        stored = stored_as or name.name
+        _header, data = decode_bytes(self.keyring, blob, expected_name=stored)
         if name.kind is WalKind.SEGMENT:
             size = meta.wal_segment_size or DEFAULT_SEGMENT_SIZE
             if len(data) != size:
-                raise IntegrityError(f"{name.name} decodes to {len(data)} bytes, expected a {size}-byte segment")
+                raise IntegrityError(f"{stored} decodes to {len(data)} bytes, expected a {size}-byte segment")
             try:
                 check_segment(name, data)
             except InvalidWal as exc:
-                raise IntegrityError(f"stored {name.name} is not the segment its name says: {exc}") from None
+                raise IntegrityError(f"stored {stored} is not the segment its name says: {exc}") from None
         return data
 
     def _missing_segment(self, name: WalName, gap_wait: float) -> bytes:

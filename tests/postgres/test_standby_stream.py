@@ -43,7 +43,19 @@ def streaming(primary: Cluster) -> bool:
                         "and application_name = 'walkeeper_standby'") == "1"
 
 
-def test_standby_streams_falls_back_to_the_archive_and_reconnects(setup: Setup) -> None:
+@pytest.fixture(params=["local", "s3"])
+def archive_setup(request: pytest.FixtureRequest, setup: Setup) -> Setup:
+    """The test world on a local or an S3 (moto) repository: the fallback reads the archive through either."""
+    setup.backend = request.param
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        setup.repo_url, setup.extra_config = s3.url(), s3.config_toml()
+        setup.write_config()
+    return setup
+
+
+def test_standby_streams_falls_back_to_the_archive_and_reconnects(archive_setup: Setup) -> None:
+    setup = archive_setup
     primary = Cluster(setup.work / "primary").initdb()
     primary.configure({**primary.base_settings(), "wal_level": "replica", "max_wal_senders": 5,
                        "max_replication_slots": 5, "archive_mode": "on",

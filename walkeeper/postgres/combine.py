@@ -99,7 +99,8 @@ def restore_chain(repo: Repository, chain: list[BackupMeta], pgdata: Path, combi
         for i, member in enumerate(chain):
             target = staging / f"{i:03d}-{member.id}"
             members.append(str(target))
-            total += restore_backup(repo, member, target, progress=progress, workers=workers).bytes
+            # not fsynced here: pg_combinebackup syncs its output (linked files included) itself
+            total += restore_backup(repo, member, target, progress=progress, workers=workers, durable=False).bytes
         combined = staging / "combined"
         cmd = [combine_tool, *(["--link"] if link else []), "-o", str(combined), *members]
         proc = ToolProcess(cmd, name="pg_combinebackup", stdout=False)

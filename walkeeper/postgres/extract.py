@@ -277,12 +277,14 @@ def _restore_os_error(exc: OSError, target: Path, option: str, needed: int) -> s
 
 def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tablespace_map: Iterable[str] = (),
                    progress: bool | None = None,
-                   before_control: Callable[[Path], None] | None = None, workers: int = 1) -> RestoreResult:
+                   before_control: Callable[[Path], None] | None = None, workers: int = 1,
+                   durable: bool = True) -> RestoreResult:
     """Restore ``backup`` into ``pgdata`` (new or empty), verifying every checksum.
 
     Every file and directory is durable (fsync) before ``global/pg_control`` is written, and
     ``before_control(pgdata)`` (pitr's recovery settings) runs in between: after a crash or power
-    loss at any point the directory is either complete or not startable.
+    loss at any point the directory is either complete or not startable. ``durable=False`` skips the
+    fsyncs, for a staged chain member that pg_combinebackup reads and whose output it syncs itself.
     """
     began = time.monotonic()
     repo_meta = repo.require_meta()
@@ -310,7 +312,7 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     files = 0
     total = 0
     meter = Progress(f"restore {backup.id}", backup.plain_size, enabled=progress)
-    sync = TreeSync()
+    sync = TreeSync() if durable else None
     writers = FileWriters(workers, sync=sync) if workers > 1 else None
     writing = pgdata  # the target being written, for the error message
     try:
@@ -318,9 +320,10 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
             writing = target
             existed = _prepare_target(target, "target directory")
             created.append((target, existed))
-            sync.add_dir(target)
-            if not existed:
-                sync.add_dir(target.parent)  # the new target's own entry
+            if sync:
+                sync.add_dir(target)
+                if not existed:
+                    sync.add_dir(target.parent)  # the new target's own entry
         for obj, target in targets:
             writing = target
             decoder = Decoder(repo.keyring, expected_name=obj.key)
@@ -347,7 +350,8 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
                 if obj.tablespace_oid is not None:
                     lines.append(f"{obj.tablespace_oid} {target}\n")
             write_file(pgdata / "tablespace_map", "".join(lines).encode())  # replaces the backup's own
-        sync.finish()  # every file and directory written so far is on disk
+        if sync:
+            sync.finish()  # every file and directory written so far is on disk
         if before_control:
             before_control(pgdata)
         # Last: with pg_control in place the directory becomes startable.
@@ -371,7 +375,8 @@ def restore_backup(repo: Repository, backup: BackupMeta, pgdata: Path, *, tables
     finally:
         if writers is not None:
             writers.close()
-        sync.close()
+        if sync:
+            sync.close()
     return RestoreResult(backup, pgdata, files, total, time.monotonic() - began)
 
 

@@ -131,7 +131,7 @@ def main() -> None:
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from tests import pgharness
+        from tests.helpers import pgharness
 
         self.h = pgharness
         self.args = args

@@ -136,17 +136,20 @@ class Catalog:
                 seen[parts[1]] = seen.get(parts[1], False) or parts[2] == BACKUP_META
         return sorted(i for i, complete in seen.items() if not complete)
 
-    def backup(self, backup_id: str) -> BackupMeta:
-        key = backup_key(backup_id, BACKUP_META)
+    def _metadata(self, cls: Any, key: str, what: str, wanted: str) -> Any:
+        """A backup's or dump's metadata object, which must describe ``wanted`` (a swapped object is refused)."""
         try:
             doc = self.document(key)
         except NotFound:
-            raise NotFound(f"no backup {backup_id} in {self.repo.storage.url}",
-                           hint="walkeeper backups lists them") from None
-        meta = BackupMeta.from_dict(doc, key)
-        if meta.id != backup_id:
-            raise IntegrityError(f"{key} describes backup {meta.id}: swapped metadata")
+            raise NotFound(f"no {what} {wanted} in {self.repo.storage.url}",
+                           hint=f"walkeeper {what}s lists them") from None
+        meta = cls.from_dict(doc, key)
+        if meta.id != wanted:
+            raise IntegrityError(f"{key} describes {what} {meta.id}: swapped metadata")
         return meta
+
+    def backup(self, backup_id: str) -> BackupMeta:
+        return self._metadata(BackupMeta, backup_key(backup_id, BACKUP_META), "backup", backup_id)
 
     def backups(self) -> list[BackupMeta]:
         """Every complete backup, oldest first by WAL position (walkeeper.core.chronology); unreadable
@@ -218,16 +221,7 @@ class Catalog:
         return sorted(i for i, complete in self._dump_keys().items() if not complete)
 
     def dump(self, dump_id: str) -> DumpMeta:
-        key = dump_key(dump_id, DUMP_META)
-        try:
-            doc = self.document(key)
-        except NotFound:
-            raise NotFound(f"no dump {dump_id} in {self.repo.storage.url}",
-                           hint="walkeeper dumps lists them") from None
-        meta = DumpMeta.from_dict(doc, key)
-        if meta.id != dump_id:
-            raise IntegrityError(f"{key} describes dump {meta.id}: swapped metadata")
-        return meta
+        return self._metadata(DumpMeta, dump_key(dump_id, DUMP_META), "dump", dump_id)
 
     def dumps(self) -> list[DumpMeta]:
         """Every complete dump, oldest first (by id: the time it started)."""
